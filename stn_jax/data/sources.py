@@ -30,7 +30,7 @@ MNIST_SHA256 = {
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 _MNIST_SPLITS = {"train": "train", "test": "t10k"}
-_HOW_TO_GET_MNIST = (
+HOW_TO_GET_MNIST = (
     "Put the four MNIST IDX files (train-images-idx3-ubyte, "
     "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; "
     "gzipped or not) in <data_dir>/mnist/, and point the data directory at it "
@@ -128,7 +128,7 @@ def load_mnist(split: str, *, data_dir=None,
     path = _find(directory, name)
     if path is None:
       raise SourceError(f"Missing MNIST file {name}(.gz): looked in "
-                        f"{directory}. {_HOW_TO_GET_MNIST}")
+                        f"{directory}. {HOW_TO_GET_MNIST}")
     data = _read_bytes(path)
     if checksums is not None:
       digest = hashlib.sha256(data).hexdigest()
@@ -136,7 +136,7 @@ def load_mnist(split: str, *, data_dir=None,
         raise SourceError(
             f"Checksum mismatch for {path}: the decompressed sha256 is "
             f"{digest}, expected {checksums[name]}. The file is corrupt or "
-            f"not the canonical MNIST. {_HOW_TO_GET_MNIST}")
+            f"not the canonical MNIST. {HOW_TO_GET_MNIST}")
     arrays.append(read_idx(data, name=str(path)))
   images, labels = arrays
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

@@ -1,0 +1,239 @@
+"""The distorted-MNIST protocol of the paper, made with stn_jax's own ops.
+
+Each example's distortion is drawn from its own random generator, seeded by
+``(seed, split, index)`` (plus the epoch for on-the-fly training
+distortions), so a build is identical on every machine and in any order.
+Rendering runs ``grid_sample`` in float64 and rounds to uint8, so float
+differences between CPUs cannot change a pixel.
+
+Variants (normalised coordinates, ``align_corners=False``; parameters map
+OUTPUT coordinates to the INPUT digit, like a spatial transformer's):
+
+======= ====== =========================================================
+variant size   distortion (stored parameter)
+======= ====== =========================================================
+plain   28x28  none (``theta`` = identity)
+r       28x28  rotation uniform in [-90, 90] degrees (``theta``)
+rts     42x42  rotation in [-45, 45] deg, scale in [0.7, 1.2], placed at a
+               random position in the canvas (``theta``)
+p       28x28  scale in [0.75, 1], then each corner moved by N(0, 5 px)
+               (``homography``, output -> input, h33 = 1)
+e       28x28  scale in [0.75, 1], then the 4x4 thin-plate-spline control
+               points moved by N(0, 1.5 px) (``control_points`` of
+               ``tps_grid`` with its default source points)
+tc      60x60  translated anywhere in the canvas (``theta``), plus 6 random
+               6x6 crops of other digits as clutter (``clutter``: per patch
+               source index, crop row, crop column, canvas row, canvas
+               column)
+======= ====== =========================================================
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stn_jax.ops import grids, sampling
+
+VARIANTS = ("plain", "r", "rts", "p", "e", "tc")
+IMAGE_SIZE = {"plain": 28, "r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
+PARAM_SHAPES = {
+    "plain": {"theta": (2, 3)},
+    "r": {"theta": (2, 3)},
+    "rts": {"theta": (2, 3)},
+    "p": {"homography": (3, 3)},
+    "e": {"control_points": (16, 2)},
+    "tc": {"theta": (2, 3), "clutter": (6, 5)},
+}
+SPLIT_CODES = {"train": 0, "test": 1, "validation": 2}
+DIGIT_SIZE = 28
+NUM_CLUTTER = 6
+CLUTTER_SIZE = 6
+
+ROTATION_R = 90.0
+ROTATION_RTS = 45.0
+SCALE_RTS = (0.7, 1.2)
+SCALE_PE = (0.75, 1.0)
+CORNER_SIGMA_PX = 5.0
+TPS_SIGMA_PX = 1.5
+# MNIST strokes lie in the central 20x20 of the 28x28 frame; RTS keeps a
+# 24x24 box around them (room for rotation) on the canvas.
+DIGIT_EXTENT_PX = 24
+
+
+def check_variant(variant: str) -> str:
+  if variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got "
+                     f"{variant!r}.")
+  return variant
+
+
+def example_rng(seed: int, split: str, index: int,
+                epoch: int | None = None) -> np.random.Generator:
+  """The generator of one example's distortion.
+
+  The fixed (built) dataset uses ``epoch=None``; on-the-fly training draws
+  a fresh distortion per epoch with ``epoch=0, 1, ...``.
+  """
+  if split not in SPLIT_CODES:
+    raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}; got "
+                     f"{split!r}.")
+  entropy = [int(seed), SPLIT_CODES[split], int(index)]
+  if epoch is not None:
+    entropy.append(int(epoch) + 1)
+  return np.random.default_rng(entropy)
+
+
+def _rotation(degrees):
+  a = np.deg2rad(degrees)
+  return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+
+
+def _homography_from_points(source, target):
+  """3x3 H (h33 = 1) with H (source_i, 1) ~ (target_i, 1), 4 points."""
+  rows, rhs = [], []
+  for (x, y), (u, v) in zip(source, target):
+    rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+    rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    rhs += [u, v]
+  h = np.linalg.solve(np.array(rows), np.array(rhs))
+  return np.append(h, 1.0).reshape(3, 3)
+
+
+def sample_params(variant: str, rng: np.random.Generator, *,
+                  num_sources: int = 1, own_index: int = -1
+                  ) -> dict[str, np.ndarray]:
+  """Draws one example's distortion parameters.
+
+  Args:
+    variant: one of ``VARIANTS``.
+    rng: the example's generator (:func:`example_rng`).
+    num_sources: for ``tc``, how many digits clutter can be cut from.
+    own_index: for ``tc``, the example's own index (never its own clutter
+      when ``num_sources > 1``).
+
+  Returns:
+    dict of float32 (int32 for ``clutter``) arrays, shapes ``PARAM_SHAPES``.
+  """
+  check_variant(variant)
+  px = 2.0 / DIGIT_SIZE  # one digit pixel in normalised units
+  if variant == "plain":
+    return {"theta": np.eye(2, 3, dtype=np.float32)}
+  if variant == "r":
+    rotation = _rotation(rng.uniform(-ROTATION_R, ROTATION_R))
+    return {"theta": np.concatenate([rotation, np.zeros((2, 1))],
+                                    1).astype(np.float32)}
+  if variant == "rts":
+    canvas = IMAGE_SIZE["rts"]
+    rotation = _rotation(rng.uniform(-ROTATION_RTS, ROTATION_RTS))
+    scale = rng.uniform(*SCALE_RTS)
+    reach = 1 - DIGIT_EXTENT_PX * scale / canvas
+    centre = rng.uniform(-reach, reach, size=2)
+    # canvas point p reads digit point k R (p - centre), k = canvas / (28 s)
+    linear = canvas / (DIGIT_SIZE * scale) * rotation
+    theta = np.concatenate([linear, -(linear @ centre)[:, None]], 1)
+    return {"theta": theta.astype(np.float32)}
+  if variant == "p":
+    scale = rng.uniform(*SCALE_PE)
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+    moved = scale * corners + rng.normal(0, CORNER_SIGMA_PX * px, (4, 2))
+    return {"homography": _homography_from_points(moved, corners).astype(
+        np.float32)}
+  if variant == "e":
+    scale = rng.uniform(*SCALE_PE)
+    source = grids.tps_source_points(16).astype(np.float64)
+    control = (source + rng.normal(0, TPS_SIGMA_PX * px, source.shape)) / scale
+    return {"control_points": control.astype(np.float32)}
+  # tc
+  canvas = IMAGE_SIZE["tc"]
+  reach = 1 - DIGIT_SIZE / canvas
+  centre = rng.uniform(-reach, reach, size=2)
+  k = canvas / DIGIT_SIZE
+  theta = np.array([[k, 0, -k * centre[0]], [0, k, -k * centre[1]]])
+  sources = rng.integers(0, num_sources, size=NUM_CLUTTER)
+  if num_sources > 1:  # never the digit's own strokes
+    sources = np.where(sources == own_index, (sources + 1) % num_sources,
+                       sources)
+  # crops from the digit's central region, where strokes are
+  crop = rng.integers(4, DIGIT_SIZE - 4 - CLUTTER_SIZE + 1,
+                      size=(NUM_CLUTTER, 2))
+  place = rng.integers(0, canvas - CLUTTER_SIZE + 1, size=(NUM_CLUTTER, 2))
+  clutter = np.concatenate([sources[:, None], crop, place], 1)
+  return {"theta": theta.astype(np.float32),
+          "clutter": clutter.astype(np.int32)}
+
+
+def sample_batch_params(variant: str, seed: int, split: str, indices, *,
+                        epoch: int | None = None,
+                        num_sources: int = 1) -> dict[str, np.ndarray]:
+  """Parameters of many examples, stacked: each from its own generator."""
+  per_example = [sample_params(variant, example_rng(seed, split, i, epoch),
+                               num_sources=num_sources, own_index=int(i))
+                 for i in indices]
+  return {name: np.stack([p[name] for p in per_example])
+          for name in PARAM_SHAPES[check_variant(variant)]}
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _warp(variant, digits, params):
+  size = IMAGE_SIZE[variant]
+  if variant == "p":
+    grid = grids.projective_grid(params["homography"], (size, size))
+  elif variant == "e":
+    grid = grids.tps_grid(params["control_points"], (size, size))
+  else:
+    grid = grids.affine_grid(params["theta"], (size, size))
+  return sampling.grid_sample(digits, grid)
+
+
+def render(variant: str, digits, params, *, clutter_sources=None,
+           batch_size: int = 1024) -> np.ndarray:
+  """Distorts digits.
+
+  Args:
+    variant: one of ``VARIANTS``.
+    digits: uint8 ``(B, 28, 28)``.
+    params: stacked parameters (:func:`sample_batch_params`).
+    clutter_sources: for ``tc``, uint8 ``(M, 28, 28)`` digits that
+      ``params['clutter'][:, :, 0]`` indexes.
+    batch_size: examples rendered per call (bounds memory).
+
+  Returns:
+    uint8 ``(B, S, S)``, ``S = IMAGE_SIZE[variant]``.
+  """
+  check_variant(variant)
+  digits = np.asarray(digits)
+  if digits.ndim != 3 or digits.shape[1:] != (DIGIT_SIZE, DIGIT_SIZE):
+    raise ValueError(f"digits must have shape (B, 28, 28); got "
+                     f"{digits.shape}.")
+  out = []
+  with jax.enable_x64(True):
+    for start in range(0, len(digits), batch_size):
+      chunk = slice(start, start + batch_size)
+      images = jnp.asarray(digits[chunk, :, :, None], jnp.float64)
+      chunk_params = {k: jnp.asarray(v[chunk], jnp.float64)
+                      for k, v in params.items() if k != "clutter"}
+      warped = np.asarray(_warp(variant, images, chunk_params))[..., 0]
+      out.append(np.clip(np.rint(warped), 0, 255).astype(np.uint8))
+  images = np.concatenate(out) if out else np.zeros(
+      (0, IMAGE_SIZE[variant], IMAGE_SIZE[variant]), np.uint8)
+  if variant == "tc":
+    if clutter_sources is None:
+      raise ValueError("clutter_sources is required for variant 'tc'.")
+    images = _add_clutter(images, params["clutter"], clutter_sources)
+  return images
+
+
+def _add_clutter(images, clutter, sources):
+  """Pastes 6x6 crops of other digits onto the canvases (pixelwise max)."""
+  images = images.copy()
+  c = CLUTTER_SIZE
+  for b in range(len(images)):
+    for source, crop_y, crop_x, y, x in clutter[b]:
+      patch = sources[source, crop_y:crop_y + c, crop_x:crop_x + c]
+      np.maximum(images[b, y:y + c, x:x + c], patch,
+                 out=images[b, y:y + c, x:x + c])
+  return images

@@ -1,0 +1,160 @@
+"""Input pipeline: arrays -> seeded, checkpointable, sharded device batches.
+
+The split is held in memory (read once from ``tfds.data_source``, see
+:mod:`stn_jax.data.datasets`). grain runs the stream of batches: batch ``k``
+of the run is batch ``k % B`` of epoch ``k // B`` of a permutation drawn from
+``(seed, epoch)``, so every epoch is reshuffled; grain's iterator state is a
+small dict that a checkpoint can hold, so a resumed run continues at exactly
+the next batch, and grain's worker threads prepare batches ahead. Each batch
+is one NumPy gather, so data is never the bottleneck (measured in
+``experiments/results/data.md``).
+
+Optional on-the-fly distortion (``on_the_fly='rts'`` etc., over the
+``plain`` digits) draws every example's distortion from
+``(seed, 'train', index, epoch)``: fresh each epoch, reproducible, and
+restored exactly with the iterator state. The default is the fixed, built
+dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from stn_jax.data import distortions
+
+
+def data_sharding(devices=None) -> NamedSharding:
+  """Sharding that splits the leading (batch) axis over ``devices``
+  (default: every local device)."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  return NamedSharding(Mesh(np.array(devices), ("data",)),
+                       PartitionSpec("data"))
+
+
+class InputPipeline(Iterator):
+  """Batches of ``{'image': float32 (B, H, W, C), 'label': int32 (B,), ...}``.
+
+  Args:
+    arrays: the split, a dict of equal-length arrays with ``image`` uint8
+      (N, H, W, C) and ``label``.
+    batch_size: the global batch; must divide by the number of devices.
+    seed: shuffle seed (and on-the-fly distortion seed).
+    shuffle: shuffle (True for training, False for evaluation).
+    num_epochs: None repeats forever; an int stops after that many epochs.
+    drop_remainder: drop each epoch's last partial batch (training). Without
+      it an epoch yields every example exactly once (evaluation).
+    mean, std: images become ``(x / 255 - mean) / std`` (defaults 0 and 1:
+      plain [0, 1] scaling); scalars or per-channel sequences.
+    on_the_fly: a distortion variant applied per batch to 28x28 ``plain``
+      digits, or None.
+    sharding: where batches go (default :func:`data_sharding`); ``False``
+      keeps NumPy arrays on the host.
+    num_threads: grain threads preparing batches ahead (0: in the caller).
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], *, batch_size: int,
+               seed: int = 0, shuffle: bool = True,
+               num_epochs: int | None = None, drop_remainder: bool = True,
+               mean=0.0, std=1.0, on_the_fly: str | None = None,
+               sharding=None, num_threads: int = 2):
+    if "image" not in arrays or "label" not in arrays:
+      raise ValueError("arrays must hold 'image' and 'label'; got keys "
+                       f"{sorted(arrays)}.")
+    self._arrays = dict(arrays)
+    self._size = len(self._arrays["label"])
+    if not isinstance(batch_size, int) or batch_size <= 0:
+      raise ValueError(f"batch_size must be a positive int; got "
+                       f"{batch_size!r}.")
+    if self._size == 0:
+      raise ValueError("arrays must not be empty.")
+    self._sharding = data_sharding() if sharding is None else sharding
+    if self._sharding is not False:
+      devices = self._sharding.mesh.size
+      if batch_size % devices:
+        raise ValueError(f"batch_size must be divisible by the number of "
+                         f"devices ({devices}); got {batch_size}.")
+    if on_the_fly is not None:
+      distortions.check_variant(on_the_fly)
+      if self._arrays["image"].shape[1:3] != (28, 28):
+        raise ValueError("on_the_fly distortion needs the 28x28 plain digits "
+                         "('distorted_mnist/plain'); got images of shape "
+                         f"{self._arrays['image'].shape[1:]}.")
+    self._on_the_fly = on_the_fly
+    self._seed = seed
+    self._shuffle = shuffle
+    self._batch_size = batch_size
+    self._mean = np.asarray(mean, np.float32)
+    self._std = np.asarray(std, np.float32)
+    if drop_remainder:
+      self._batches_per_epoch = self._size // batch_size
+      if self._batches_per_epoch == 0:
+        raise ValueError(f"batch_size ({batch_size}) is larger than the "
+                         f"split ({self._size}) and drop_remainder is set.")
+    else:
+      self._batches_per_epoch = -(-self._size // batch_size)
+    dataset = grain.MapDataset.range(self._batches_per_epoch).repeat(
+        num_epochs)
+    dataset = dataset.map_with_index(lambda k, _: self._batch_at(k))
+    self._iterator = iter(dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
+
+  @functools.lru_cache(maxsize=2)
+  def _order(self, epoch: int) -> np.ndarray:
+    if not self._shuffle:
+      return np.arange(self._size)
+    return np.random.default_rng([self._seed, epoch]).permutation(self._size)
+
+  def _batch_at(self, position: int) -> dict[str, np.ndarray]:
+    epoch, batch = divmod(position, self._batches_per_epoch)
+    indices = self._order(epoch)[batch * self._batch_size:
+                                 (batch + 1) * self._batch_size]
+    return self.host_batch(np.full(len(indices), epoch), indices)
+
+  def __len__(self) -> int:
+    """Examples per epoch."""
+    return self._size
+
+  def get_state(self) -> dict:
+    """The position in the stream, for a checkpoint."""
+    return self._iterator.get_state()
+
+  def set_state(self, state: dict) -> None:
+    """Continues from a state of :meth:`get_state`."""
+    self._iterator.set_state(state)
+
+  def host_batch(self, epochs, indices) -> dict[str, np.ndarray]:
+    """The NumPy batch of the given examples (used by ``__next__``)."""
+    batch = {k: v[indices] for k, v in self._arrays.items()}
+    images = batch["image"]
+    if self._on_the_fly is not None:
+      params = {}
+      per_example = [
+          distortions.sample_params(
+              self._on_the_fly,
+              distortions.example_rng(self._seed, "train", i, epoch),
+              num_sources=self._size, own_index=int(i))
+          for epoch, i in zip(epochs, indices)]
+      for name in distortions.PARAM_SHAPES[self._on_the_fly]:
+        params[name] = np.stack([p[name] for p in per_example])
+      clutter = self._arrays["image"][..., 0]
+      images = distortions.render(self._on_the_fly, images[..., 0], params,
+                                  clutter_sources=clutter)[..., None]
+      batch.update(params)
+    batch["image"] = (images.astype(np.float32) / 255.0 - self._mean) / \
+        self._std
+    batch["label"] = batch["label"].astype(np.int32)
+    batch["epoch"] = np.asarray(epochs, np.int32)
+    return batch
+
+  def __next__(self) -> dict:
+    batch = next(self._iterator)
+    if self._sharding is False:
+      return batch
+    return {k: jax.make_array_from_process_local_data(self._sharding, v)
+            for k, v in batch.items()}
