@@ -131,10 +131,10 @@ def test_gtsrb_npz_checksum_is_verified(tmp_path):
 
 def test_gtsrb_from_the_official_layout_resized(tmp_path):
   data_fixtures.make_gtsrb_official(tmp_path / "src")
-  data = load_gtsrb_splits("gtsrb/48", tmp_path / "src", tmp_path / "tfds",
+  data = load_gtsrb_splits("gtsrb/40", tmp_path / "src", tmp_path / "tfds",
                            None)
   check_gtsrb_splits(data, 12, 4)
-  assert data["train"]["image"].shape == (12, 48, 48, 3)
+  assert data["train"]["image"].shape == (12, 40, 40, 3)
   np.testing.assert_array_equal(data["test"]["label"], [0, 1, 0, 1])
   # tracks are unique across classes: class * 1000 + track
   assert set(data["train"]["track"]) == {0, 1, 1000, 1001}

@@ -26,9 +26,13 @@ def get_builder(name: str, *, tfds_dir=None, source_dir=None,
                      f"{', '.join(f'{f}/<config>' for f in BUILDERS)}; got "
                      f"{name!r}.")
   configs = [c.name for c in BUILDERS[family].BUILDER_CONFIGS]
-  if config not in configs:
-    raise ValueError(f"dataset {family!r} has configs {', '.join(configs)}; "
-                     f"got {name!r}.")
+  if family == "gtsrb" and config.isdigit() and config not in configs:
+    # Any image size: gtsrb/64 resizes to 64x64.
+    config = gtsrb.GtsrbConfig(image_size=int(config))
+  elif config not in configs:
+    extra = " or any image size, e.g. gtsrb/64" if family == "gtsrb" else ""
+    raise ValueError(f"dataset {family!r} has configs {', '.join(configs)}"
+                     f"{extra}; got {name!r}.")
   return BUILDERS[family](config=config, data_dir=tfds_dir,
                           source_dir=source_dir, **builder_kwargs)
 

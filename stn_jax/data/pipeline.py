@@ -144,7 +144,8 @@ class InputPipeline(Iterator):
         params[name] = np.stack([p[name] for p in per_example])
       clutter = self._arrays["image"][..., 0]
       images = distortions.render(self._on_the_fly, images[..., 0], params,
-                                  clutter_sources=clutter)[..., None]
+                                  clutter_sources=clutter,
+                                  exact=False)[..., None]
       batch.update(params)
     batch["image"] = (images.astype(np.float32) / 255.0 - self._mean) / \
         self._std
