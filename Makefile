@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/rts_st_cnn_small
 
 .PHONY: install test train bench clean
 
@@ -17,7 +18,7 @@ test: install
 	$(PY) -m pytest -n 2 -q tests
 
 train: install
-	@echo "make train: the training loop is not built yet; it arrives with the models/training issue (#4)."; exit 1
+	$(PY) -m stn_jax.main --config=configs/mnist.py:distortion=rts,model=st_cnn,transform=affine,small=true --workdir=$(WORKDIR)
 
 bench: install
 	$(PY) experiments/bench_sampler.py

@@ -11,3 +11,10 @@ from stn_jax.ops import (MODES, PADDING_MODES, TRANSFORMS, affine_grid,
                          projective_grid, tps_grid, tps_source_points)
 
 __version__ = "0.1.0"
+
+
+def restore(workdir):
+  """The trained model of ``workdir``: ``.config``, ``.predict(images)``,
+  ``.transform(images)``; see :mod:`stn_jax.inference`."""
+  from stn_jax.inference import restore as _restore  # heavy imports, late
+  return _restore(workdir)

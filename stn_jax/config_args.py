@@ -1,0 +1,73 @@
+"""Typed ``key=value,key=value`` config arguments (``--config=file.py:ARG``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _convert(key: str, text: str, default: Any, choices):
+  if isinstance(default, bool):
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+      value = True
+    elif lowered in ("0", "false", "no", "off"):
+      value = False
+    else:
+      raise ValueError(f"config argument {key} must be a bool (true/false); "
+                       f"got {text!r}.")
+  elif isinstance(default, int):
+    try:
+      value = int(text)
+    except ValueError:
+      raise ValueError(f"config argument {key} must be an int; got "
+                       f"{text!r}.") from None
+  elif isinstance(default, float):
+    try:
+      value = float(text)
+    except ValueError:
+      raise ValueError(f"config argument {key} must be a float; got "
+                       f"{text!r}.") from None
+  else:
+    value = text.strip()
+  if choices is not None and value not in choices:
+    raise ValueError(f"config argument {key} must be one of "
+                     f"{', '.join(map(str, choices))}; got {text!r}.")
+  return value
+
+
+def parse_arg(arg: str | None, defaults: Mapping[str, Any],
+              choices: Mapping[str, Sequence[Any]] | None = None
+              ) -> dict[str, Any]:
+  """Parses ``'k1=v1,k2=v2'`` against typed defaults.
+
+  Args:
+    arg: the string after ``:`` in ``--config=configs/x.py:ARG`` (or None).
+    defaults: every allowed key with its default; the default's type is the
+      value's type (bool, int, float, str).
+    choices: allowed values of some keys.
+
+  Returns:
+    ``defaults`` updated with the parsed values.
+
+  Raises:
+    ValueError: an unknown key, a malformed item, a wrong type or a value
+      outside its choices; the message lists the valid ones.
+  """
+  choices = choices or {}
+  values = dict(defaults)
+  if not arg:
+    return values
+  for item in arg.split(","):
+    if not item.strip():
+      continue
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep:
+      raise ValueError(f"config argument {item!r} must be key=value; valid "
+                       f"keys: {', '.join(defaults)}.")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; valid keys: "
+                       f"{', '.join(defaults)}.")
+    values[key] = _convert(key, text, defaults[key], choices.get(key))
+  return values

@@ -1,0 +1,30 @@
+"""Train from a config file.
+
+  python -m stn_jax.main --config=configs/mnist.py:distortion=rts,model=st_cnn \
+      --workdir=DIR [--config.learning_rate=0.005 ...]
+
+Rerunning the same command resumes from the workdir's last checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from stn_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "Experiment config file (with :ARG).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics "
+                               "and TensorBoard events go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,58 @@
+"""Flax NNX models: localisation nets, the SpatialTransformer layer and the
+classifiers of the paper, GTSRB and a small ResNet.
+
+``get_model(name, in_shape=..., num_classes=..., rngs=..., **kwargs)`` builds
+any registered model; ``MODELS`` names them all.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from flax import nnx
+
+from stn_jax.models.classifiers import (CNN, FCN, GtsrbCNN, ResNet,
+                                        STClassifier, resnet_stn, st_cnn,
+                                        st_fcn)
+from stn_jax.models.layers import (ConvLocalisation, FCLocalisation,
+                                   SpatialTransformer)
+
+MODELS = {
+    "fcn": FCN,
+    "cnn": CNN,
+    "st_fcn": st_fcn,
+    "st_cnn": st_cnn,
+    "gtsrb_cnn": functools.partial(GtsrbCNN, num_transformers=0),
+    "gtsrb_st_cnn": functools.partial(GtsrbCNN, num_transformers=3),
+    "resnet": ResNet,
+    "resnet_stn": resnet_stn,
+}
+TRANSFORMER_MODELS = ("st_fcn", "st_cnn", "gtsrb_st_cnn", "resnet_stn")
+
+
+def get_model(name: str, *, in_shape, num_classes: int, rngs: nnx.Rngs,
+              **kwargs) -> nnx.Module:
+  """Builds the registered model ``name``."""
+  if name not in MODELS:
+    raise ValueError(f"model must be one of {', '.join(MODELS)}; got "
+                     f"{name!r}.")
+  return MODELS[name](tuple(in_shape), num_classes, rngs=rngs, **kwargs)
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of trainable parameters."""
+  return sum(int(np.prod(x.shape))
+             for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def transformers(model: nnx.Module) -> list[SpatialTransformer]:
+  """Every SpatialTransformer inside ``model``, in graph order."""
+  return [m for _, m in nnx.iter_graph(model)
+          if isinstance(m, SpatialTransformer)]
+
+
+__all__ = ["CNN", "ConvLocalisation", "FCLocalisation", "FCN", "GtsrbCNN",
+           "MODELS", "ResNet", "STClassifier", "SpatialTransformer",
+           "TRANSFORMER_MODELS", "count_params", "get_model", "transformers"]

@@ -1,0 +1,229 @@
+"""Training: configs, every model end to end, crash/resume, corrupted
+checkpoints, SIGTERM, NaN, data parallelism, restore/predict."""
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import stn_jax
+from stn_jax import models, train
+from stn_jax.data import datasets
+import data_fixtures
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config_module(name):
+  spec = importlib.util.spec_from_file_location(
+      f"config_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+MNIST = load_config_module("mnist")
+GTSRB = load_config_module("gtsrb")
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+  """Tiny distorted_mnist/{rts,plain} and gtsrb/32 built from synthetic
+  sources."""
+  root = tmp_path_factory.mktemp("tiny")
+  checksums, _ = data_fixtures.make_mnist(root / "src", sizes=(
+      ("train", 32), ("t10k", 16)))
+  for name in ("distorted_mnist/rts", "distorted_mnist/plain"):
+    datasets.build(name, tfds_dir=root / "tfds", source_dir=root / "src",
+                   checksums=checksums)
+  data_fixtures.make_gtsrb_npz(root / "src")
+  datasets.build("gtsrb/32", tfds_dir=root / "tfds", source_dir=root / "src",
+                 checksums=None)
+  return root / "tfds"
+
+
+def tiny(config, tfds_dir, **overrides):
+  config.tfds_dir = str(tfds_dir)
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_steps = 2
+  config.log_every = 1
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+MODEL_CONFIGS = {
+    "fcn": lambda: MNIST.get_config("model=fcn,small=true"),
+    "cnn": lambda: MNIST.get_config("model=cnn,small=true"),
+    "st_fcn": lambda: MNIST.get_config("model=st_fcn,small=true"),
+    "st_cnn": lambda: MNIST.get_config("model=st_cnn,small=true"),
+    "resnet": lambda: MNIST.get_config("model=resnet,small=true"),
+    "resnet_stn": lambda: MNIST.get_config("model=resnet_stn,small=true"),
+    "gtsrb_cnn": lambda: GTSRB.get_config("model=gtsrb_cnn,small=true"),
+    "gtsrb_st_cnn": lambda: GTSRB.get_config("model=gtsrb_st_cnn,small=true"),
+}
+
+
+def test_every_registered_model_has_an_end_to_end_test():
+  assert set(MODEL_CONFIGS) == set(models.MODELS)
+
+
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+def test_one_step_train_and_evaluate(name, tiny_tfds, tmp_path):
+  config = tiny(MODEL_CONFIGS[name](), tiny_tfds, num_steps=1)
+  if name.startswith("gtsrb"):
+    config.model_kwargs.width = 0.05
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert 0 <= results["test_error"] <= 1
+  assert np.isfinite(results["test_loss"])
+  for file in ("metrics.jsonl", "config.json", "results.json"):
+    assert (tmp_path / file).is_file()
+  assert list((tmp_path / "tensorboard").iterdir())
+  assert (tmp_path / "checkpoints" / "1").is_dir()
+  if name in models.TRANSFORMER_MODELS:
+    assert (tmp_path / "transformer.png").is_file()
+
+
+def test_restore_predict_and_transform(tiny_tfds, tmp_path):
+  config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds)
+  train.train_and_evaluate(config, str(tmp_path))
+  restored = stn_jax.restore(str(tmp_path))
+  assert restored.config.model == "st_cnn" and restored.step == 2
+  images = datasets.load_arrays("distorted_mnist/rts", "test",
+                                tfds_dir=tiny_tfds)["image"][:5]
+  logits = restored.predict(images)
+  assert logits.shape == (5, 10)
+  np.testing.assert_allclose(restored.predict(images / 255.0), logits,
+                             atol=1e-5)
+  assert restored.transform(images).shape == (5, 42, 42, 1)
+  with pytest.raises(ValueError, match=r"images must have shape \(N, 42, 42, 1\)"):
+    restored.predict(np.zeros((2, 28, 28, 1), np.uint8))
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("model=vit", "config argument model must be one of fcn, cnn"),
+    ("distortion=shear", "config argument distortion must be one of plain"),
+    ("color=red", "unknown config argument 'color'; valid keys: distortion"),
+    ("small=maybe", "small must be a bool"),
+])
+def test_bad_config_arguments(arg, match):
+  with pytest.raises(ValueError, match=match):
+    MNIST.get_config(arg)
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"learning_rate": -0.1}, "learning_rate must be > 0"),
+    ({"model": "vit"}, "config.model must be one of"),
+    ({"dataset": "distorted_mnist/shear"}, "has configs"),
+    ({"num_steps": 0}, "num_steps must be a positive int"),
+])
+def test_bad_config_values_fail_before_anything_is_built(override, match,
+                                                         tmp_path,
+                                                         monkeypatch):
+  monkeypatch.setattr(train, "load_data", lambda *a: pytest.fail("loaded"))
+  config = MNIST.get_config("small=true")
+  for key, value in override.items():
+    config[key] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_batch_not_divisible_by_devices(monkeypatch, tmp_path):
+  monkeypatch.setattr(jax, "device_count", lambda: 3)
+  config = MNIST.get_config("small=true")
+  with pytest.raises(ValueError, match=r"divisible by the number of devices \(3\)"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def run_main(workdir, tfds_dir, *extra, env=None, check=True):
+  command = [sys.executable, "-m", "stn_jax.main",
+             "--config=configs/mnist.py:distortion=rts,model=st_cnn,small=true",
+             f"--workdir={workdir}", f"--config.tfds_dir={tfds_dir}",
+             "--config.batch_size=8", "--config.eval_batch_size=8",
+             "--config.num_steps=10", "--config.checkpoint_every=4",
+             "--config.log_every=1", "--config.eval_every=1000", *extra]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def final_params(workdir):
+  restored = stn_jax.restore(str(workdir))
+  return restored.step, jax.tree.leaves(restored.model)
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_tfds,
+                                                          tmp_path):
+  run_main(tmp_path / "straight", tiny_tfds)
+  killed = run_main(tmp_path / "killed", tiny_tfds,
+                    env={"STN_JAX_KILL_AT_STEP": "6"}, check=False)
+  assert killed.returncode == -9
+  assert sorted(os.listdir(tmp_path / "killed" / "checkpoints")) == ["4"]
+  resumed = run_main(tmp_path / "killed", tiny_tfds)
+  assert "resumed from step 4" in resumed.stdout
+  step_a, params_a = final_params(tmp_path / "straight")
+  step_b, params_b = final_params(tmp_path / "killed")
+  assert step_a == step_b == 10
+  for a, b in zip(params_a, params_b):
+    np.testing.assert_array_equal(a, b)  # bitwise
+
+
+def test_sigterm_saves_and_exits_then_resumes(tiny_tfds, tmp_path):
+  stopped = run_main(tmp_path, tiny_tfds, env={"STN_JAX_TERM_AT_STEP": "5"})
+  assert "SIGTERM: saved a checkpoint at step 5" in stopped.stdout
+  assert "5" in os.listdir(tmp_path / "checkpoints")
+  resumed = run_main(tmp_path, tiny_tfds)
+  assert "resumed from step 5" in resumed.stdout
+  assert final_params(tmp_path)[0] == 10
+
+
+def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tiny_tfds,
+                                                               tmp_path):
+  config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds,
+                num_steps=8, checkpoint_every=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  latest = tmp_path / "checkpoints" / "8" / "state"
+  for path in latest.rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  with pytest.warns(UserWarning, match="checkpoint 8 could not be restored"):
+    restored = stn_jax.restore(str(tmp_path))
+  assert restored.step == 4
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_tfds,
+                                                           tmp_path):
+  config = tiny(MNIST.get_config("model=cnn,small=true"), tiny_tfds,
+                num_steps=20, checkpoint_every=1, optimizer="sgd",
+                learning_rate=1e38)  # weights overflow to inf at once
+  with pytest.raises(train.TrainingDiverged, match="loss is (nan|inf)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert steps  # the good steps before the divergence were kept
+  restored = stn_jax.restore(str(tmp_path))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.model)
+             if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating))
+
+
+def test_four_devices_match_one_device(tiny_tfds, tmp_path):
+  one_run = run_main(tmp_path / "one", tiny_tfds, "--config.num_steps=3")
+  four_run = run_main(
+      tmp_path / "four", tiny_tfds, "--config.num_steps=3",
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert "1 device(s)" in one_run.stdout
+  assert "4 device(s)" in four_run.stdout
+  _, one = final_params(tmp_path / "one")
+  _, four = final_params(tmp_path / "four")
+  for a, b in zip(one, four):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
