@@ -1,25 +1,10 @@
 """Offline MNIST sources: data-directory resolution, IDX parsing, checksums."""
 
-import gzip
-import hashlib
-import pathlib
-
 import numpy as np
 import pytest
 
 from stn_jax.data import sources
-
-
-def write_idx(path, array, compress):
-  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-      int(d).to_bytes(4, "big") for d in array.shape)
-  data = header + array.astype(np.uint8).tobytes()
-  if compress:
-    with gzip.open(str(path) + ".gz", "wb") as f:
-      f.write(data)
-  else:
-    path.write_bytes(data)
-  return hashlib.sha256(data).hexdigest()
+from data_fixtures import write_idx
 
 
 @pytest.fixture
