@@ -70,3 +70,12 @@ def get_config(arg=None):
       config.model_kwargs.widths = (8, 16, 32)
       config.model_kwargs.blocks_per_stage = 1
   return config
+
+
+# Sweeps: python -m stn_jax.sweep --config=configs/gtsrb.py --sweep=NAME ...
+
+def sweep_models(add):
+  """CNN, CNN + 3 ST, ResNet and ResNet-STN x 3 seeds."""
+  for model in MODELS:
+    for seed in range(3):
+      add(f"model={model},seed={seed}")

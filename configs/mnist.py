@@ -90,3 +90,34 @@ def get_config(arg=None):
       config.model_kwargs.widths = (8, 16, 32)
       config.model_kwargs.blocks_per_stage = 1
   return config
+
+
+# Sweeps: python -m stn_jax.sweep --config=configs/mnist.py --sweep=NAME ...
+
+TABLE1_MODELS = (("fcn", "affine"), ("cnn", "affine"),
+                 ("st_fcn", "affine"), ("st_fcn", "projective"),
+                 ("st_fcn", "tps"), ("st_cnn", "affine"),
+                 ("st_cnn", "projective"), ("st_cnn", "tps"))
+
+
+def sweep_table1(add):
+  """Table 1: 8 models x R, RTS, P, E x 3 seeds (96 points)."""
+  for distortion in ("r", "rts", "p", "e"):
+    for model, transform in TABLE1_MODELS:
+      for seed in range(3):
+        add(f"distortion={distortion},model={model},transform={transform},"
+            f"seed={seed}")
+
+
+def sweep_tc(add):
+  """The cluttered (TC) row: FCN, CNN, ST-FCN, ST-CNN (affine) x 3 seeds."""
+  for model in ("fcn", "cnn", "st_fcn", "st_cnn"):
+    for seed in range(3):
+      add(f"distortion=tc,model={model},seed={seed}")
+
+
+def sweep_localisation_lr(add):
+  """The localisation-net learning-rate multiplier on RTS ST-CNN (small)."""
+  for multiplier in (1.0, 0.1, 0.01):
+    add("distortion=rts,model=st_cnn,small=true",
+        localisation_lr_multiplier=multiplier)

@@ -1,0 +1,191 @@
+"""Hyperparameter sweeps: plain functions in a config file.
+
+  python -m stn_jax.sweep --config=configs/mnist.py --sweep=table1 --workdir=DIR \
+      [--dry_run] [--set=num_steps=1000 ...]
+
+A sweep is a function ``sweep_<name>(add)`` beside ``get_config`` in the
+config file; each ``add(arg, **overrides)`` adds one point: the config
+arg string and config overrides (dotted keys such as ``'model_kwargs.width'``
+go through a dict: ``add(arg, **{'model_kwargs.width': 0.5})``).
+
+Every point trains in its own workdir ``DIR/<index>_<name>``. The runner is
+resumable: a finished point (its ``results.json`` exists) is skipped, an
+interrupted one resumes from its checkpoint. A failed point is recorded with
+its error and the others still run. Results go to ``DIR/results.jsonl`` and
+``DIR/results.md``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from stn_jax import train
+
+
+def load_config_module(path: str):
+  """Imports a config file by path."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} not found.")
+  name = "stn_jax_config_" + re.sub(r"\W", "_", os.path.abspath(path))
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def sweep_names(module) -> list[str]:
+  return sorted(n[len("sweep_"):] for n in dir(module)
+                if n.startswith("sweep_") and callable(getattr(module, n)))
+
+
+def expand(module, name: str) -> list[dict[str, Any]]:
+  """The points of sweep ``name``: ``[{'arg': str, 'overrides': dict}]``."""
+  function = getattr(module, f"sweep_{name}", None)
+  if function is None:
+    raise ValueError(f"sweep must be one of {', '.join(sweep_names(module))}"
+                     f"; got {name!r}.")
+  points = []
+
+  def add(arg: str = "", **overrides):
+    points.append({"arg": arg, "overrides": overrides})
+
+  function(add)
+  return points
+
+
+def build_config(module, point, extra_overrides=None
+                 ) -> ml_collections.ConfigDict:
+  """The config of one point: ``get_config(arg)`` plus its overrides."""
+  config = module.get_config(point["arg"])
+  overrides = {**point["overrides"], **(extra_overrides or {})}
+  for key, value in overrides.items():
+    target, *rest = key.rsplit(".", 1)[::-1]
+    parent = config
+    if rest:
+      for part in rest[0].split("."):
+        parent = parent[part]
+    if target not in parent:
+      raise ValueError(f"override {key!r}: no such config field.")
+    parent[target] = value
+  return config
+
+
+def point_name(index: int, point) -> str:
+  text = ",".join([point["arg"], *(f"{k}={v}" for k, v in
+                                  sorted(point["overrides"].items()))])
+  slug = re.sub(r"[^A-Za-z0-9=.,_-]+", "_", text).strip(",_")[:80]
+  return f"{index:03d}_{slug or 'default'}"
+
+
+def _write_table(workdir, records):
+  metric_keys = sorted({k for r in records for k in r.get("results", {})
+                        if k.endswith("error")})
+  lines = ["| point | arg | overrides | status | "
+           + " | ".join(metric_keys) + " |",
+           "|---|---|---|---|" + "---|" * len(metric_keys)]
+  for r in records:
+    cells = [f"{100 * r['results'][k]:.2f}%" if k in r.get("results", {})
+             else "" for k in metric_keys]
+    status = r["status"] if r["status"] != "failed" else (
+        "failed: " + r["error"].splitlines()[-1][:80].replace("|", "/"))
+    lines.append(f"| {r['name']} | `{r['arg']}` | "
+                 f"{json.dumps(r['overrides']) if r['overrides'] else ''} | "
+                 f"{status} | " + " | ".join(cells) + " |")
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def run_sweep(config_path: str, name: str, workdir: str, *,
+              dry_run: bool = False, overrides: dict | None = None,
+              train_fn: Callable = train.train_and_evaluate,
+              log=print) -> list[dict]:
+  """Runs (or, with ``dry_run``, checks and lists) every point.
+
+  Returns:
+    one record per point: name, arg, overrides, status ('finished',
+    'skipped' (finished earlier), 'failed', 'ok' (dry run)), results, error.
+  """
+  module = load_config_module(config_path)
+  points = expand(module, name)
+  records = []
+  os.makedirs(workdir, exist_ok=True)
+  for index, point in enumerate(points):
+    record = {"name": point_name(index, point), **point, "results": {},
+              "error": ""}
+    point_dir = os.path.join(workdir, record["name"])
+    results_path = os.path.join(point_dir, "results.json")
+    try:
+      config = build_config(module, point, overrides)
+      train.validate_config(config)
+      if dry_run:
+        record["status"] = "ok"
+      elif os.path.isfile(results_path):
+        with open(results_path) as f:
+          record["results"] = json.load(f)
+        record["status"] = "skipped"
+      else:
+        log(f"[{index + 1}/{len(points)}] {record['name']}")
+        record["results"] = dict(train_fn(config, point_dir))
+        record["status"] = "finished"
+    except Exception:  # noqa: BLE001 - report it, run the other points
+      record["status"] = "failed"
+      record["error"] = traceback.format_exc()
+      log(f"point {record['name']} failed:\n{record['error']}")
+    records.append(record)
+    if not dry_run:
+      with open(os.path.join(workdir, "results.jsonl"), "w") as f:
+        for r in records:
+          f.write(json.dumps(r) + "\n")
+      _write_table(workdir, records)
+  if dry_run:
+    for r in records:
+      log(f"{r['name']}: {r['status']}"
+          + (f" {r['error'].splitlines()[-1]}" if r["error"] else ""))
+  return records
+
+
+def _parse_set(items) -> dict:
+  overrides = {}
+  for item in items or []:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set takes key=value; got {item!r}.")
+    try:
+      overrides[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      overrides[key] = text
+  return overrides
+
+
+def main(argv=None):
+  from absl import logging
+  import argparse
+  parser = argparse.ArgumentParser(prog="python -m stn_jax.sweep",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--sweep", required=True)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--dry_run", action="store_true")
+  parser.add_argument("--set", action="append", default=[],
+                      help="override for every point, e.g. num_steps=1000")
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  records = run_sweep(args.config, args.sweep, args.workdir,
+                      dry_run=args.dry_run, overrides=_parse_set(args.set))
+  failed = [r for r in records if r["status"] == "failed"]
+  print(f"{len(records)} points, {len(failed)} failed"
+        + ("" if args.dry_run else f"; results in {args.workdir}/results.md"))
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

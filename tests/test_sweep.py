@@ -1,0 +1,84 @@
+"""Sweeps: expansion of every config file, dry run, resume, failures."""
+
+import json
+import pathlib
+
+import pytest
+
+from stn_jax import sweep, train
+import test_train  # the tiny dataset fixture and config helpers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(str(p) for p in (REPO / "configs").glob("*.py"))
+tiny_tfds = test_train.tiny_tfds
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_every_point_of_every_sweep_builds(path):
+  module = sweep.load_config_module(path)
+  names = sweep.sweep_names(module)
+  assert names, f"{path} has no sweep"
+  for name in names:
+    points = sweep.expand(module, name)
+    assert points
+    for point in points:
+      config = sweep.build_config(module, point)
+      train.validate_config(config)
+    workdirs = {sweep.point_name(i, p) for i, p in enumerate(points)}
+    assert len(workdirs) == len(points)  # one workdir per point
+
+
+def test_table1_has_every_row_column_and_seed():
+  module = sweep.load_config_module(str(REPO / "configs" / "mnist.py"))
+  assert len(sweep.expand(module, "table1")) == 8 * 4 * 3
+
+
+def test_dry_run_lists_points_without_training(tmp_path):
+  records = sweep.run_sweep(str(REPO / "configs" / "mnist.py"),
+                            "localisation_lr", str(tmp_path), dry_run=True,
+                            train_fn=lambda *a: pytest.fail("trained"),
+                            log=lambda *a: None)
+  assert [r["status"] for r in records] == ["ok"] * 3
+  assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_unknown_sweep_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="sweep must be one of localisation_lr"):
+    sweep.expand(sweep.load_config_module(str(REPO / "configs" / "mnist.py")),
+                 "table9")
+
+
+def test_runs_resumes_skips_and_reports_failures(tiny_tfds, tmp_path):
+  config_file = tmp_path / "tiny_config.py"
+  config_file.write_text(
+      (REPO / "configs" / "mnist.py").read_text() + '''
+
+def sweep_tiny(add):
+  add("distortion=rts,model=cnn,small=true", seed=0)
+  add("distortion=rts,model=cnn,small=true", learning_rate=-1.0)
+  add("distortion=rts,model=st_cnn,small=true", seed=1)
+''')
+  overrides = dict(tfds_dir=str(tiny_tfds), batch_size=8, eval_batch_size=8,
+                   num_steps=2, log_every=1)
+  calls = []
+
+  def counting_train(config, workdir):
+    calls.append(workdir)
+    return train.train_and_evaluate(config, workdir)
+
+  workdir = tmp_path / "sweep"
+  records = sweep.run_sweep(str(config_file), "tiny", str(workdir),
+                            overrides=overrides, train_fn=counting_train,
+                            log=lambda *a: None)
+  assert [r["status"] for r in records] == ["finished", "failed", "finished"]
+  assert "learning_rate must be > 0" in records[1]["error"]
+  assert len(calls) == 2
+  lines = (workdir / "results.jsonl").read_text().splitlines()
+  assert len(lines) == 3 and json.loads(lines[0])["results"]["test_error"] >= 0
+  table = (workdir / "results.md").read_text()
+  assert "test_error" in table and "failed: ValueError" in table
+  again = sweep.run_sweep(str(config_file), "tiny", str(workdir),
+                          overrides=overrides, train_fn=counting_train,
+                          log=lambda *a: None)
+  assert [r["status"] for r in again] == ["skipped", "failed", "skipped"]
+  assert len(calls) == 2  # nothing retrained
