@@ -150,7 +150,9 @@ class Trainer:
              if found else None)
     return logits, theta
 
-  def _train_step(self, params, opt_state, images, labels):
+  def _train_step(self, params, opt_state, images, labels, lr_scale=None):
+    """One SGD step. ``lr_scale`` multiplies the updates (population mode
+    builds the optimiser with learning rate 1 and passes each member's)."""
     def loss_fn(params):
       logits, theta = self._logits(params, images)
       loss = optax.softmax_cross_entropy_with_integer_labels(
@@ -160,6 +162,8 @@ class Trainer:
     (loss, (logits, theta)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params)
     updates, opt_state = self.optimizer.update(grads, opt_state, params)
+    if lr_scale is not None:
+      updates = jax.tree.map(lambda u: u * lr_scale, updates)
     params = optax.apply_updates(params, updates)
     metrics = {"loss": loss,
                "error": (logits.argmax(-1) != labels).mean()}
