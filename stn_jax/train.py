@@ -384,10 +384,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               flush=True)
         return results
       if step % config.eval_every == 0 and step < config.num_steps:
-        _evaluate(trainer, evals, step, writer, mean, std)
+        _evaluate(trainer, evals, step, writer, mean, std, workdir)
     if step not in checkpoints.manager.all_steps():
       checkpoints.save(step, trainer, stream.get_state(), force=True)
-    results = _evaluate(trainer, evals, step, writer, mean, std)
+    results = _evaluate(trainer, evals, step, writer, mean, std, workdir)
     first_split = config.eval_splits[0]
     _write_transformer_png(trainer, evals[first_split],
                            os.path.join(workdir, "transformer.png"), mean, std)
@@ -411,7 +411,27 @@ def _testing_hooks(step: int) -> None:
       os.kill(os.getpid(), sig)
 
 
-def _evaluate(trainer, evals, step, writer, mean, std):
+SNAPSHOT_COUNT = 16
+
+
+def _save_snapshot(trainer, arrays, workdir, step, mean, std):
+  """The first transformer's output on fixed test images, for the GIF of
+  ``python -m stn_jax.viz`` (``workdir/snapshots/<step>.npy``, uint8)."""
+  found = models.transformers(trainer.model())
+  if not found:
+    return
+  images = arrays["image"][:SNAPSHOT_COUNT].astype(np.float32) / 255
+  out = np.asarray(found[0]((images - mean) / std)) * std + mean
+  folder = os.path.join(workdir, "snapshots")
+  os.makedirs(folder, exist_ok=True)
+  np.save(os.path.join(folder, f"{step:08d}.npy"),
+          np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
+
+
+def _evaluate(trainer, evals, step, writer, mean, std, workdir=None):
+  if workdir is not None:
+    _save_snapshot(trainer, next(iter(evals.values())), workdir, step, mean,
+                   std)
   results = {}
   for split, arrays in evals.items():
     metrics = trainer.evaluate(arrays, mean, std)

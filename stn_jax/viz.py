@@ -1,0 +1,178 @@
+"""Figures from training workdirs.
+
+  python -m stn_jax.viz --workdir=ST_RUN [--baseline=CNN_RUN] --out=DIR
+
+Writes, for the ST run (and the baseline where given):
+- ``transformer_<name>.png``: test inputs next to the transformer's outputs
+  (the paper's Figure 3 style);
+- ``transformer_over_training_<name>.gif``: the transformer's output on fixed
+  test digits at every evaluation (from ``workdir/snapshots``);
+- ``saliency_<name>.png``: |d class score / d input pixel| on the same
+  digits, for the ST model and the baseline;
+- ``error_vs_steps_<name>.png``: test error against steps, both runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageDraw
+
+from stn_jax.data import datasets, preview
+
+COUNT = 16
+
+
+def _test_arrays(run):
+  config = run.config
+  split = list(config.eval_splits)[0]
+  return datasets.load_arrays(config.dataset, split,
+                              tfds_dir=config.tfds_dir or None,
+                              source_dir=config.source_dir or None)
+
+
+def transformer_grid(run, arrays, path):
+  images = arrays["image"][:COUNT]
+  out = run.transform(images)
+  to_uint8 = lambda x: np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+  tiles, labels = [], []
+  for i in range(len(images)):
+    tiles += [images[i], to_uint8(out[i])]
+    labels += [f"in {int(arrays['label'][i])}", "ST out"]
+  preview.grid_image(np.stack(tiles), labels, columns=8,
+                     title=f"{run.config.dataset}: inputs and transformer "
+                     "outputs").save(path)
+
+
+def training_gif(workdir, path, scale=3):
+  """Animated GIF of the snapshots; returns the number of frames."""
+  files = sorted(glob.glob(os.path.join(workdir, "snapshots", "*.npy")))
+  frames = []
+  for file in files:
+    step = int(os.path.basename(file)[:-4])
+    snapshot = np.load(file)
+    frames.append(preview.grid_image(snapshot, [""] * len(snapshot),
+                                     columns=8, scale=scale,
+                                     title=f"step {step}"))
+  if frames:
+    frames[0].save(path, save_all=True, append_images=frames[1:],
+                   duration=700, loop=0)
+  return len(frames)
+
+
+def saliency(run, images, labels):
+  """|d logit[label] / d input|, max over channels, scaled to 0-255."""
+  x = jnp.asarray(images.astype(np.float32) / 255)
+  mean = np.float32(run.config.get("mean", 0.0))
+  std = np.float32(run.config.get("std", 1.0))
+  score = lambda x: jnp.take_along_axis(
+      run.model((x - mean) / std), jnp.asarray(labels)[:, None], 1).sum()
+  grad = np.abs(np.asarray(jax.grad(score)(x))).max(-1)
+  grad /= grad.reshape(len(grad), -1).max(1)[:, None, None] + 1e-12
+  return (grad * 255).astype(np.uint8)
+
+
+def saliency_grid(runs, arrays, path):
+  images = arrays["image"][:COUNT]
+  labels = arrays["label"][:COUNT].astype(np.int32)
+  rows = [("input", images[..., 0] if images.shape[-1] == 1 else
+           images.mean(-1).astype(np.uint8))]
+  rows += [(f"{name} saliency", saliency(run, images, labels))
+           for name, run in runs]
+  tiles, captions = [], []
+  for i in range(len(images)):
+    for name, row in rows:
+      tiles.append(row[i])
+      captions.append(name.split()[0] if name != "input" else
+                      f"digit {labels[i]}")
+  preview.grid_image(np.stack(tiles), captions, columns=len(rows) * 4,
+                     title="saliency |d score / d pixel|: "
+                     + ", ".join(n for n, _ in rows[1:])).save(path)
+
+
+def _errors(workdir, key="test_error"):
+  points = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if key in record:
+        points.append((record["step"], record[key]))
+  return points
+
+
+def error_plot(curves, path, size=(640, 400)):
+  """A line plot of test error (%) against steps, one line per run."""
+  colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+  image = Image.new("RGB", size, "white")
+  draw = ImageDraw.Draw(image)
+  left, top, right, bottom = 60, 30, size[0] - 20, size[1] - 40
+  all_points = [p for _, points in curves for p in points]
+  max_step = max(s for s, _ in all_points) or 1
+  max_error = max(e for _, e in all_points) * 100 * 1.1 or 1
+  sx = lambda s: left + (right - left) * s / max_step
+  sy = lambda e: bottom - (bottom - top) * (e * 100) / max_error
+  draw.rectangle((left, top, right, bottom), outline="black")
+  for i in range(5):
+    value = max_error * i / 4
+    y = bottom - (bottom - top) * i / 4
+    draw.text((8, y - 6), f"{value:.1f}%", fill="black")
+    draw.line((left, y, right, y), fill="#dddddd")
+  draw.text((left, bottom + 8), "0", fill="black")
+  draw.text((right - 40, bottom + 8), f"{max_step} steps", fill="black")
+  for i, (name, points) in enumerate(curves):
+    colour = colours[i % len(colours)]
+    xy = [(sx(s), sy(e)) for s, e in sorted(points)]
+    if len(xy) > 1:
+      draw.line(xy, fill=colour, width=2)
+    for x, y in xy:
+      draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+    draw.text((left + 10, top + 8 + 14 * i),
+              f"{name}: {100 * sorted(points)[-1][1]:.2f}%", fill=colour)
+  draw.text((left, 8), "test error vs steps", fill="black")
+  image.save(path)
+
+
+def make_figures(workdir, out, baseline=None):
+  """Writes the figures; returns their paths."""
+  from stn_jax import restore
+  os.makedirs(out, exist_ok=True)
+  run = restore(workdir)
+  name = os.path.basename(os.path.normpath(workdir))
+  arrays = _test_arrays(run)
+  paths = [os.path.join(out, f"transformer_{name}.png")]
+  transformer_grid(run, arrays, paths[-1])
+  gif = os.path.join(out, f"transformer_over_training_{name}.gif")
+  if training_gif(workdir, gif):
+    paths.append(gif)
+  runs = [(run.config.model, run)]
+  curves = [(run.config.model, _errors(workdir))]
+  if baseline:
+    other = restore(baseline)
+    runs.append((other.config.model, other))
+    curves.append((other.config.model, _errors(baseline)))
+  paths.append(os.path.join(out, f"saliency_{name}.png"))
+  saliency_grid(runs, arrays, paths[-1])
+  paths.append(os.path.join(out, f"error_vs_steps_{name}.png"))
+  error_plot(curves, paths[-1])
+  return paths
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m stn_jax.viz",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="a run with an ST")
+  parser.add_argument("--baseline", default=None, help="e.g. the CNN run")
+  parser.add_argument("--out", default="experiments/results/figures")
+  args = parser.parse_args(argv)
+  for path in make_figures(args.workdir, args.out, args.baseline):
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

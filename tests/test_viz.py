@@ -1,0 +1,30 @@
+"""Figures from workdirs: transformer grid, GIF, saliency, error plot."""
+
+from PIL import Image
+
+from stn_jax import train, viz
+import test_train
+
+tiny_tfds = test_train.tiny_tfds
+
+
+def test_figures_from_an_st_run_and_a_baseline(tiny_tfds, tmp_path):
+  runs = {}
+  for model in ("st_cnn", "cnn"):
+    config = test_train.tiny(
+        test_train.MNIST.get_config(f"model={model},small=true"), tiny_tfds,
+        num_steps=4, eval_every=2)
+    runs[model] = tmp_path / model
+    train.train_and_evaluate(config, str(runs[model]))
+  paths = viz.make_figures(str(runs["st_cnn"]), str(tmp_path / "figures"),
+                           baseline=str(runs["cnn"]))
+  names = sorted(p.rsplit("/", 1)[1] for p in paths)
+  assert names == ["error_vs_steps_st_cnn.png", "saliency_st_cnn.png",
+                   "transformer_over_training_st_cnn.gif",
+                   "transformer_st_cnn.png"]
+  with Image.open(tmp_path / "figures" /
+                  "transformer_over_training_st_cnn.gif") as gif:
+    assert gif.n_frames == 2  # evaluations at steps 2 and 4
+  for path in paths:
+    with Image.open(path) as image:
+      assert image.size[0] > 100 and image.size[1] > 100
