@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import re
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -107,8 +108,12 @@ def _write_table(workdir, records):
 def run_sweep(config_path: str, name: str, workdir: str, *,
               dry_run: bool = False, overrides: dict | None = None,
               train_fn: Callable = train.train_and_evaluate,
+              select: Callable[[dict], bool] | None = None,
               log=print) -> list[dict]:
   """Runs (or, with ``dry_run``, checks and lists) every point.
+
+  ``select(point)`` keeps a subset of the points (their workdir names keep
+  their index in the full sweep).
 
   Returns:
     one record per point: name, arg, overrides, status ('finished',
@@ -119,6 +124,8 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
   records = []
   os.makedirs(workdir, exist_ok=True)
   for index, point in enumerate(points):
+    if select is not None and not select(point):
+      continue
     record = {"name": point_name(index, point), **point, "results": {},
               "error": ""}
     point_dir = os.path.join(workdir, record["name"])
@@ -134,7 +141,9 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
         record["status"] = "skipped"
       else:
         log(f"[{index + 1}/{len(points)}] {record['name']}")
+        start = time.perf_counter()
         record["results"] = dict(train_fn(config, point_dir))
+        record["results"]["wall_seconds"] = time.perf_counter() - start
         record["status"] = "finished"
     except Exception:  # noqa: BLE001 - report it, run the other points
       record["status"] = "failed"

@@ -1,0 +1,36 @@
+"""The Table 1 script end to end on a tiny budget."""
+
+import pathlib
+import subprocess
+import sys
+
+import test_train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+tiny_tfds = test_train.tiny_tfds
+
+
+def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
+  out = tmp_path / "table1.md"
+  command = [sys.executable, "experiments/table1_distorted_mnist.py",
+             "--scale=cpu", f"--workdir={tmp_path / 'runs'}", f"--out={out}",
+             "--seeds=2", "--distortions=rts", "--models=cnn,st_cnn",
+             "--no_tc", f"--set=tfds_dir={tiny_tfds}", "--set=num_steps=2",
+             "--set=batch_size=8", "--set=eval_batch_size=8",
+             "--set=log_every=1"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = out.read_text()
+  lines = [l for l in table.splitlines() if l.startswith("|")]
+  assert lines[0] == "| model | RTS |"
+  assert lines[1] == "|---|---|"
+  rows = {l.split("|")[1].strip(): l for l in lines[2:]}
+  assert set(rows) == {"CNN", "ST-CNN Aff", "ST-CNN Proj", "ST-CNN TPS"}
+  assert "(paper 0.8" in rows["CNN"] and "n=2)" in rows["CNN"]
+  assert "scale: **cpu**: 2 steps of batch 8" in table
+  # Rerunning reuses every finished run.
+  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0
+  assert "(0 runs trained now" in out.read_text()
