@@ -11,7 +11,6 @@ member. Times steady-state training steps (after compilation) on synthetic
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -23,17 +22,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_sampler import commit_description, machine_description  # noqa: E402
 
-from stn_jax import population, train  # noqa: E402
+from stn_jax import population, sweep, train  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mnist_config(arg):
-  spec = importlib.util.spec_from_file_location(
-      "mnist_config", os.path.join(REPO, "configs", "mnist.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return sweep.load_config_module(
+      os.path.join(REPO, "configs", "mnist.py")).get_config(arg)
 
 
 def main(argv=None):
@@ -64,9 +60,8 @@ def main(argv=None):
     jax.block_until_ready(m)
 
   # Population: one vmapped step for all members.
-  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
-  params = stack([t.params for t in trainers])
-  opt_state = stack([t.opt_state for t in trainers])
+  params = population.stack_members([t.params for t in trainers])
+  opt_state = population.stack_members([t.opt_state for t in trainers])
   rates = jnp.full((k,), config.learning_rate, jnp.float32)
   state = {"params": params, "opt_state": opt_state}
 

@@ -22,7 +22,6 @@ Scales:
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
 import json
 import os
@@ -91,13 +90,7 @@ def main(argv=None):
   parser.add_argument("--set", action="append", default=[],
                       help="extra override for every run, e.g. tfds_dir=...")
   args = parser.parse_args(argv)
-  overrides = dict(SCALES[args.scale])
-  for item in args.set:
-    key, _, text = item.partition("=")
-    try:
-      overrides[key] = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      overrides[key] = text
+  overrides = {**SCALES[args.scale], **sweep.parse_overrides(args.set)}
   distortions = args.distortions.split(",")
   model_names = args.models.split(",")
   config_path = os.path.join(REPO, "configs", "mnist.py")

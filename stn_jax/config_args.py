@@ -16,17 +16,13 @@ def _convert(key: str, text: str, default: Any, choices):
     else:
       raise ValueError(f"config argument {key} must be a bool (true/false); "
                        f"got {text!r}.")
-  elif isinstance(default, int):
+  elif isinstance(default, (int, float)):
+    kind = type(default)
     try:
-      value = int(text)
+      value = kind(text)
     except ValueError:
-      raise ValueError(f"config argument {key} must be an int; got "
-                       f"{text!r}.") from None
-  elif isinstance(default, float):
-    try:
-      value = float(text)
-    except ValueError:
-      raise ValueError(f"config argument {key} must be a float; got "
+      raise ValueError(f"config argument {key} must be "
+                       f"{'an int' if kind is int else 'a float'}; got "
                        f"{text!r}.") from None
   else:
     value = text.strip()

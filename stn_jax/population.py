@@ -48,7 +48,8 @@ def check_compatible(configs) -> None:
                        f"{', '.join(differing)}.")
 
 
-def _stack(trees):
+def stack_members(trees):
+  """K pytrees of one structure -> one pytree with a leading axis of K."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -91,8 +92,8 @@ def train_population(configs, workdir: str, *, method: str = "vmap",
     unit.learning_rate = 1.0  # each member's rate is applied to its updates
     members.append(train.Trainer(unit, in_shape))
   device = jax.devices()[0]
-  params = jax.device_put(_stack([m.params for m in members]), device)
-  opt_state = jax.device_put(_stack([m.opt_state for m in members]), device)
+  params = jax.device_put(stack_members([m.params for m in members]), device)
+  opt_state = jax.device_put(stack_members([m.opt_state for m in members]), device)
   rates = jnp.asarray([c.learning_rate for c in configs], jnp.float32)
   streams = [pipeline.InputPipeline(train_arrays,
                                     batch_size=c.batch_size, seed=c.seed,

@@ -162,7 +162,9 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
   return records
 
 
-def _parse_set(items) -> dict:
+def parse_overrides(items) -> dict:
+  """``['k=v', ...]`` -> ``{k: v}``, values read as Python literals when
+  they are (``1000``, ``1e-3``, ``True``), else kept as strings."""
   overrides = {}
   for item in items or []:
     key, sep, text = item.partition("=")
@@ -189,7 +191,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   records = run_sweep(args.config, args.sweep, args.workdir,
-                      dry_run=args.dry_run, overrides=_parse_set(args.set))
+                      dry_run=args.dry_run,
+                      overrides=parse_overrides(args.set))
   failed = [r for r in records if r["status"] == "failed"]
   print(f"{len(records)} points, {len(failed)} failed"
         + ("" if args.dry_run else f"; results in {args.workdir}/results.md"))

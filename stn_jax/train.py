@@ -65,12 +65,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                        f"devices ({devices}); got {config[key]}.")
 
 
+def learning_rate_schedule(config) -> optax.Schedule:
+  """``learning_rate`` times ``lr_decay_factor`` every ``lr_decay_every``."""
+  return optax.exponential_decay(
+      config.learning_rate, transition_steps=config.lr_decay_every,
+      decay_rate=config.lr_decay_factor, staircase=True)
+
+
 def make_optimizer(config, params) -> optax.GradientTransformation:
   """SGD/momentum/Adam with a step schedule; the localisation nets get
   ``localisation_lr_multiplier`` times the learning rate."""
-  schedule = optax.exponential_decay(
-      config.learning_rate, transition_steps=config.lr_decay_every,
-      decay_rate=config.lr_decay_factor, staircase=True)
+  schedule = learning_rate_schedule(config)
   base = {"sgd": optax.sgd,
           "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
           "adam": optax.adam}[config.optimizer]
@@ -285,18 +290,25 @@ def load_data(config):
   return train, evals, tuple(in_shape)
 
 
-def _write_transformer_png(trainer, arrays, path, mean, std, count=16):
-  model = trainer.model()
-  found = models.transformers(model)
+def _transformer_outputs(trainer, images, mean, std):
+  """The first transformer's output (uint8, like ``images``) on uint8
+  ``images``, or None for a model without one."""
+  found = models.transformers(trainer.model())
   if not found:
+    return None
+  x = (images.astype(np.float32) / 255 - mean) / std
+  out = np.asarray(found[0](x)) * std + mean
+  return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+def _write_transformer_png(trainer, arrays, path, mean, std, count=16):
+  images = arrays["image"][:count]
+  out = _transformer_outputs(trainer, images, mean, std)
+  if out is None:
     return
-  count = min(count, len(arrays["label"]))
-  images = arrays["image"][:count].astype(np.float32) / 255
-  out = np.asarray(found[0]((images - mean) / std)) * std + mean
-  to_uint8 = lambda x: np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
   tiles, labels = [], []
-  for i in range(count):
-    tiles += [to_uint8(images[i]), to_uint8(out[i])]
+  for i in range(len(images)):
+    tiles += [images[i], out[i]]
     labels += [f"in {int(arrays['label'][i])}", "ST out"]
   preview.grid_image(np.stack(tiles), labels, columns=8,
                      title="inputs and transformer outputs").save(path)
@@ -339,9 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   signal.signal(signal.SIGTERM,
                 lambda *_: stop.__setitem__("requested", True))
   writer = MetricWriter(workdir)
-  schedule = optax.exponential_decay(
-      config.learning_rate, config.lr_decay_every, config.lr_decay_factor,
-      staircase=True)
+  schedule = learning_rate_schedule(config)
   results = {}
   try:
     interval, interval_start, start_step = [], time.perf_counter(), step
@@ -417,15 +427,13 @@ SNAPSHOT_COUNT = 16
 def _save_snapshot(trainer, arrays, workdir, step, mean, std):
   """The first transformer's output on fixed test images, for the GIF of
   ``python -m stn_jax.viz`` (``workdir/snapshots/<step>.npy``, uint8)."""
-  found = models.transformers(trainer.model())
-  if not found:
+  out = _transformer_outputs(trainer, arrays["image"][:SNAPSHOT_COUNT], mean,
+                             std)
+  if out is None:
     return
-  images = arrays["image"][:SNAPSHOT_COUNT].astype(np.float32) / 255
-  out = np.asarray(found[0]((images - mean) / std)) * std + mean
   folder = os.path.join(workdir, "snapshots")
   os.makedirs(folder, exist_ok=True)
-  np.save(os.path.join(folder, f"{step:08d}.npy"),
-          np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
+  np.save(os.path.join(folder, f"{step:08d}.npy"), out)
 
 
 def _evaluate(trainer, evals, step, writer, mean, std, workdir=None):

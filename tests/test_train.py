@@ -1,7 +1,6 @@
 """Training: configs, every model end to end, crash/resume, corrupted
 checkpoints, SIGTERM, NaN, data parallelism, restore/predict."""
 
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -13,23 +12,15 @@ import numpy as np
 import pytest
 
 import stn_jax
-from stn_jax import models, train
+from stn_jax import models, sweep, train
 from stn_jax.data import datasets
 import data_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_config_module(name):
-  spec = importlib.util.spec_from_file_location(
-      f"config_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-MNIST = load_config_module("mnist")
-GTSRB = load_config_module("gtsrb")
+MNIST = sweep.load_config_module(str(REPO / "configs" / "mnist.py"))
+GTSRB = sweep.load_config_module(str(REPO / "configs" / "gtsrb.py"))
 
 
 @pytest.fixture(scope="module")

@@ -167,12 +167,19 @@ def sample_params(variant: str, rng: np.random.Generator, *,
 
 
 def sample_batch_params(variant: str, seed: int, split: str, indices, *,
-                        epoch: int | None = None,
+                        epoch=None,
                         num_sources: int = 1) -> dict[str, np.ndarray]:
-  """Parameters of many examples, stacked: each from its own generator."""
-  per_example = [sample_params(variant, example_rng(seed, split, i, epoch),
+  """Parameters of many examples, stacked: each from its own generator.
+
+  ``epoch`` is None (the built datasets), one epoch, or one per index.
+  """
+  if epoch is None or np.ndim(epoch) == 0:
+    epochs = [epoch] * len(indices)
+  else:
+    epochs = epoch
+  per_example = [sample_params(variant, example_rng(seed, split, i, e),
                                num_sources=num_sources, own_index=int(i))
-                 for i in indices]
+                 for i, e in zip(indices, epochs)]
   return {name: np.stack([p[name] for p in per_example])
           for name in PARAM_SHAPES[check_variant(variant)]}
 

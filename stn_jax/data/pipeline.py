@@ -133,15 +133,9 @@ class InputPipeline(Iterator):
     batch = {k: v[indices] for k, v in self._arrays.items()}
     images = batch["image"]
     if self._on_the_fly is not None:
-      params = {}
-      per_example = [
-          distortions.sample_params(
-              self._on_the_fly,
-              distortions.example_rng(self._seed, "train", i, epoch),
-              num_sources=self._size, own_index=int(i))
-          for epoch, i in zip(epochs, indices)]
-      for name in distortions.PARAM_SHAPES[self._on_the_fly]:
-        params[name] = np.stack([p[name] for p in per_example])
+      params = distortions.sample_batch_params(
+          self._on_the_fly, self._seed, "train", indices, epoch=epochs,
+          num_sources=self._size)
       clutter = self._arrays["image"][..., 0]
       images = distortions.render(self._on_the_fly, images[..., 0], params,
                                   clutter_sources=clutter,
