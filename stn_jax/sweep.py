@@ -1,7 +1,7 @@
 """Hyperparameter sweeps: plain functions in a config file.
 
   python -m stn_jax.sweep --config=configs/mnist.py --sweep=table1 --workdir=DIR \
-      [--dry_run] [--set=num_steps=1000 ...]
+      [--dry_run] [--set=num_steps=1000 ...] [--arg=small=true]
 
 A sweep is a function ``sweep_<name>(add)`` beside ``get_config`` in the
 config file; each ``add(arg, **overrides)`` adds one point: the config
@@ -109,11 +109,14 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
               dry_run: bool = False, overrides: dict | None = None,
               train_fn: Callable = train.train_and_evaluate,
               select: Callable[[dict], bool] | None = None,
+              extra_arg: str = "",
               log=print) -> list[dict]:
   """Runs (or, with ``dry_run``, checks and lists) every point.
 
   ``select(point)`` keeps a subset of the points (their workdir names keep
-  their index in the full sweep).
+  their index in the full sweep). ``extra_arg`` (e.g. ``'small=true'``) is
+  appended to every point's ``get_config`` arg before it is named, so runs
+  with and without it get different workdirs.
 
   Returns:
     one record per point: name, arg, overrides, status ('finished',
@@ -126,6 +129,9 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
   for index, point in enumerate(points):
     if select is not None and not select(point):
       continue
+    if extra_arg:
+      point = {**point, "arg": ",".join(a for a in (point["arg"], extra_arg)
+                                        if a)}
     record = {"name": point_name(index, point), **point, "results": {},
               "error": ""}
     point_dir = os.path.join(workdir, record["name"])
@@ -144,6 +150,9 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
         start = time.perf_counter()
         record["results"] = dict(train_fn(config, point_dir))
         record["results"]["wall_seconds"] = time.perf_counter() - start
+        if os.path.isfile(results_path):  # keep the time with the results
+          with open(results_path, "w") as f:
+            json.dump(record["results"], f, indent=2)
         record["status"] = "finished"
     except Exception:  # noqa: BLE001 - report it, run the other points
       record["status"] = "failed"
@@ -188,11 +197,15 @@ def main(argv=None):
   parser.add_argument("--dry_run", action="store_true")
   parser.add_argument("--set", action="append", default=[],
                       help="override for every point, e.g. num_steps=1000")
+  parser.add_argument("--arg", default="",
+                      help="appended to every point's get_config arg, "
+                      "e.g. small=true")
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   records = run_sweep(args.config, args.sweep, args.workdir,
                       dry_run=args.dry_run,
-                      overrides=parse_overrides(args.set))
+                      overrides=parse_overrides(args.set),
+                      extra_arg=args.arg)
   failed = [r for r in records if r["status"] == "failed"]
   print(f"{len(records)} points, {len(failed)} failed"
         + ("" if args.dry_run else f"; results in {args.workdir}/results.md"))
