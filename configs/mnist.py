@@ -41,6 +41,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.arg = arg or ""
   config.dataset = f"distorted_mnist/{args['distortion']}"
+  config.train_split = "train"
   config.eval_splits = ("test",)
   config.on_the_fly = args["distortion"] if args["on_the_fly"] else ""
   config.source_dir = ""  # data dir with mnist/; "" = $STN_DATA_DIR or ../shared/data
@@ -66,6 +67,9 @@ def get_config(arg=None):
   config.grad_clip_norm = 0.0
   config.log_every = 100
   config.eval_every = 10_000
+  # Transformer output on 16 fixed test images for the viz GIF, every this
+  # many steps (0: only at evaluations).
+  config.snapshot_every = 0
   config.checkpoint_every = 2_000
   config.max_checkpoints = 3
   config.eval_batch_size = 1000

@@ -29,7 +29,6 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -39,6 +38,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_sampler import commit_description, machine_description  # noqa: E402
+
+from _tables import (mean_std_cell, parse_arg, run_in_seed_passes,  # noqa: E402
+                     total_minutes)
 
 from stn_jax import sweep  # noqa: E402
 
@@ -69,19 +71,6 @@ SCALES = {
 }
 
 
-def parse_arg(arg: str) -> dict[str, str]:
-  return dict(item.split("=", 1) for item in arg.split(",") if item)
-
-
-def cell(errors, paper):
-  if not errors:
-    return "not run"
-  mean = 100 * statistics.mean(errors)
-  std = 100 * statistics.stdev(errors) if len(errors) > 1 else 0.0
-  return (f"{mean:.2f} ± {std:.2f} (paper {paper:.1f}, "
-          f"{mean - paper:+.2f}; n={len(errors)})")
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--scale", choices=sorted(SCALES), required=True)
@@ -100,24 +89,16 @@ def main(argv=None):
   model_names = args.models.split(",")
   config_path = os.path.join(REPO, "configs", "mnist.py")
 
-  def selector(seed):
-    def select(point):
-      a = parse_arg(point["arg"])
-      return (a["model"] in model_names and int(a["seed"]) <= seed
-              and (a["distortion"] in distortions or a["distortion"] == "tc"))
-    return select
+  def keep(a):
+    return a["model"] in model_names and (a["distortion"] in distortions
+                                          or a["distortion"] == "tc")
 
   start = time.perf_counter()
-  by_sweep, trained = {}, []
-  for seed in range(args.seeds):  # each pass reuses the earlier seeds' runs
-    for name in ("table1",) + (() if args.no_tc else ("tc",)):
-      by_sweep[name] = sweep.run_sweep(config_path, name,
-                                 os.path.join(args.workdir, name),
-                                 overrides=overrides, select=selector(seed),
-                                 extra_arg=SCALE_ARGS[args.scale])
-      trained += [r for r in by_sweep[name] if r["status"] == "finished"]
+  records, trained = run_in_seed_passes(
+      config_path, ("table1",) + (() if args.no_tc else ("tc",)),
+      args.workdir, seeds=args.seeds, keep=keep, overrides=overrides,
+      extra_arg=SCALE_ARGS[args.scale])
   wall = time.perf_counter() - start
-  records = [r for name in by_sweep for r in by_sweep[name]]
 
   errors = collections.defaultdict(list)
   failed = []
@@ -128,7 +109,6 @@ def main(argv=None):
       continue
     key = (a["model"], a.get("transform", "affine"), a["distortion"])
     errors[key].append(record["results"]["test_error"])
-  run_seconds = [r["results"].get("wall_seconds", 0) for r in trained]
   module = sweep.load_config_module(config_path)
   config = sweep.build_config(module, {"arg": SCALE_ARGS[args.scale],
                                        "overrides": {}},
@@ -148,10 +128,9 @@ def main(argv=None):
       f"`{SCALE_ARGS[args.scale] or '(none)'}`. The paper uses 150k SGD "
       "steps of 256.",
       f"- wall time of this invocation: {wall / 60:.1f} min "
-      f"({len(run_seconds)} runs trained now; finished runs are reused); "
+      f"({len(trained)} runs trained now; finished runs are reused); "
       f"training time of all {len(records) - len(failed)} runs in the "
-      f"table: {sum(r['results'].get('wall_seconds', 0) for r in records) / 60:.1f} min",
-
+      f"table: {total_minutes(records):.1f} min",
       "- each cell: ours mean ± std (paper, difference ours - paper; n = "
       "seeds run)",
       "",
@@ -162,7 +141,7 @@ def main(argv=None):
     if key[0] not in model_names:
       continue
     lines.append(f"| {label} | " + " | ".join(
-        cell(errors.get((*key, d), []), PAPER_TABLE1[key][d])
+        mean_std_cell(errors.get((*key, d), []), PAPER_TABLE1[key][d])
         for d in distortions) + " |")
   if not args.no_tc:
     lines += ["", "## TC (translated + cluttered, 60x60)", "",
@@ -170,7 +149,7 @@ def main(argv=None):
     for model in ("fcn", "cnn", "st_fcn", "st_cnn"):
       if model in model_names:
         lines.append(f"| {model} | "
-                     f"{cell(errors.get((model, 'affine', 'tc'), []), PAPER_TC[model])} |")
+                     f"{mean_std_cell(errors.get((model, 'affine', 'tc'), []), PAPER_TC[model])} |")
   if failed:
     lines += ["", "## Failed runs", ""] + [
         f"- {r['name']}: {r['error'].splitlines()[-1]}" for r in failed]

@@ -58,6 +58,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config[key], int) or config[key] <= 0:
       raise ValueError(f"config.{key} must be a positive int; got "
                        f"{config[key]!r}.")
+  snapshot_every = config.get("snapshot_every", 0)
+  if not isinstance(snapshot_every, int) or snapshot_every < 0:
+    raise ValueError("config.snapshot_every must be an int >= 0 (0: only at "
+                     f"evaluations); got {snapshot_every!r}.")
+  if train_split(config) in config.eval_splits:
+    raise ValueError(f"config.train_split {train_split(config)!r} is also in "
+                     f"config.eval_splits {tuple(config.eval_splits)}: "
+                     "evaluating on the training split is not a result.")
+  if config.on_the_fly and train_split(config) != "train":
+    raise ValueError("config.train_split must be 'train' with on_the_fly "
+                     f"(the plain MNIST training digits); got "
+                     f"{train_split(config)!r}.")
   devices = jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % devices:
@@ -274,6 +286,11 @@ class Checkpoints:
     return None
 
 
+def train_split(config) -> str:
+  """The split trained on: ``config.train_split``, default ``'train'``."""
+  return config.get("train_split", "train")
+
+
 def load_data(config):
   """(train arrays, {split: eval arrays}, image shape)."""
   kwargs = dict(tfds_dir=config.tfds_dir or None,
@@ -283,7 +300,8 @@ def load_data(config):
     size = distortions.IMAGE_SIZE[config.on_the_fly]
     in_shape = (size, size, 1)
   else:
-    train = datasets.load_arrays(config.dataset, "train", **kwargs)
+    train = datasets.load_arrays(config.dataset, train_split(config),
+                                 **kwargs)
     in_shape = train["image"].shape[1:]
   evals = {split: datasets.load_arrays(config.dataset, split, **kwargs)
            for split in config.eval_splits}
@@ -353,7 +371,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer = MetricWriter(workdir)
   schedule = learning_rate_schedule(config)
   results = {}
+  snapshot_every = config.get("snapshot_every", 0)
+  snapshot_images = next(iter(evals.values()))
   try:
+    if step == 0:  # the initial (identity) transformer: the GIF's frame 0
+      _save_snapshot(trainer, snapshot_images, workdir, 0, mean, std)
     interval, interval_start, start_step = [], time.perf_counter(), step
     run_start = time.perf_counter()
     while step < config.num_steps:
@@ -395,6 +417,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         return results
       if step % config.eval_every == 0 and step < config.num_steps:
         _evaluate(trainer, evals, step, writer, mean, std, workdir)
+      elif snapshot_every and step % snapshot_every == 0:
+        _save_snapshot(trainer, snapshot_images, workdir, step, mean, std)
     if step not in checkpoints.manager.all_steps():
       checkpoints.save(step, trainer, stream.get_state(), force=True)
     results = _evaluate(trainer, evals, step, writer, mean, std, workdir)

@@ -1,12 +1,14 @@
 """Figures from training workdirs.
 
   python -m stn_jax.viz --workdir=ST_RUN [--baseline=CNN_RUN] --out=DIR
+      [--figures=transformer,gif,saliency,error] [--name=NAME]
 
 Writes, for the ST run (and the baseline where given):
 - ``transformer_<name>.png``: test inputs next to the transformer's outputs
   (the paper's Figure 3 style);
 - ``transformer_over_training_<name>.gif``: the transformer's output on fixed
-  test digits at every evaluation (from ``workdir/snapshots``);
+  test digits at step 0, every evaluation and every ``snapshot_every`` steps
+  (from ``workdir/snapshots``);
 - ``saliency_<name>.png``: |d class score / d input pixel| on the same
   digits, for the ST model and the baseline;
 - ``error_vs_steps_<name>.png``: test error against steps, both runs.
@@ -138,28 +140,42 @@ def error_plot(curves, path, size=(640, 400)):
   image.save(path)
 
 
-def make_figures(workdir, out, baseline=None):
-  """Writes the figures; returns their paths."""
+FIGURES = ("transformer", "gif", "saliency", "error")
+
+
+def make_figures(workdir, out, baseline=None, *, figures=FIGURES, name=None):
+  """Writes the ``figures`` (a subset of ``FIGURES``) of the run in
+  ``workdir`` to ``out``, named after ``name`` (default: the workdir's
+  basename); returns their paths."""
   from stn_jax import restore
+  unknown = set(figures) - set(FIGURES)
+  if unknown:
+    raise ValueError(f"figures must be among {', '.join(FIGURES)}; got "
+                     f"{', '.join(sorted(unknown))}.")
   os.makedirs(out, exist_ok=True)
   run = restore(workdir)
-  name = os.path.basename(os.path.normpath(workdir))
+  name = name or os.path.basename(os.path.normpath(workdir))
   arrays = _test_arrays(run)
-  paths = [os.path.join(out, f"transformer_{name}.png")]
-  transformer_grid(run, arrays, paths[-1])
+  paths = []
+  if "transformer" in figures:
+    paths.append(os.path.join(out, f"transformer_{name}.png"))
+    transformer_grid(run, arrays, paths[-1])
   gif = os.path.join(out, f"transformer_over_training_{name}.gif")
-  if training_gif(workdir, gif):
+  if "gif" in figures and training_gif(workdir, gif):
     paths.append(gif)
-  runs = [(run.config.model, run)]
-  curves = [(run.config.model, _errors(workdir))]
-  if baseline:
-    other = restore(baseline)
-    runs.append((other.config.model, other))
-    curves.append((other.config.model, _errors(baseline)))
-  paths.append(os.path.join(out, f"saliency_{name}.png"))
-  saliency_grid(runs, arrays, paths[-1])
-  paths.append(os.path.join(out, f"error_vs_steps_{name}.png"))
-  error_plot(curves, paths[-1])
+  other = restore(baseline) if baseline else None
+  if "saliency" in figures:
+    runs = [(run.config.model, run)]
+    if other is not None:
+      runs.append((other.config.model, other))
+    paths.append(os.path.join(out, f"saliency_{name}.png"))
+    saliency_grid(runs, arrays, paths[-1])
+  if "error" in figures:
+    curves = [(run.config.model, _errors(workdir))]
+    if other is not None:
+      curves.append((other.config.model, _errors(baseline)))
+    paths.append(os.path.join(out, f"error_vs_steps_{name}.png"))
+    error_plot(curves, paths[-1])
   return paths
 
 
@@ -169,8 +185,14 @@ def main(argv=None):
   parser.add_argument("--workdir", required=True, help="a run with an ST")
   parser.add_argument("--baseline", default=None, help="e.g. the CNN run")
   parser.add_argument("--out", default="experiments/results/figures")
+  parser.add_argument("--figures", default=",".join(FIGURES),
+                      help="comma-separated subset of " + ",".join(FIGURES))
+  parser.add_argument("--name", default=None,
+                      help="file-name suffix (default: the workdir's name)")
   args = parser.parse_args(argv)
-  for path in make_figures(args.workdir, args.out, args.baseline):
+  for path in make_figures(args.workdir, args.out, args.baseline,
+                           figures=tuple(args.figures.split(",")),
+                           name=args.name):
     print(f"wrote {path}")
 
 

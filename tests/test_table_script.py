@@ -34,3 +34,30 @@ def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
                          timeout=600)
   assert again.returncode == 0
   assert "(0 runs trained now" in out.read_text()
+
+
+def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
+  out = tmp_path / "gtsrb.md"
+  command = [sys.executable, "experiments/gtsrb.py", "--scale=cpu",
+             f"--workdir={tmp_path / 'runs'}", f"--out={out}", "--seeds=1",
+             "--models=gtsrb_cnn,resnet_stn", f"--set=tfds_dir={tiny_tfds}",
+             "--set=num_steps=2", "--set=batch_size=8",
+             "--set=eval_batch_size=8", "--set=log_every=1"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = out.read_text()
+  ours = table.split("## Ours")[1].split("## Published")[0]
+  lines = [l for l in ours.splitlines() if l.startswith("|")]
+  assert lines[0] == ("| model | network | input | test accuracy | "
+                      "validation accuracy |")
+  rows = {l.split("|")[1].strip(): l.split("|") for l in lines[2:]}
+  assert set(rows) == {"CNN (Arcos-Garcia layout, no ST)",
+                       "ResNet-STN (ST on the input)"}
+  for cells in rows.values():
+    assert cells[3].strip() == "32x32"
+    assert "n=1)" in cells[4] and "n=1)" in cells[5]
+  assert "(paper 98.85," in rows["CNN (Arcos-Garcia layout, no ST)"][4]
+  assert "| CNN + 3 ST (Arcos-Garcia et al. 2018) | 48x48 | 99.71% |" in table
+  assert "scale: **cpu**: 2 steps of batch 8" in table
+  assert "trained on `train_without_validation`" in table

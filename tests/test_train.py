@@ -116,6 +116,10 @@ def test_bad_config_arguments(arg, match):
     ({"model": "vit"}, "config.model must be one of"),
     ({"dataset": "distorted_mnist/shear"}, "has configs"),
     ({"num_steps": 0}, "num_steps must be a positive int"),
+    ({"train_split": "test"}, "train_split 'test' is also in"),
+    ({"snapshot_every": -1}, "snapshot_every must be an int >= 0"),
+    ({"train_split": "validation", "on_the_fly": "rts"},
+     "train_split must be 'train' with on_the_fly"),
 ])
 def test_bad_config_values_fail_before_anything_is_built(override, match,
                                                          tmp_path,
@@ -218,3 +222,13 @@ def test_four_devices_match_one_device(tiny_tfds, tmp_path):
   _, four = final_params(tmp_path / "four")
   for a, b in zip(one, four):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_train_split_selects_the_split_trained_on(monkeypatch):
+  calls = []
+  monkeypatch.setattr(train.datasets, "load_arrays",
+                      lambda name, split, **kw: calls.append(split) or {
+                          "image": np.zeros((4, 8, 8, 3), np.uint8)})
+  config = GTSRB.get_config("small=true")
+  train.load_data(config)
+  assert calls == ["train_without_validation", "test", "validation"]

@@ -13,7 +13,7 @@ def test_figures_from_an_st_run_and_a_baseline(tiny_tfds, tmp_path):
   for model in ("st_cnn", "cnn"):
     config = test_train.tiny(
         test_train.MNIST.get_config(f"model={model},small=true"), tiny_tfds,
-        num_steps=4, eval_every=2)
+        num_steps=4, eval_every=2, snapshot_every=1)
     runs[model] = tmp_path / model
     train.train_and_evaluate(config, str(runs[model]))
   paths = viz.make_figures(str(runs["st_cnn"]), str(tmp_path / "figures"),
@@ -24,7 +24,21 @@ def test_figures_from_an_st_run_and_a_baseline(tiny_tfds, tmp_path):
                    "transformer_st_cnn.png"]
   with Image.open(tmp_path / "figures" /
                   "transformer_over_training_st_cnn.gif") as gif:
-    assert gif.n_frames == 2  # evaluations at steps 2 and 4
+    assert gif.n_frames == 5  # steps 0 (identity) to 4
+  assert sorted(p.name for p in (runs["st_cnn"] / "snapshots").iterdir()) == [
+      f"{step:08d}.npy" for step in range(5)]
+  assert not (runs["cnn"] / "snapshots").exists()  # no transformer
   for path in paths:
     with Image.open(path) as image:
       assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_only_the_named_figures_with_a_chosen_name(tiny_tfds, tmp_path):
+  config = test_train.tiny(
+      test_train.MNIST.get_config("model=st_fcn,small=true"), tiny_tfds)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  paths = viz.make_figures(str(tmp_path / "run"), str(tmp_path / "figures"),
+                           figures=("transformer",), name="rts")
+  assert [p.rsplit("/", 1)[1] for p in paths] == ["transformer_rts.png"]
+  assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+      "transformer_rts.png"]

@@ -1,0 +1,73 @@
+"""Shared pieces of the paper-table scripts: seed passes over a sweep and
+mean +- std cells."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable, Sequence
+
+from stn_jax import sweep
+
+
+def parse_arg(arg: str) -> dict[str, str]:
+  """``'k1=v1,k2=v2'`` -> ``{'k1': 'v1', 'k2': 'v2'}`` (strings)."""
+  return dict(item.split("=", 1) for item in arg.split(",") if item)
+
+
+def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
+                       workdir: str, *, seeds: int,
+                       keep: Callable[[dict[str, str]], bool],
+                       overrides: dict, extra_arg: str
+                       ) -> tuple[list[dict], list[dict]]:
+  """Runs the sweeps' points seed by seed: every kept point's seed 0, then
+  every kept point's seed 1, and so on.
+
+  An interrupted invocation therefore leaves every cell with some seeds
+  rather than some cells with none. Rerunning reuses finished points (the
+  sweep runner is resumable).
+
+  Args:
+    config_path: the config file holding ``sweep_<name>`` functions.
+    sweep_names: the sweeps to run; each gets ``workdir/<name>``.
+    seeds: points whose ``seed`` arg is below this are run.
+    keep: takes a point's parsed arg and says whether to run it.
+    overrides: config overrides for every point.
+    extra_arg: appended to every point's arg (e.g. ``'small=true'``).
+
+  Returns:
+    (records of the kept points, as the sweep runner returns them;
+     the records of the points trained by this call).
+  """
+  by_sweep, trained = {}, []
+  for seed in range(seeds):
+    def select(point, seed=seed):
+      a = parse_arg(point["arg"])
+      return int(a.get("seed", 0)) <= seed and keep(a)
+    for name in sweep_names:
+      by_sweep[name] = sweep.run_sweep(
+          config_path, name, os.path.join(workdir, name),
+          overrides=overrides, select=select, extra_arg=extra_arg)
+      trained += [r for r in by_sweep[name] if r["status"] == "finished"]
+  records = [r for name in sweep_names for r in by_sweep.get(name, [])]
+  return records, trained
+
+
+def mean_std_cell(values: Sequence[float], paper: float | None,
+                  scale: float = 100.0, paper_digits: int = 1) -> str:
+  """``'mean ± std (paper P, +diff; n=N)'`` of ``values * scale``; the
+  paper's number is printed with the precision it was published with."""
+  if not values:
+    return "not run"
+  mean = scale * statistics.mean(values)
+  std = scale * statistics.stdev(values) if len(values) > 1 else 0.0
+  if paper is None:
+    return f"{mean:.2f} ± {std:.2f} (n={len(values)})"
+  return (f"{mean:.2f} ± {std:.2f} (paper {paper:.{paper_digits}f}, "
+          f"{mean - paper:+.2f}; n={len(values)})")
+
+
+def total_minutes(records: Sequence[dict]) -> float:
+  """Training wall time of ``records`` (as last run), in minutes."""
+  return sum(r["results"].get("wall_seconds", 0) for r in records
+             if r["status"] != "failed") / 60
