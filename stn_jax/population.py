@@ -12,8 +12,13 @@ updates are multiplied by its learning rate. SGD, momentum and Adam updates
 are linear in the learning rate, so this equals K separate runs up to float
 rounding (tested).
 
-Not (yet) here: checkpointing and resuming a population, and sharding the
-population over several devices (it runs on the default device).
+Checkpoints: the stacked parameters and optimiser states, the step and every
+member's data-iterator position are saved every ``checkpoint_every`` steps
+(orbax, ``workdir/checkpoints``), so rerunning a killed population resumes
+it, with the same result as an uninterrupted run.
+
+Not (yet) here: sharding the population over several devices (it runs on the
+default device).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +82,10 @@ def train_population(configs, workdir: str, *, method: str = "vmap",
   """Trains the K configs together; returns each member's final metrics.
 
   Also writes ``workdir/population.json`` (the members' configs, results
-  and wall time) and returns the stacked parameters as
-  ``results[k]['params']`` (member k's parameter pytree).
+  and the wall time of this call's training) and returns the stacked
+  parameters as ``results[k]['params']`` (member k's parameter pytree).
+  Rerunning with the same configs and workdir resumes from the latest
+  checkpoint; other configs in that workdir are an error.
   """
   check_compatible(configs)
   for config in configs:
@@ -101,13 +109,42 @@ def train_population(configs, workdir: str, *, method: str = "vmap",
                                     mean=mean, std=std, sharding=False)
              for c in configs]
   step_fn = population_step(members[0]._train_step, method)  # noqa: SLF001
+  identity = [{"seed": c.seed, "learning_rate": c.learning_rate}
+              for c in configs]
+  # Checkpoints of the stacked state (the Trainer-like view they expect).
+  state = types.SimpleNamespace(
+      params=params, opt_state=opt_state, config=first,
+      replicated=jax.sharding.SingleDeviceSharding(device))
+  checkpoints = train.Checkpoints(workdir, first)
+  meta = checkpoints.restore_latest(state)
+  start_step = 0
+  if meta is not None:
+    if meta["data_state"]["members"] != identity:
+      raise ValueError(
+          f"workdir {workdir} holds a population of "
+          f"{meta['data_state']['members']}; these configs are {identity}. "
+          "Use a new workdir.")
+    params, opt_state = state.params, state.opt_state
+    for stream, saved in zip(streams, meta["data_state"]["streams"]):
+      stream.set_state(saved)
+    start_step = int(meta["step"])
+    log(f"resumed from step {start_step}")
+
+  def save(step):
+    state.params, state.opt_state = params, opt_state
+    checkpoints.save(step, state, {"members": identity, "streams": [
+        s.get_state() for s in streams]}, force=True)
+
   start = time.perf_counter()
-  for step in range(1, first.num_steps + 1):
+  for step in range(start_step + 1, first.num_steps + 1):
     batches = [next(s) for s in streams]
     images = jnp.stack([b["image"] for b in batches])
     labels = jnp.stack([b["label"] for b in batches])
     params, opt_state, metrics = step_fn(params, opt_state, images, labels,
                                          rates)
+    train._testing_hooks(step)  # noqa: SLF001
+    if step % first.checkpoint_every == 0:
+      save(step)
     if step % first.log_every == 0 or step == first.num_steps:
       losses = np.asarray(metrics["loss"])
       if not np.all(np.isfinite(losses)):
@@ -117,6 +154,8 @@ def train_population(configs, workdir: str, *, method: str = "vmap",
           + " ".join(f"{x:.4f}" for x in losses))
   jax.block_until_ready(params)
   seconds = time.perf_counter() - start
+  if first.num_steps not in checkpoints.manager.all_steps():
+    save(first.num_steps)
   results = []
   for k, (member, config) in enumerate(zip(members, configs)):
     member.params = jax.device_put(jax.tree.map(lambda x: x[k], params),
