@@ -71,3 +71,16 @@ def total_minutes(records: Sequence[dict]) -> float:
   """Training wall time of ``records`` (as last run), in minutes."""
   return sum(r["results"].get("wall_seconds", 0) for r in records
              if r["status"] != "failed") / 60
+
+
+def write_table(out: str, lines: list[str], failed: Sequence[dict]) -> int:
+  """Writes ``lines`` (plus a section naming each failed run) to ``out``,
+  prints them, and returns the exit status: 1 if any run failed."""
+  if failed:
+    lines = lines + ["", "## Failed runs", ""] + [
+        f"- {r['name']}: {r['error'].splitlines()[-1]}" for r in failed]
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  return 1 if failed else 0

@@ -38,7 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _tables import (mean_std_cell, parse_arg, run_in_seed_passes,  # noqa: E402
-                     total_minutes)
+                     total_minutes, write_table)
 from bench_sampler import commit_description, machine_description  # noqa: E402
 
 from stn_jax import models as models_lib  # noqa: E402
@@ -158,14 +158,7 @@ def main(argv=None):
   lines += ["", "## Published (../shared/REFERENCE.md)", "",
             "| system | input | test accuracy |", "|---|---|---|"]
   lines += [f"| {s} | {res} | {acc}% |" for s, res, acc in PUBLISHED]
-  if failed:
-    lines += ["", "## Failed runs", ""] + [
-        f"- {r['name']}: {r['error'].splitlines()[-1]}" for r in failed]
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
-  return 1 if failed else 0
+  return write_table(args.out, lines, failed)
 
 
 if __name__ == "__main__":

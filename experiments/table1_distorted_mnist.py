@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_sampler import commit_description, machine_description  # noqa: E402
 
 from _tables import (mean_std_cell, parse_arg, run_in_seed_passes,  # noqa: E402
-                     total_minutes)
+                     total_minutes, write_table)
 
 from stn_jax import sweep  # noqa: E402
 
@@ -150,14 +150,7 @@ def main(argv=None):
       if model in model_names:
         lines.append(f"| {model} | "
                      f"{mean_std_cell(errors.get((model, 'affine', 'tc'), []), PAPER_TC[model])} |")
-  if failed:
-    lines += ["", "## Failed runs", ""] + [
-        f"- {r['name']}: {r['error'].splitlines()[-1]}" for r in failed]
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
-  return 1 if failed else 0
+  return write_table(args.out, lines, failed)
 
 
 if __name__ == "__main__":
