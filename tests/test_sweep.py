@@ -1,6 +1,7 @@
 """Sweeps: expansion of every config file, dry run, resume, failures."""
 
 import json
+import os
 import pathlib
 
 import pytest
@@ -40,6 +41,23 @@ def test_dry_run_lists_points_without_training(tmp_path):
                             log=lambda *a: None)
   assert [r["status"] for r in records] == ["ok"] * 3
   assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_extra_arg_reaches_every_point_and_its_workdir_name(tmp_path):
+  seen = []
+  records = sweep.run_sweep(
+      str(REPO / "configs" / "mnist.py"), "tc", str(tmp_path),
+      extra_arg="small=true", select=lambda p: p["arg"].endswith("seed=0"),
+      train_fn=lambda config, workdir: seen.append(
+          (config.num_steps, os.path.basename(workdir))) or {
+              "test_error": 0.5}, log=lambda *a: None)
+  assert [r["status"] for r in records] == ["finished"] * 4
+  assert [name for _, name in seen] == [
+      "000_distortion=tc,model=fcn,seed=0,small=true",
+      "003_distortion=tc,model=cnn,seed=0,small=true",
+      "006_distortion=tc,model=st_fcn,seed=0,small=true",
+      "009_distortion=tc,model=st_cnn,seed=0,small=true"]
+  assert {steps for steps, _ in seen} == {3000}  # the small config's
 
 
 def test_unknown_sweep_lists_the_valid_ones():
