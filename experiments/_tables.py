@@ -18,7 +18,8 @@ def parse_arg(arg: str) -> dict[str, str]:
 def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
                        workdir: str, *, seeds: int,
                        keep: Callable[[dict[str, str]], bool],
-                       overrides: dict, extra_arg: str
+                       overrides: dict, extra_arg: str,
+                       report_only: bool = False
                        ) -> tuple[list[dict], list[dict]]:
   """Runs the sweeps' points seed by seed: every kept point's seed 0, then
   every kept point's seed 1, and so on.
@@ -34,6 +35,7 @@ def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
     keep: takes a point's parsed arg and says whether to run it.
     overrides: config overrides for every point.
     extra_arg: appended to every point's arg (e.g. ``'small=true'``).
+    report_only: train nothing; unfinished points come back 'pending'.
 
   Returns:
     (records of the kept points, as the sweep runner returns them;
@@ -47,7 +49,8 @@ def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
     for name in sweep_names:
       by_sweep[name] = sweep.run_sweep(
           config_path, name, os.path.join(workdir, name),
-          overrides=overrides, select=select, extra_arg=extra_arg)
+          overrides=overrides, select=select, extra_arg=extra_arg,
+          report_only=report_only)
       trained += [r for r in by_sweep[name] if r["status"] == "finished"]
   records = [r for name in sweep_names for r in by_sweep.get(name, [])]
   return records, trained
@@ -67,10 +70,13 @@ def mean_std_cell(values: Sequence[float], paper: float | None,
           f"{mean - paper:+.2f}; n={len(values)})")
 
 
+DONE = ("finished", "skipped")
+
+
 def total_minutes(records: Sequence[dict]) -> float:
-  """Training wall time of ``records`` (as last run), in minutes."""
+  """Training wall time of the done ``records`` (as last run), minutes."""
   return sum(r["results"].get("wall_seconds", 0) for r in records
-             if r["status"] != "failed") / 60
+             if r["status"] in DONE) / 60
 
 
 def write_table(out: str, lines: list[str], failed: Sequence[dict]) -> int:

@@ -37,8 +37,8 @@ from flax import nnx
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import (mean_std_cell, parse_arg, run_in_seed_passes,  # noqa: E402
-                     total_minutes, write_table)
+from _tables import (DONE, mean_std_cell, parse_arg,  # noqa: E402
+                     run_in_seed_passes, total_minutes, write_table)
 from bench_sampler import commit_description, machine_description  # noqa: E402
 
 from stn_jax import models as models_lib  # noqa: E402
@@ -88,6 +88,9 @@ def main(argv=None):
   parser.add_argument("--models", default=",".join(r[0] for r in ROWS))
   parser.add_argument("--set", action="append", default=[],
                       help="extra override for every run, e.g. tfds_dir=...")
+  parser.add_argument("--report_only", action="store_true",
+                      help="train nothing: tabulate the finished runs (e.g. "
+                      "while the sweep runs elsewhere)")
   args = parser.parse_args(argv)
   overrides = sweep.parse_overrides(args.set)
   model_names = args.models.split(",")
@@ -99,16 +102,16 @@ def main(argv=None):
   records, trained = run_in_seed_passes(
       config_path, ("models",), args.workdir, seeds=args.seeds,
       keep=lambda a: a["model"] in model_names, overrides=overrides,
-      extra_arg=extra_arg)
+      extra_arg=extra_arg, report_only=args.report_only)
   wall = time.perf_counter() - start
 
   accuracy = collections.defaultdict(lambda: collections.defaultdict(list))
   failed = [r for r in records if r["status"] == "failed"]
-  for record in records:
-    if record["status"] != "failed":
-      model = parse_arg(record["arg"])["model"]
-      for split in ("test", "validation"):
-        accuracy[model][split].append(1 - record["results"][f"{split}_error"])
+  done = [r for r in records if r["status"] in DONE]
+  for record in done:
+    model = parse_arg(record["arg"])["model"]
+    for split in ("test", "validation"):
+      accuracy[model][split].append(1 - record["results"][f"{split}_error"])
   module = sweep.load_config_module(config_path)
   configs = {name: sweep.build_config(
       module, {"arg": f"model={name},{extra_arg}", "overrides": {}},
@@ -139,7 +142,8 @@ def main(argv=None):
       "track is in both); test is the official 12,630",
       f"- wall time of this invocation: {wall / 60:.1f} min ({len(trained)} "
       f"runs trained now; finished runs are reused); training time of all "
-      f"{len(records) - len(failed)} runs: {total_minutes(records):.1f} min",
+      f"{len(done)} runs: {total_minutes(records):.1f} min; not yet run: "
+      f"{len(records) - len(done) - len(failed)}",
       "- each cell: mean ± std over seeds (n = seeds run); the comparison is "
       "with the published row named",
       "",

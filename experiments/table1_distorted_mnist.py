@@ -39,8 +39,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_sampler import commit_description, machine_description  # noqa: E402
 
-from _tables import (mean_std_cell, parse_arg, run_in_seed_passes,  # noqa: E402
-                     total_minutes, write_table)
+from _tables import (DONE, mean_std_cell, parse_arg,  # noqa: E402
+                     run_in_seed_passes, total_minutes, write_table)
 
 from stn_jax import sweep  # noqa: E402
 
@@ -83,6 +83,9 @@ def main(argv=None):
   parser.add_argument("--no_tc", action="store_true")
   parser.add_argument("--set", action="append", default=[],
                       help="extra override for every run, e.g. tfds_dir=...")
+  parser.add_argument("--report_only", action="store_true",
+                      help="train nothing: tabulate the finished runs (e.g. "
+                      "while the sweep runs elsewhere)")
   args = parser.parse_args(argv)
   overrides = {**SCALES[args.scale], **sweep.parse_overrides(args.set)}
   distortions = args.distortions.split(",")
@@ -97,16 +100,14 @@ def main(argv=None):
   records, trained = run_in_seed_passes(
       config_path, ("table1",) + (() if args.no_tc else ("tc",)),
       args.workdir, seeds=args.seeds, keep=keep, overrides=overrides,
-      extra_arg=SCALE_ARGS[args.scale])
+      extra_arg=SCALE_ARGS[args.scale], report_only=args.report_only)
   wall = time.perf_counter() - start
 
   errors = collections.defaultdict(list)
-  failed = []
-  for record in records:
+  failed = [r for r in records if r["status"] == "failed"]
+  done = [r for r in records if r["status"] in DONE]
+  for record in done:
     a = parse_arg(record["arg"])
-    if record["status"] == "failed":
-      failed.append(record)
-      continue
     key = (a["model"], a.get("transform", "affine"), a["distortion"])
     errors[key].append(record["results"]["test_error"])
   module = sweep.load_config_module(config_path)
@@ -129,8 +130,9 @@ def main(argv=None):
       "steps of 256.",
       f"- wall time of this invocation: {wall / 60:.1f} min "
       f"({len(trained)} runs trained now; finished runs are reused); "
-      f"training time of all {len(records) - len(failed)} runs in the "
-      f"table: {total_minutes(records):.1f} min",
+      f"training time of all {len(done)} runs in the table: "
+      f"{total_minutes(records):.1f} min; not yet run: "
+      f"{len(records) - len(done) - len(failed)}",
       "- each cell: ours mean ± std (paper, difference ours - paper; n = "
       "seeds run)",
       "",

@@ -110,17 +110,21 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
               train_fn: Callable = train.train_and_evaluate,
               select: Callable[[dict], bool] | None = None,
               extra_arg: str = "",
+              report_only: bool = False,
               log=print) -> list[dict]:
   """Runs (or, with ``dry_run``, checks and lists) every point.
 
   ``select(point)`` keeps a subset of the points (their workdir names keep
   their index in the full sweep). ``extra_arg`` (e.g. ``'small=true'``) is
   appended to every point's ``get_config`` arg before it is named, so runs
-  with and without it get different workdirs.
+  with and without it get different workdirs. ``report_only`` collects the
+  finished points and marks the others 'pending' without training them
+  (e.g. to tabulate a sweep that is still running elsewhere).
 
   Returns:
     one record per point: name, arg, overrides, status ('finished',
-    'skipped' (finished earlier), 'failed', 'ok' (dry run)), results, error.
+    'skipped' (finished earlier), 'failed', 'ok' (dry run), 'pending'
+    (report_only)), results, error.
   """
   module = load_config_module(config_path)
   points = expand(module, name)
@@ -145,6 +149,8 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
         with open(results_path) as f:
           record["results"] = json.load(f)
         record["status"] = "skipped"
+      elif report_only:
+        record["status"] = "pending"
       else:
         log(f"[{index + 1}/{len(points)}] {record['name']}")
         start = time.perf_counter()
@@ -159,7 +165,7 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
       record["error"] = traceback.format_exc()
       log(f"point {record['name']} failed:\n{record['error']}")
     records.append(record)
-    if not dry_run:
+    if not (dry_run or report_only):
       with open(os.path.join(workdir, "results.jsonl"), "w") as f:
         for r in records:
           f.write(json.dumps(r) + "\n")

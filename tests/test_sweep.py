@@ -60,6 +60,28 @@ def test_extra_arg_reaches_every_point_and_its_workdir_name(tmp_path):
   assert {steps for steps, _ in seen} == {3000}  # the small config's
 
 
+def test_report_only_collects_finished_points_and_trains_nothing(tmp_path):
+  config = str(REPO / "configs" / "mnist.py")
+  select = lambda p: p["arg"].endswith("seed=0")
+  sweep.run_sweep(config, "tc", str(tmp_path), log=lambda *a: None,
+                  select=lambda p: "model=cnn," in p["arg"] and select(p),
+                  train_fn=lambda config, workdir: _finish(workdir))
+  records = sweep.run_sweep(config, "tc", str(tmp_path), select=select,
+                            report_only=True, log=lambda *a: None,
+                            train_fn=lambda *a: pytest.fail("trained"))
+  assert [r["status"] for r in records] == [
+      "pending", "skipped", "pending", "pending"]
+  assert records[1]["results"]["test_error"] == 0.25
+  assert records[1]["results"]["wall_seconds"] >= 0  # kept with the results
+
+
+def _finish(workdir):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"test_error": 0.25}, f)
+  return {"test_error": 0.25}
+
+
 def test_unknown_sweep_lists_the_valid_ones():
   with pytest.raises(ValueError, match="sweep must be one of localisation_lr"):
     sweep.expand(sweep.load_config_module(str(REPO / "configs" / "mnist.py")),
