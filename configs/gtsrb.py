@@ -5,6 +5,11 @@ Command (CPU-sized):
   python -m stn_jax.main --config=configs/gtsrb.py:model=gtsrb_st_cnn,small=true \
     --workdir=workdirs/gtsrb_st_cnn_small
 
+Expected result (measured, seed 0, 2-core CPU, experiments/results/gtsrb.md):
+about 94.9% test accuracy at 32x32 (5.2% error) in 25 minutes while another
+run shared the 2 cores (less alone); the same budget without the
+transformers (model=gtsrb_cnn) gives about 91.2%.
+
 Full size (omit small): the Arcos-Garcia et al. (2018) network (conv
 200/250/350, FC 400, an ST before each conv) on gtsrb/32 (the offline copy is
 32x32; with the official archives use size=48 for their 48x48 protocol).
