@@ -52,6 +52,11 @@ def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
           overrides=overrides, select=select, extra_arg=extra_arg,
           report_only=report_only)
       trained += [r for r in by_sweep[name] if r["status"] == "finished"]
+      if any(r["status"] == "interrupted" for r in by_sweep[name]):
+        break  # SIGTERM: stop here, tabulate what is done
+    else:
+      continue
+    break
   records = [r for name in sweep_names for r in by_sweep.get(name, [])]
   return records, trained
 

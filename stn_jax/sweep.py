@@ -124,7 +124,8 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
   Returns:
     one record per point: name, arg, overrides, status ('finished',
     'skipped' (finished earlier), 'failed', 'ok' (dry run), 'pending'
-    (report_only)), results, error.
+    (report_only), 'interrupted' (SIGTERM: the sweep stops after it)),
+    results, error.
   """
   module = load_config_module(config_path)
   points = expand(module, name)
@@ -156,10 +157,13 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
         start = time.perf_counter()
         record["results"] = dict(train_fn(config, point_dir))
         record["results"]["wall_seconds"] = time.perf_counter() - start
-        if os.path.isfile(results_path):  # keep the time with the results
-          with open(results_path, "w") as f:
-            json.dump(record["results"], f, indent=2)
-        record["status"] = "finished"
+        if "interrupted_at_step" in record["results"]:
+          record["status"] = "interrupted"
+        else:
+          if os.path.isfile(results_path):  # keep the time with the results
+            with open(results_path, "w") as f:
+              json.dump(record["results"], f, indent=2)
+          record["status"] = "finished"
     except Exception:  # noqa: BLE001 - report it, run the other points
       record["status"] = "failed"
       record["error"] = traceback.format_exc()
@@ -170,6 +174,11 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
         for r in records:
           f.write(json.dumps(r) + "\n")
       _write_table(workdir, records)
+    if record["status"] == "interrupted":
+      log(f"point {record['name']} was stopped by SIGTERM at step "
+          f"{record['results']['interrupted_at_step']} (checkpoint saved); "
+          "stopping the sweep. Rerun the same command to resume.")
+      break
   if dry_run:
     for r in records:
       log(f"{r['name']}: {r['status']}"

@@ -337,7 +337,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
   Returns:
-    the final evaluation metrics, e.g. ``{'test_error': 0.012, ...}``.
+    the final evaluation metrics, e.g. ``{'test_error': 0.012, ...}``; or,
+    when SIGTERM stopped the run (after saving a checkpoint),
+    ``{'interrupted_at_step': step}``.
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
@@ -414,7 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if stop["requested"]:
         print(f"SIGTERM: saved a checkpoint at step {step} and stopped.",
               flush=True)
-        return results
+        stop["handled"] = True
+        return {"interrupted_at_step": step}
       if step % config.eval_every == 0 and step < config.num_steps:
         _evaluate(trainer, evals, step, writer, mean, std, workdir)
       elif snapshot_every and step % snapshot_every == 0:
@@ -433,6 +436,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   finally:
     writer.close()
     signal.signal(signal.SIGTERM, previous_handler)
+    if stop["requested"] and not stop.get("handled"):
+      # SIGTERM came after the last step (the run is complete and saved):
+      # deliver it to the previous handler rather than swallow it.
+      signal.raise_signal(signal.SIGTERM)
 
 
 def _testing_hooks(step: int) -> None:

@@ -82,6 +82,23 @@ def _finish(workdir):
   return {"test_error": 0.25}
 
 
+def test_sigterm_in_a_point_stops_the_sweep(tmp_path):
+  trained = []
+
+  def train_fn(config, workdir):
+    trained.append(os.path.basename(workdir))
+    return ({"interrupted_at_step": 7} if len(trained) == 2
+            else {"test_error": 0.5})
+
+  records = sweep.run_sweep(str(REPO / "configs" / "mnist.py"), "tc",
+                            str(tmp_path), train_fn=train_fn,
+                            log=lambda *a: None)
+  assert [r["status"] for r in records] == ["finished", "interrupted"]
+  assert len(trained) == 2  # the other 10 points were not started
+  saved = [json.loads(l) for l in (tmp_path / "results.jsonl").open()]
+  assert saved[-1]["status"] == "interrupted"
+
+
 def test_unknown_sweep_lists_the_valid_ones():
   with pytest.raises(ValueError, match="sweep must be one of localisation_lr"):
     sweep.expand(sweep.load_config_module(str(REPO / "configs" / "mnist.py")),
