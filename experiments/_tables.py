@@ -3,11 +3,45 @@ mean +- std cells."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 
+import jax
+
+from bench_sampler import commit_description, machine_description
 from stn_jax import sweep
+
+# The config arg each --scale adds to every run: `cpu` uses the configs'
+# `small=true` networks, `paper` the full ones.
+SCALE_ARGS = {"paper": "", "cpu": "small=true"}
+
+
+def table_parser(doc: str, out: str) -> argparse.ArgumentParser:
+  """The arguments every paper-table script takes (scale, workdir, out,
+  seeds, --set, --report_only); scripts add their own."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--scale", choices=sorted(SCALE_ARGS), required=True)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--out", default=out)
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--set", action="append", default=[],
+                      help="extra override for every run, e.g. tfds_dir=...")
+  parser.add_argument("--report_only", action="store_true",
+                      help="train nothing: tabulate the finished runs (e.g. "
+                      "while the sweep runs elsewhere)")
+  return parser
+
+
+def header_lines(title: str) -> list[str]:
+  """Title, command, commit and machine lines of a results file."""
+  return [f"# {title}", "",
+          f"- command: `python {' '.join(sys.argv)}`",
+          f"- commit: {commit_description()}",
+          f"- machine: {machine_description()}; devices: "
+          f"{jax.device_count()} x {jax.devices()[0].device_kind}"]
 
 
 def parse_arg(arg: str) -> dict[str, str]:
@@ -42,6 +76,10 @@ def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
      the records of the points trained by this call).
   """
   by_sweep, trained = {}, []
+
+  def collected():
+    return [r for name in sweep_names for r in by_sweep.get(name, [])]
+
   for seed in range(seeds):
     def select(point, seed=seed):
       a = parse_arg(point["arg"])
@@ -53,12 +91,8 @@ def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
           report_only=report_only)
       trained += [r for r in by_sweep[name] if r["status"] == "finished"]
       if any(r["status"] == "interrupted" for r in by_sweep[name]):
-        break  # SIGTERM: stop here, tabulate what is done
-    else:
-      continue
-    break
-  records = [r for name in sweep_names for r in by_sweep.get(name, [])]
-  return records, trained
+        return collected(), trained  # SIGTERM: tabulate what is done
+  return collected(), trained
 
 
 def mean_std_cell(values: Sequence[float], paper: float | None,

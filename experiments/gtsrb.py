@@ -25,21 +25,19 @@ published systems mostly use 48x48 inputs; the table says which.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sys
 import time
 
-import jax
 from flax import nnx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import (DONE, mean_std_cell, parse_arg,  # noqa: E402
-                     run_in_seed_passes, total_minutes, write_table)
-from bench_sampler import commit_description, machine_description  # noqa: E402
+from _tables import (DONE, SCALE_ARGS, header_lines,  # noqa: E402
+                     mean_std_cell, parse_arg, run_in_seed_passes,
+                     table_parser, total_minutes, write_table)
 
 from stn_jax import models as models_lib  # noqa: E402
 from stn_jax import sweep  # noqa: E402
@@ -60,7 +58,6 @@ ROWS = (
     ("resnet", "ResNet", None),
     ("resnet_stn", "ResNet-STN (ST on the input)", None),
 )
-SCALE_ARGS = {"paper": "", "cpu": "small=true"}
 
 
 def describe(config) -> str:
@@ -77,20 +74,11 @@ def describe(config) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scale", choices=sorted(SCALE_ARGS), required=True)
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--out", default="experiments/results/gtsrb.md")
-  parser.add_argument("--seeds", type=int, default=3)
+  parser = table_parser(__doc__, "experiments/results/gtsrb.md")
   parser.add_argument("--size", type=int, default=32,
                       help="input resolution (gtsrb/<size>); the offline "
                       "copy is 32x32, larger sizes upsample it")
   parser.add_argument("--models", default=",".join(r[0] for r in ROWS))
-  parser.add_argument("--set", action="append", default=[],
-                      help="extra override for every run, e.g. tfds_dir=...")
-  parser.add_argument("--report_only", action="store_true",
-                      help="train nothing: tabulate the finished runs (e.g. "
-                      "while the sweep runs elsewhere)")
   args = parser.parse_args(argv)
   overrides = sweep.parse_overrides(args.set)
   model_names = args.models.split(",")
@@ -122,13 +110,8 @@ def main(argv=None):
   source = ("from the 32x32 offline copy" if args.size == 32 else
             f"resized to {resolution} (from the 32x32 offline copy unless the "
             "official archives were the source)")
-  lines = [
-      "# GTSRB: % test accuracy next to the published results",
-      "",
-      f"- command: `python {' '.join(sys.argv)}`",
-      f"- commit: {commit_description()}",
-      f"- machine: {machine_description()}; devices: "
-      f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+  lines = header_lines(
+      "GTSRB: % test accuracy next to the published results") + [
       f"- input resolution: **{resolution}** ({source}); global mean/std "
       "normalisation; no local contrast normalisation, no augmentation",
       f"- scale: **{args.scale}**: {config.num_steps} steps of batch "

@@ -25,22 +25,17 @@ than missing cells; each cell reports its n.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import os
 import sys
 import time
 
-import jax
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_sampler import commit_description, machine_description  # noqa: E402
-
-from _tables import (DONE, mean_std_cell, parse_arg,  # noqa: E402
-                     run_in_seed_passes, total_minutes, write_table)
+from _tables import (DONE, SCALE_ARGS, header_lines,  # noqa: E402
+                     mean_std_cell, parse_arg, run_in_seed_passes,
+                     table_parser, total_minutes, write_table)
 
 from stn_jax import sweep  # noqa: E402
 
@@ -62,7 +57,6 @@ ROW_LABELS = {("fcn", "affine"): "FCN", ("cnn", "affine"): "CNN",
               ("st_cnn", "affine"): "ST-CNN Aff",
               ("st_cnn", "projective"): "ST-CNN Proj",
               ("st_cnn", "tps"): "ST-CNN TPS"}
-SCALE_ARGS = {"paper": "", "cpu": "small=true"}
 SCALES = {
     "paper": {},
     "cpu": {"num_steps": 1000, "batch_size": 128, "optimizer": "adam",
@@ -72,20 +66,11 @@ SCALES = {
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scale", choices=sorted(SCALES), required=True)
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--out", default="experiments/results/table1.md")
-  parser.add_argument("--seeds", type=int, default=3)
+  parser = table_parser(__doc__, "experiments/results/table1.md")
   parser.add_argument("--distortions", default="r,rts,p,e")
   parser.add_argument("--models", default=",".join(
       sorted({m for m, _ in PAPER_TABLE1})))
   parser.add_argument("--no_tc", action="store_true")
-  parser.add_argument("--set", action="append", default=[],
-                      help="extra override for every run, e.g. tfds_dir=...")
-  parser.add_argument("--report_only", action="store_true",
-                      help="train nothing: tabulate the finished runs (e.g. "
-                      "while the sweep runs elsewhere)")
   args = parser.parse_args(argv)
   overrides = {**SCALES[args.scale], **sweep.parse_overrides(args.set)}
   distortions = args.distortions.split(",")
@@ -115,13 +100,8 @@ def main(argv=None):
                                        "overrides": {}},
                               {k: v for k, v in overrides.items()
                                if k != "tfds_dir"})
-  lines = [
-      "# Table 1: distorted MNIST, % test error (mean ± std over seeds)",
-      "",
-      f"- command: `python {' '.join(sys.argv)}`",
-      f"- commit: {commit_description()}",
-      f"- machine: {machine_description()}; devices: "
-      f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+  lines = header_lines(
+      "Table 1: distorted MNIST, % test error (mean ± std over seeds)") + [
       f"- scale: **{args.scale}**: {config.num_steps} steps of batch "
       f"{config.batch_size}, {config.optimizer} lr {config.learning_rate} "
       f"(x{config.lr_decay_factor} every {config.lr_decay_every}); seeds: "
