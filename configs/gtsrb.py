@@ -21,9 +21,9 @@ Arguments: model (gtsrb_cnn, gtsrb_st_cnn, resnet, resnet_stn), size (int),
 small (bool), seed (int), transform (affine, projective, tps, attention).
 """
 
-import ml_collections
+from stn_jax import TRANSFORMS, config_args
 
-from stn_jax import config_args
+common = config_args.import_sibling(__file__, "common")
 
 MODELS = ("gtsrb_cnn", "gtsrb_st_cnn", "resnet", "resnet_stn")
 
@@ -32,22 +32,16 @@ def get_config(arg=None):
   args = config_args.parse_arg(
       arg, dict(model="gtsrb_st_cnn", size=32, small=False, seed=0,
                 transform="affine"),
-      choices=dict(model=MODELS,
-                   transform=("affine", "projective", "tps", "attention")))
-  config = ml_collections.ConfigDict()
-  config.arg = arg or ""
+      choices=dict(model=MODELS, transform=TRANSFORMS))
+  config = common.base(arg)
   config.dataset = f"gtsrb/{args['size']}"
   # Validation holds 10% of each class's tracks; train on the rest so it
   # is a held-out estimate (the full `train` split contains it).
   config.train_split = "train_without_validation"
   config.eval_splits = ("test", "validation")
-  config.on_the_fly = ""
-  config.source_dir = ""
-  config.tfds_dir = ""
   config.num_classes = 43
   config.seed = args["seed"]
   config.model = args["model"]
-  config.model_kwargs = ml_collections.ConfigDict()
   if args["model"] in ("gtsrb_st_cnn", "resnet_stn"):
     config.model_kwargs.transform = args["transform"]
   # Global mean/std normalisation (GTSRB 32x32 training set, all channels).
@@ -58,23 +52,12 @@ def get_config(arg=None):
   config.optimizer = "adam"
   config.learning_rate = 1e-3
   config.lr_decay_every = 10_000
-  config.lr_decay_factor = 0.1
   config.localisation_lr_multiplier = 0.1
-  config.grad_clip_norm = 0.0
-  config.log_every = 100
   config.eval_every = 2_000
-  # Transformer output on 16 fixed test images for the viz GIF, every this
-  # many steps (0: only at evaluations).
-  config.snapshot_every = 0
   config.checkpoint_every = 1_000
-  config.max_checkpoints = 3
   config.eval_batch_size = 500
   if args["small"]:
-    config.num_steps = 2000
-    config.lr_decay_every = 1500
-    config.log_every = 50
-    config.eval_every = 1000
-    config.checkpoint_every = 250
+    common.apply_cpu_scale(config, num_steps=2000, lr_decay_every=1500)
     if args["model"].startswith("gtsrb"):
       config.model_kwargs.width = 0.15
     else:

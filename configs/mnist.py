@@ -22,13 +22,13 @@ Arguments (typed; unknown keys or values are rejected):
   seed: int
 """
 
-import ml_collections
+from stn_jax import TRANSFORMS, config_args
 
-from stn_jax import config_args
+common = config_args.import_sibling(__file__, "common")
 
+# Tied to the library's lists by tests/test_configs.py.
 DISTORTIONS = ("plain", "r", "rts", "p", "e", "tc")
 MODELS = ("fcn", "cnn", "st_fcn", "st_cnn", "resnet", "resnet_stn")
-TRANSFORMS = ("affine", "projective", "tps", "attention")
 
 
 def get_config(arg=None):
@@ -38,51 +38,22 @@ def get_config(arg=None):
            on_the_fly=False, seed=0),
       choices=dict(distortion=DISTORTIONS, model=MODELS,
                    transform=TRANSFORMS))
-  config = ml_collections.ConfigDict()
-  config.arg = arg or ""
+  config = common.base(arg)
   config.dataset = f"distorted_mnist/{args['distortion']}"
-  config.train_split = "train"
-  config.eval_splits = ("test",)
-  config.on_the_fly = args["distortion"] if args["on_the_fly"] else ""
-  config.source_dir = ""  # data dir with mnist/; "" = $STN_DATA_DIR or ../shared/data
-  config.tfds_dir = ""    # built datasets; "" = TFDS default
-  config.num_classes = 10
+  if args["on_the_fly"]:  # undistorted digits, distorted afresh each epoch
+    config.train_dataset = "distorted_mnist/plain"
+    config.on_the_fly = args["distortion"]
   config.seed = args["seed"]
   config.model = args["model"]
-  config.model_kwargs = ml_collections.ConfigDict()
-  transformer = args["model"] in ("st_fcn", "st_cnn", "resnet_stn")
-  if transformer:
+  if args["model"] in ("st_fcn", "st_cnn", "resnet_stn"):
     config.model_kwargs.transform = args["transform"]
   if args["model"] in ("st_fcn", "st_cnn") and args["distortion"] in (
       "rts", "tc"):
     config.model_kwargs.pool_output = True  # as in the paper
-  # The paper's protocol.
-  config.batch_size = 256
-  config.num_steps = 150_000
-  config.optimizer = "sgd"
-  config.learning_rate = 0.01
-  config.lr_decay_every = 50_000
-  config.lr_decay_factor = 0.1
-  config.localisation_lr_multiplier = 1.0
-  config.grad_clip_norm = 0.0
-  config.log_every = 100
-  config.eval_every = 10_000
-  # Transformer output on 16 fixed test images for the viz GIF, every this
-  # many steps (0: only at evaluations).
-  config.snapshot_every = 0
-  config.checkpoint_every = 2_000
-  config.max_checkpoints = 3
-  config.eval_batch_size = 1000
+  # The rest of the paper's protocol is common.base: SGD 0.01, x0.1 every
+  # 50k steps, 150k steps of 256.
   if args["small"]:
-    config.batch_size = 128
-    config.num_steps = 3000
-    config.optimizer = "adam"
-    config.learning_rate = 1e-3
-    config.lr_decay_every = 2000
-    config.localisation_lr_multiplier = 1.0
-    config.log_every = 50
-    config.eval_every = 1000
-    config.checkpoint_every = 250
+    common.apply_cpu_scale(config, num_steps=3000, lr_decay_every=2000)
     if args["model"] in ("cnn", "st_cnn"):
       config.model_kwargs.channels = (16, 32)
     if args["model"] == "st_cnn":

@@ -70,7 +70,7 @@ def main(argv=None):
        throughput(pipeline.InputPipeline(rts, batch_size=256))),
       ("RTS 42x42 distorted on the fly from plain digits, on the devices",
        throughput(pipeline.InputPipeline(plain, batch_size=256,
-                                         on_the_fly="rts"), batches=50)),
+                                         preprocess=distortions.OnTheFly("rts")), batches=50)),
   ]
   for label, rate in rates:
     print(f"{label}: {rate:,.0f} examples/s", flush=True)

@@ -18,17 +18,18 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_sampler import commit_description, machine_description  # noqa: E402
 
-from stn_jax import population, sweep, train  # noqa: E402
+from stn_jax import config_args, models, steps  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mnist_config(arg):
-  return sweep.load_config_module(
+  return config_args.load_config_module(
       os.path.join(REPO, "configs", "mnist.py")).get_config(arg)
 
 
@@ -39,52 +40,61 @@ def main(argv=None):
   parser.add_argument("--model", default="st_cnn")
   parser.add_argument("--out", default="experiments/results/population.md")
   args = parser.parse_args(argv)
-  k, steps = args.members, args.steps
+  k, num_steps = args.members, args.steps
   config = mnist_config(f"distortion=rts,model={args.model},small=true")
   batch = config.batch_size
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.uniform(size=(k, batch, 42, 42, 1)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, size=(k, batch)), jnp.int32)
 
-  trainers = []
+  states = []
   for seed in range(k):
     member = config.copy_and_resolve_references()
     member.seed = seed
-    trainers.append(train.Trainer(member, (42, 42, 1)))
+    model = models.from_config(member, (42, 42, 1))
+    optimizer = steps.make_optimizer(member, nnx.state(model))
+    graphdef, state = steps.init_state(model, optimizer)
+    states.append(state)
+  batches = [{"image": images[t], "label": labels[t]} for t in range(k)]
+  shapes = jax.eval_shape(lambda s, b: steps.train_step(
+      s, b, graphdef=graphdef, optimizer=optimizer)[1], states[0],
+                          batches[0])
+  accumulators = [steps.empty_accumulator(shapes) for _ in range(k)]
+  single_step = steps.make_train_step(graphdef, optimizer)
 
-  # Sequential: each member its own jitted step.
+  # Sequential: each member its own call of the jitted step.
   def sequential():
-    for t, trainer in enumerate(trainers):
-      trainer.params, trainer.opt_state, m = trainer.train_step(
-          trainer.params, trainer.opt_state, images[t], labels[t])
-    jax.block_until_ready(m)
+    for t in range(k):
+      states[t], accumulators[t] = single_step(states[t], accumulators[t],
+                                               batches[t])
+    jax.block_until_ready(accumulators)
 
-  # Population: one vmapped step for all members.
-  params = population.stack_members([t.params for t in trainers])
-  opt_state = population.stack_members([t.opt_state for t in trainers])
+  # Population: one vmapped (or lax.map) step for all members.
+  stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
   rates = jnp.full((k,), config.learning_rate, jnp.float32)
-  state = {"params": params, "opt_state": opt_state}
+  stacked = {"state": stack(states), "acc": stack(accumulators)}
+  batch_all = {"image": images, "label": labels}
 
-  def together(step):
+  def together(method):
+    step = steps.make_train_step(graphdef, optimizer, population=method)
+
     def run():
-      state["params"], state["opt_state"], m = step(
-          state["params"], state["opt_state"], images, labels, rates)
-      jax.block_until_ready(m)
+      stacked["state"], stacked["acc"] = step(stacked["state"],
+                                              stacked["acc"], batch_all,
+                                              rates)
+      jax.block_until_ready(stacked["acc"])
     return run
 
-  member_step = trainers[0]._train_step  # noqa: SLF001
   timings = {}
   for name, fn in (("sequential", sequential),
-                   ("vmap", together(population.population_step(
-                       member_step, "vmap"))),
-                   ("map", together(population.population_step(
-                       member_step, "map")))):
+                   ("vmap", together("vmap")),
+                   ("map", together("map"))):
     fn()  # compile
     fn()
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(num_steps):
       fn()
-    timings[name] = (time.perf_counter() - start) / steps
+    timings[name] = (time.perf_counter() - start) / num_steps
     print(f"{name}: {1e3 * timings[name]:.1f} ms per step of {k} members",
           flush=True)
   timings["population"] = timings["vmap"]
@@ -97,7 +107,7 @@ def main(argv=None):
       f"- machine: {machine_description()}",
       f"- model: small ST-CNN on 42x42 RTS inputs (configs/mnist.py "
       f"small=true), Adam, batch {batch} per member, {k} members; "
-      f"steady-state step time over {steps} steps after compilation, "
+      f"steady-state step time over {num_steps} steps after compilation, "
       "synthetic batches (no data loading)",
       "",
       "| mode | ms per step (all members) | examples/s |",

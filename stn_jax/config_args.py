@@ -1,9 +1,52 @@
-"""Typed ``key=value,key=value`` config arguments (``--config=file.py:ARG``)."""
+"""Config files and their typed ``key=value,key=value`` arguments.
+
+Every command takes ``--config=file.py:ARG``: the config file, and the
+string ``ARG`` that its ``get_config(ARG)`` parses with :func:`parse_arg`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+
+def split_config_spec(spec: str) -> tuple[str, str]:
+  """``'configs/mnist.py:model=cnn'`` -> ``('configs/mnist.py',
+  'model=cnn')``; the arg is ``''`` when there is no ``:``."""
+  path, _, arg = spec.partition(".py:")
+  if arg or spec.endswith(".py:"):
+    return path + ".py", arg
+  return spec, ""
+
+
+def load_config_module(path: str):
+  """Imports a config file by path (its ``get_config`` and ``sweep_*``)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} not found.")
+  name = "stn_jax_config_" + re.sub(r"\W", "_", os.path.abspath(path))
+  if name in sys.modules:
+    return sys.modules[name]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[name]
+    raise
+  return module
+
+
+def import_sibling(config_file: str, name: str):
+  """The config module ``name`` next to ``config_file`` (a config's
+  ``__file__``): how ``configs/mnist.py`` imports ``configs/common.py``
+  wherever it is run from."""
+  return load_config_module(os.path.join(os.path.dirname(
+      os.path.abspath(config_file)), f"{name}.py"))
 
 
 def _convert(key: str, text: str, default: Any, choices):

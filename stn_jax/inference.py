@@ -1,16 +1,17 @@
-"""Load a trained model from its workdir: ``stn_jax.restore(workdir)``."""
+"""Load a trained model from its workdir: ``stn_jax.restore(workdir)``.
+
+Needs only the model code and the checkpoint (:mod:`stn_jax.checkpointing`):
+no input pipeline, no TFDS/grain/array_record import, no optimiser.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from stn_jax import models
+from stn_jax import checkpointing, models
+from stn_jax.normalization import Normalization
 
 
 class Restored:
@@ -20,32 +21,33 @@ class Restored:
     config: the run's ``ml_collections.ConfigDict``.
     step: the checkpoint's training step.
     model: the Flax NNX module.
+    normalization: the run's input :class:`~stn_jax.normalization.Normalization`.
   """
 
-  def __init__(self, config, trainer, step):
+  def __init__(self, config, model, in_shape, step):
     self.config = config
     self.step = step
-    self.model = trainer.model()
-    self._in_shape = trainer.in_shape
-    self._mean = np.float32(config.get("mean", 0.0))
-    self._std = np.float32(config.get("std", 1.0))
-    graphdef, state = nnx.split(self.model)
+    self.model = model
+    self.normalization = Normalization.from_config(config)
+    self._in_shape = tuple(in_shape)
+    graphdef, state = nnx.split(model)
     self._logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-    transformers = models.transformers(self.model)
+    transformers = models.transformers(model)
     self._transformer = transformers[0] if transformers else None
     self._state = state
 
   def _prepare(self, images) -> np.ndarray:
     images = np.asarray(images)
-    if images.shape[1:] != tuple(self._in_shape):
-      raise ValueError(f"images must have shape (N, {', '.join(map(str, self._in_shape))}) "
-                       f"(the dataset's image size); got {images.shape}.")
+    if images.shape[1:] != self._in_shape:
+      raise ValueError(f"images must have shape (N, "
+                       f"{', '.join(map(str, self._in_shape))}) (the "
+                       f"dataset's image size); got {images.shape}.")
     if images.dtype == np.uint8:
-      images = images.astype(np.float32) / 255.0
-    elif not np.issubdtype(images.dtype, np.floating):
+      return self.normalization(images)
+    if not np.issubdtype(images.dtype, np.floating):
       raise ValueError("images must be uint8 (0-255) or float in [0, 1]; got "
                        f"dtype {images.dtype}.")
-    return (images.astype(np.float32) - self._mean) / self._std
+    return self.normalization.from_unit(images)
 
   def predict(self, images) -> np.ndarray:
     """Logits ``(N, num_classes)`` for NHWC uint8 (0-255) or float [0, 1]
@@ -59,22 +61,21 @@ class Restored:
       raise ValueError(f"model {self.config.model!r} has no spatial "
                        "transformer.")
     out = np.asarray(self._transformer(self._prepare(images)))
-    return out * self._std + self._mean
+    return self.normalization.to_unit(out)
 
 
 def restore(workdir: str) -> Restored:
   """The model of ``workdir`` at its latest readable checkpoint."""
-  from stn_jax import train  # late: train imports the data stack
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} a stn_jax "
-                            "workdir?")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  with open(os.path.join(workdir, "in_shape.json")) as f:
-    in_shape = tuple(json.load(f))
-  trainer = train.Trainer(config, in_shape)
-  meta = train.Checkpoints(workdir, config).restore_latest(trainer)
-  if meta is None:
+  config, in_shape = checkpointing.read_run_files(workdir)
+  model = models.from_config(config, in_shape)
+  graphdef, initial = nnx.split(model)
+  checkpoints = checkpointing.Checkpoints(workdir)
+  try:
+    restored = checkpoints.restore_latest(initial)
+  finally:
+    checkpoints.close()
+  if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints.")
-  return Restored(config, trainer, int(meta["step"]))
+  model_state, _, meta = restored
+  return Restored(config, nnx.merge(graphdef, model_state), in_shape,
+                  int(meta["step"]))

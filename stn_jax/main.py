@@ -19,12 +19,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics "
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def run(argv, hooks=()):
+  """The command's body; ``hooks`` are passed to ``train_and_evaluate``
+  (tests inject crash hooks through it)."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, hooks=hooks)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(run)

@@ -1,7 +1,11 @@
 """Hyperparameter sweeps: plain functions in a config file.
 
-  python -m stn_jax.sweep --config=configs/mnist.py --sweep=table1 --workdir=DIR \
-      [--dry_run] [--set=num_steps=1000 ...] [--arg=small=true]
+  python -m stn_jax.sweep --config=configs/mnist.py[:ARG] --sweep=table1 \
+      --workdir=DIR [--dry_run] [--set=num_steps=1000 ...]
+
+``--config=file.py:ARG`` means what it means for ``stn_jax.main``: the
+config file and its ``get_config`` argument; here ``ARG`` (e.g.
+``small=true``) is appended to every point's own argument.
 
 A sweep is a function ``sweep_<name>(add)`` beside ``get_config`` in the
 config file; each ``add(arg, **overrides)`` adds one point: the config
@@ -18,7 +22,6 @@ its error and the others still run. Results go to ``DIR/results.jsonl`` and
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import re
@@ -28,19 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+from absl import flags
 
-from stn_jax import train
-
-
-def load_config_module(path: str):
-  """Imports a config file by path."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path!r} not found.")
-  name = "stn_jax_config_" + re.sub(r"\W", "_", os.path.abspath(path))
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from stn_jax import cli, train
+from stn_jax.config_args import load_config_module, split_config_spec
 
 
 def sweep_names(module) -> list[str]:
@@ -201,30 +195,49 @@ def parse_overrides(items) -> dict:
   return overrides
 
 
-def main(argv=None):
+def _flags() -> flags.FlagValues:
+  values = flags.FlagValues()
+  flags.DEFINE_string("config", None, "Config file with its sweeps, with an "
+                      "optional :ARG appended to every point's argument "
+                      "(e.g. configs/mnist.py:small=true).",
+                      flag_values=values)
+  flags.DEFINE_string("sweep", None, "The sweep: sweep_<name> in the config "
+                      "file.", flag_values=values)
+  flags.DEFINE_string("workdir", None, "One subdirectory per point, "
+                      "results.jsonl and results.md.", flag_values=values)
+  flags.DEFINE_bool("dry_run", False, "Build and list every point; train "
+                    "nothing.", flag_values=values)
+  flags.DEFINE_multi_string("set", [], "Override for every point, e.g. "
+                            "num_steps=1000 (repeatable).",
+                            flag_values=values)
+  for name in ("config", "sweep", "workdir"):
+    flags.mark_flag_as_required(name, flag_values=values)
+  return values
+
+
+def main(argv=None) -> int:
+  """``python -m stn_jax.sweep``; returns the exit status (1 if a point
+  failed)."""
   from absl import logging
-  import argparse
-  parser = argparse.ArgumentParser(prog="python -m stn_jax.sweep",
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--sweep", required=True)
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--dry_run", action="store_true")
-  parser.add_argument("--set", action="append", default=[],
-                      help="override for every point, e.g. num_steps=1000")
-  parser.add_argument("--arg", default="",
-                      help="appended to every point's get_config arg, "
-                      "e.g. small=true")
-  args = parser.parse_args(argv)
-  logging.set_verbosity(logging.WARNING)
-  records = run_sweep(args.config, args.sweep, args.workdir,
-                      dry_run=args.dry_run,
-                      overrides=parse_overrides(args.set),
-                      extra_arg=args.arg)
-  failed = [r for r in records if r["status"] == "failed"]
-  print(f"{len(records)} points, {len(failed)} failed"
-        + ("" if args.dry_run else f"; results in {args.workdir}/results.md"))
-  return 1 if failed else 0
+  values = _flags()
+
+  def body(positional):
+    if positional:
+      raise ValueError(f"unexpected arguments {positional}.")
+    logging.set_verbosity(logging.WARNING)
+    path, extra_arg = split_config_spec(values.config)
+    records = run_sweep(path, values.sweep, values.workdir,
+                        dry_run=values.dry_run,
+                        overrides=parse_overrides(values.set),
+                        extra_arg=extra_arg)
+    failed = [r for r in records if r["status"] == "failed"]
+    print(f"{len(records)} points, {len(failed)} failed"
+          + ("" if values.dry_run else
+             f"; results in {values.workdir}/results.md"))
+    return 1 if failed else 0
+
+  return cli.run(body, values, argv, prog="python -m stn_jax.sweep",
+                 doc=__doc__)
 
 
 if __name__ == "__main__":

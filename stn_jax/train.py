@@ -1,39 +1,52 @@
 """Training and evaluation: ``train_and_evaluate(config, workdir)``.
 
-The jitted train step works on pure state (``nnx.split`` / ``nnx.merge``):
-the same arrays are checkpointed (orbax), replicated over the data mesh and
-could be vmapped. A rerun of the same command resumes from the last good
-checkpoint (model, optimiser, step and data-iterator position), SIGTERM
-saves and exits, a NaN/inf loss stops with a message and keeps the last good
-checkpoint.
+The run is the pure step of :mod:`stn_jax.steps` inside one loop
+(:func:`run_loop`) driven by the hooks of :mod:`stn_jax.hooks`: logging,
+checkpoints, evaluation, snapshots and preemption. Population mode
+(:mod:`stn_jax.population`) runs the same loop and hooks over the step
+vmapped across members.
+
+A rerun of the same command resumes from the last good checkpoint (model,
+optimiser, step and data-iterator position); SIGTERM saves and exits; a
+NaN/inf loss stops the run at the next log step or save, and the last
+checkpoint is always one from before it. Metrics accumulate on the device
+and are fetched at log steps only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
-import signal
 import time
-import warnings
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from stn_jax import models, ops
+from stn_jax import checkpointing, hooks as hooks_lib, models, steps
 from stn_jax.data import datasets, distortions, pipeline, preview
+from stn_jax.hooks import TrainingDiverged  # noqa: F401 - re-exported
+from stn_jax.normalization import Normalization
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = steps.OPTIMIZERS
+SNAPSHOT_COUNT = 16
 
 
-class TrainingDiverged(FloatingPointError):
-  """The loss became NaN or infinite."""
+def train_split(config) -> str:
+  """The split trained on: ``config.train_split``, default ``'train'``."""
+  return config.get("train_split", "train")
+
+
+def train_dataset(config) -> str:
+  """The dataset trained on: ``config.train_dataset``, default
+  ``config.dataset`` (on-the-fly distortion trains on undistorted digits and
+  evaluates on the built distorted dataset)."""
+  return config.get("train_dataset", "") or config.dataset
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -42,6 +55,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.model must be one of "
                      f"{', '.join(models.MODELS)}; got {config.model!r}.")
   datasets.get_builder(config.dataset)  # raises on unknown datasets
+  datasets.get_builder(train_dataset(config))
   if config.on_the_fly:
     distortions.check_variant(config.on_the_fly)
   if not config.learning_rate > 0:
@@ -62,13 +76,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(snapshot_every, int) or snapshot_every < 0:
     raise ValueError("config.snapshot_every must be an int >= 0 (0: only at "
                      f"evaluations); got {snapshot_every!r}.")
-  if train_split(config) in config.eval_splits:
+  if (train_dataset(config) == config.dataset
+      and train_split(config) in config.eval_splits):
     raise ValueError(f"config.train_split {train_split(config)!r} is also in "
                      f"config.eval_splits {tuple(config.eval_splits)}: "
                      "evaluating on the training split is not a result.")
   if config.on_the_fly and train_split(config) != "train":
     raise ValueError("config.train_split must be 'train' with on_the_fly "
-                     f"(the plain MNIST training digits); got "
+                     f"(the undistorted training digits); got "
                      f"{train_split(config)!r}.")
   devices = jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
@@ -77,251 +92,84 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                        f"devices ({devices}); got {config[key]}.")
 
 
-def learning_rate_schedule(config) -> optax.Schedule:
-  """``learning_rate`` times ``lr_decay_factor`` every ``lr_decay_every``."""
-  return optax.exponential_decay(
-      config.learning_rate, transition_steps=config.lr_decay_every,
-      decay_rate=config.lr_decay_factor, staircase=True)
-
-
-def make_optimizer(config, params) -> optax.GradientTransformation:
-  """SGD/momentum/Adam with a step schedule; the localisation nets get
-  ``localisation_lr_multiplier`` times the learning rate."""
-  schedule = learning_rate_schedule(config)
-  base = {"sgd": optax.sgd,
-          "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-          "adam": optax.adam}[config.optimizer]
-  multiplier = config.localisation_lr_multiplier
-  labels = jax.tree_util.tree_map_with_path(
-      lambda path, _: ("localisation" if any(
-          getattr(k, "key", None) == "localisation" for k in path)
-                       else "other"), params)
-  transform = optax.multi_transform(
-      {"other": base(schedule),
-       "localisation": base(lambda step: multiplier * schedule(step))},
-      labels)
-  if config.grad_clip_norm > 0:
-    transform = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                            transform)
-  return transform
-
-
-def transform_statistics(transform: str, params) -> dict[str, jax.Array]:
-  """Mean scale, |rotation| (degrees) and |translation| of regressed
-  transformation parameters (N, P)."""
-  if transform in ("affine", "projective"):
-    a, b, tx, c, d, ty = (params[:, i] for i in range(6))
-  elif transform == "attention":
-    a, tx, ty = params[:, 0], params[:, 1], params[:, 2]
-    b = c = jnp.zeros_like(a)
-    d = a
-  else:  # tps: mean control-point displacement from the identity
-    identity = jnp.asarray(ops.identity_params("tps", num_control_points=
-                                               params.shape[1] // 2))
-    return {"theta_displacement": jnp.abs(params - identity).mean()}
-  return {"theta_scale": jnp.sqrt(jnp.abs(a * d - b * c)).mean(),
-          "theta_rotation_deg": jnp.degrees(jnp.abs(jnp.arctan2(c, a))).mean(),
-          "theta_translation": jnp.sqrt(tx ** 2 + ty ** 2).mean()}
-
-
-def _kwargs(config_dict) -> dict:
-  """Model kwargs; JSON round trips turn tuples into lists, undo that."""
-  return {k: tuple(v) if isinstance(v, list) else v
-          for k, v in config_dict.to_dict().items()}
-
-
-class Trainer:
-  """The model, its optimiser and the jitted steps, on pure state."""
-
-  def __init__(self, config, in_shape):
-    self.config = config
-    self.in_shape = tuple(in_shape)
-    model = models.get_model(config.model, in_shape=in_shape,
-                             num_classes=config.num_classes,
-                             rngs=nnx.Rngs(config.seed),
-                             **_kwargs(config.model_kwargs))
-    self.graphdef, params = nnx.split(model)
-    self.num_params = models.count_params(model)
-    transformers = models.transformers(model)
-    self.transform = (transformers[0].transform if transformers else None)
-    self.optimizer = make_optimizer(config, params)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    self.replicated = NamedSharding(mesh, PartitionSpec())
-    self.data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    self.params = jax.device_put(params, self.replicated)
-    self.opt_state = jax.device_put(self.optimizer.init(params),
-                                    self.replicated)
-    self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1))
-    self.eval_step = jax.jit(self._eval_step)
-
-  def model(self, params=None) -> nnx.Module:
-    return nnx.merge(self.graphdef, self.params if params is None else params)
-
-  def _logits(self, params, images):
-    model = self.model(params)
-    logits = model(images)
-    # Statistics of the first transformer, which sits on the input in every
-    # ST model here; recomputing its small localisation net is cheap.
-    found = models.transformers(model)
-    theta = (jax.lax.stop_gradient(found[0].transform_params(images))
-             if found else None)
-    return logits, theta
-
-  def _train_step(self, params, opt_state, images, labels, lr_scale=None):
-    """One SGD step. ``lr_scale`` multiplies the updates (population mode
-    builds the optimiser with learning rate 1 and passes each member's)."""
-    def loss_fn(params):
-      logits, theta = self._logits(params, images)
-      loss = optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
-      return loss, (logits, theta)
-
-    (loss, (logits, theta)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params)
-    updates, opt_state = self.optimizer.update(grads, opt_state, params)
-    if lr_scale is not None:
-      updates = jax.tree.map(lambda u: u * lr_scale, updates)
-    params = optax.apply_updates(params, updates)
-    metrics = {"loss": loss,
-               "error": (logits.argmax(-1) != labels).mean()}
-    if theta is not None:
-      metrics.update(transform_statistics(self.transform, theta))
-    return params, opt_state, metrics
-
-  def _eval_step(self, params, images, labels, mask):
-    logits, _ = self._logits(params, images)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    wrong = logits.argmax(-1) != labels
-    return {"loss_sum": (loss * mask).sum(), "wrong": (wrong * mask).sum(),
-            "count": mask.sum()}
-
-  def evaluate(self, arrays, mean, std) -> dict[str, float]:
-    """Loss and error over a whole split (the last batch is padded)."""
-    batch_size = self.config.eval_batch_size
-    totals = {"loss_sum": 0.0, "wrong": 0.0, "count": 0.0}
-    n = len(arrays["label"])
-    for start in range(0, n, batch_size):
-      index = np.arange(start, start + batch_size)
-      mask = (index < n).astype(np.float32)
-      index = np.minimum(index, n - 1)
-      images = (arrays["image"][index].astype(np.float32) / 255 - mean) / std
-      put = lambda x: jax.device_put(x, self.data_sharding)
-      out = self.eval_step(self.params, put(images),
-                           put(arrays["label"][index].astype(np.int32)),
-                           put(mask))
-      for key in totals:
-        totals[key] += float(out[key])
-    return {"loss": totals["loss_sum"] / totals["count"],
-            "error": totals["wrong"] / totals["count"]}
-
-
-class MetricWriter:
-  """metrics.jsonl + TensorBoard (tensorboardX: no TensorFlow needed)."""
-
-  def __init__(self, workdir):
-    from tensorboardX import SummaryWriter
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, metrics: dict[str, float]):
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
-    for key, value in metrics.items():
-      self._tensorboard.add_scalar(key, value, step)
-    self._tensorboard.flush()
-
-  def close(self):
-    self._jsonl.close()
-    self._tensorboard.close()
-
-
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
-
-
-class Checkpoints:
-  """orbax CheckpointManager of {params, opt_state} leaves + JSON metadata."""
-
-  def __init__(self, workdir, config):
-    self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.max_checkpoints, create=True))
-
-  def save(self, step, trainer, data_state, force=False):
-    arrays = {"params": jax.tree.leaves(trainer.params),
-              "opt_state": jax.tree.leaves(trainer.opt_state)}
-    meta = {"step": step, "data_state": data_state,
-            "seed": trainer.config.seed}
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
-                      force=force)
-    self.manager.wait_until_finished()
-
-  def restore_latest(self, trainer):
-    """Restores the newest readable checkpoint into ``trainer``; returns its
-    metadata, or None when there is none. A checkpoint that fails to load
-    is skipped with a warning."""
-    target = {"params": jax.tree.leaves(trainer.params),
-              "opt_state": jax.tree.leaves(trainer.opt_state)}
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            meta=ocp.args.JsonRestore()))
-      except Exception as error:  # noqa: BLE001 - any unreadable checkpoint
-        warnings.warn(f"checkpoint {step} could not be restored ({error!r:.300}); "
-                      "falling back to the previous one.")
-        continue
-      state = restored["state"]
-      trainer.params = jax.device_put(jax.tree.unflatten(
-          jax.tree.structure(trainer.params), state["params"]),
-                                      trainer.replicated)
-      trainer.opt_state = jax.device_put(jax.tree.unflatten(
-          jax.tree.structure(trainer.opt_state), state["opt_state"]),
-                                         trainer.replicated)
-      return restored["meta"]
-    return None
-
-
-def train_split(config) -> str:
-  """The split trained on: ``config.train_split``, default ``'train'``."""
-  return config.get("train_split", "train")
+def preprocessing(config):
+  """The training batches' preprocessing step the config chooses (None, or
+  on-the-fly distortion for ``config.on_the_fly``)."""
+  return distortions.OnTheFly(config.on_the_fly) if config.on_the_fly else None
 
 
 def load_data(config):
-  """(train arrays, {split: eval arrays}, image shape)."""
+  """(train arrays, {split: eval arrays}, model input shape)."""
   kwargs = dict(tfds_dir=config.tfds_dir or None,
                 source_dir=config.source_dir or None)
-  if config.on_the_fly:
-    train = datasets.load_arrays("distorted_mnist/plain", "train", **kwargs)
-    size = distortions.IMAGE_SIZE[config.on_the_fly]
-    in_shape = (size, size, 1)
-  else:
-    train = datasets.load_arrays(config.dataset, train_split(config),
-                                 **kwargs)
-    in_shape = train["image"].shape[1:]
+  train = datasets.load_arrays(train_dataset(config), train_split(config),
+                               **kwargs)
+  in_shape = tuple(train["image"].shape[1:])
+  preprocess = preprocessing(config)
+  if preprocess is not None:
+    in_shape = preprocess.output_shape(in_shape)
   evals = {split: datasets.load_arrays(config.dataset, split, **kwargs)
            for split in config.eval_splits}
   return train, evals, tuple(in_shape)
 
 
-def _transformer_outputs(trainer, images, mean, std):
+# ---------------------------------------------------------------------------
+# Evaluation and transformer outputs.
+
+
+def evaluate(eval_step, model_state, arrays, normalization: Normalization,
+             batch_size: int, sharding=None) -> list[dict[str, float]]:
+  """Loss and error over a whole split (the last batch padded and masked).
+
+  ``eval_step`` is :func:`stn_jax.steps.make_eval_step`'s; for a population
+  (``model_state`` stacked over members) it returns per-member sums.
+  Returns one ``{'loss', 'error'}`` per member (one for a single model).
+  """
+  outputs = []
+  n = len(arrays["label"])
+  put = (lambda x: jax.device_put(x, sharding)) if sharding else jnp.asarray
+  for start in range(0, n, batch_size):
+    index = np.arange(start, start + batch_size)
+    mask = (index < n).astype(np.float32)
+    index = np.minimum(index, n - 1)
+    outputs.append(eval_step(model_state, {
+        "image": put(normalization(arrays["image"][index])),
+        "label": put(arrays["label"][index].astype(np.int32)),
+        "mask": put(mask)}))
+  totals = {k: np.sum(np.stack([np.atleast_1d(o[k]) for o in
+                                jax.device_get(outputs)]), 0, dtype=np.float64)
+            for k in outputs[0]}
+  return [{"loss": float(loss / count), "error": float(wrong / count)}
+          for loss, wrong, count in zip(totals["loss_sum"], totals["wrong"],
+                                        totals["count"])]
+
+
+def transformer_outputs(graphdef, model_state, images,
+                        normalization: Normalization):
   """The first transformer's output (uint8, like ``images``) on uint8
   ``images``, or None for a model without one."""
-  found = models.transformers(trainer.model())
+  found = models.transformers(nnx.merge(graphdef, model_state))
   if not found:
     return None
-  x = (images.astype(np.float32) / 255 - mean) / std
-  out = np.asarray(found[0](x)) * std + mean
-  return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+  return normalization.to_uint8(found[0](normalization(images)))
 
 
-def _write_transformer_png(trainer, arrays, path, mean, std, count=16):
+def save_snapshot(graphdef, model_state, images, normalization, folder,
+                  step) -> None:
+  """The transformer's output on fixed test images, for the GIF of
+  ``python -m stn_jax.viz`` (``folder/snapshots/<step>.npy``, uint8)."""
+  out = transformer_outputs(graphdef, model_state, images, normalization)
+  if out is None:
+    return
+  os.makedirs(os.path.join(folder, "snapshots"), exist_ok=True)
+  np.save(os.path.join(folder, "snapshots", f"{step:08d}.npy"), out)
+
+
+def write_transformer_png(graphdef, model_state, arrays, path, normalization,
+                          count=16) -> None:
+  """Inputs next to the transformer's outputs, as a PNG."""
   images = arrays["image"][:count]
-  out = _transformer_outputs(trainer, images, mean, std)
+  out = transformer_outputs(graphdef, model_state, images, normalization)
   if out is None:
     return
   tiles, labels = [], []
@@ -332,151 +180,262 @@ def _write_transformer_png(trainer, arrays, path, mean, std, count=16):
                      title="inputs and transformer outputs").save(path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, float]:
+# ---------------------------------------------------------------------------
+# The loop.
+
+
+def run_loop(context: hooks_lib.LoopContext, step_fn: Callable,
+             next_batch: Callable[[], dict],
+             hooks: Sequence[hooks_lib.Hook]) -> None:
+  """Steps ``context.state`` to ``context.num_steps``, calling every hook
+  after every step, until a hook or a signal handler sets
+  ``context.stop_requested``: then every hook's ``stop`` runs (the
+  checkpoint hook saves) and ``context.stopping`` is True."""
+  for hook in hooks:
+    hook.begin(context)
+  try:
+    while context.step < context.num_steps:
+      context.state, context.accumulator = step_fn(
+          context.state, context.accumulator, next_batch())
+      context.step += 1
+      for hook in hooks:
+        hook.after_step(context)
+      if context.stop_requested:
+        context.stopping = True
+        for hook in hooks:
+          hook.stop(context)
+        break
+  finally:
+    for hook in reversed(hooks):
+      hook.close(context)
+
+
+@dataclasses.dataclass
+class _Members:
+  """What differs between a single run and a population of K members."""
+  configs: list
+  population_method: str | None  # None: one unstacked run
+
+  @property
+  def population(self) -> bool:
+    return self.population_method is not None
+
+  def folders(self, workdir) -> list[str]:
+    if not self.population:
+      return [workdir]
+    return [os.path.join(workdir, f"member_{k}")
+            for k in range(len(self.configs))]
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def fit(configs, workdir: str, *, population_method: str | None = None,
+        hooks: Sequence[hooks_lib.Hook] = (), log=print) -> list[dict]:
+  """Trains one config (``population_method=None``) or a population of K
+  compatible configs in one loop; returns one results dict per member.
+
+  Use :func:`train_and_evaluate` or
+  :func:`stn_jax.population.train_population` rather than this.
+  """
+  members = _Members(list(configs), population_method)
+  first = members.configs[0]
+  for config in members.configs:
+    validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  train_arrays, evals, in_shape = load_data(first)
+  for config, folder in zip(members.configs, members.folders(workdir)):
+    checkpointing.write_run_files(folder, config, in_shape)
+  normalization = Normalization.from_config(first)
+
+  # Model(s), optimiser and the step-0 state.
+  states = []
+  for config in members.configs:
+    if members.population:  # each member's rate is applied to its updates
+      config = config.copy_and_resolve_references()
+      config.learning_rate = 1.0
+    model = models.from_config(config, in_shape)
+    optimizer = steps.make_optimizer(config, nnx.state(model))
+    graphdef, state = steps.init_state(model, optimizer)
+    states.append(state)
+  num_params = models.count_params(model)
+  if members.population:
+    device = jax.devices()[0]
+    placement = jax.sharding.SingleDeviceSharding(device)
+    data_placement = None
+    state = jax.device_put(_stack(states), placement)
+    rates = jnp.asarray([c.learning_rate for c in members.configs],
+                        jnp.float32)
+    population_step = steps.make_train_step(
+        graphdef, optimizer, population=members.population_method)
+    step_fn = lambda s, a, b: population_step(s, a, b, rates)
+  else:
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    placement = NamedSharding(mesh, PartitionSpec())
+    data_placement = NamedSharding(mesh, PartitionSpec("data"))
+    state = jax.device_put(states[0], placement)
+    step_fn = steps.make_train_step(graphdef, optimizer)
+  eval_step = steps.make_eval_step(graphdef, population=members.population)
+
+  streams = [pipeline.InputPipeline(
+      train_arrays, batch_size=c.batch_size, seed=c.seed,
+      preprocess=preprocessing(c), normalization=normalization,
+      sharding=False if members.population else data_placement)
+             for c in members.configs]
+  identity = [{"seed": c.seed, "learning_rate": c.learning_rate}
+              for c in members.configs]
+
+  def data_state():
+    if not members.population:
+      return streams[0].get_state()
+    return {"members": identity, "streams": [s.get_state() for s in streams]}
+
+  def next_batch():
+    if not members.population:
+      return next(streams[0])
+    batches = [next(s) for s in streams]
+    return {k: jnp.stack([b[k] for b in batches]) for k in ("image", "label")}
+
+  # Resume.
+  checkpoints = checkpointing.Checkpoints(workdir, first.max_checkpoints)
+  restored = checkpoints.restore_latest(state.model, state.opt_state)
+  step = 0
+  if restored is not None:
+    model_state, opt_state, meta = restored
+    step = int(meta["step"])
+    if members.population:
+      if meta["data_state"]["members"] != identity:
+        raise ValueError(
+            f"workdir {workdir} holds a population of "
+            f"{meta['data_state']['members']}; these configs are "
+            f"{identity}. Use a new workdir.")
+      for stream, saved in zip(streams, meta["data_state"]["streams"]):
+        stream.set_state(saved)
+    else:
+      streams[0].set_state(meta["data_state"])
+    state = jax.device_put(steps.TrainState(
+        step=jnp.full(state.step.shape, step, jnp.int32), model=model_state,
+        opt_state=opt_state), placement)
+    log(f"resumed from step {step}")
+  log(f"{first.model} on {first.dataset}: {num_params:,} parameters"
+      + (f" x {len(members.configs)} members" if members.population else "")
+      + f", {jax.device_count()} device(s), workdir {workdir}")
+
+  batch_shape = {"image": jax.ShapeDtypeStruct(
+      (first.batch_size, *in_shape), jnp.float32),
+                 "label": jax.ShapeDtypeStruct((first.batch_size,), jnp.int32)}
+  metric_shapes = jax.eval_shape(
+      lambda s, b: steps.train_step(s, b, graphdef=graphdef,
+                                    optimizer=optimizer)[1],
+      states[0], batch_shape)
+  accumulator = steps.empty_accumulator(metric_shapes)
+  if members.population:
+    accumulator = _stack([accumulator] * len(members.configs))
+  context = hooks_lib.LoopContext(
+      workdir=workdir, num_steps=first.num_steps, step=step, state=state,
+      accumulator=jax.device_put(accumulator, placement),
+      population=members.population, data_state=data_state)
+
+  snapshot_images = next(iter(evals.values()))["image"][:SNAPSHOT_COUNT]
+  folders = members.folders(workdir)
+  writers = [hooks_lib.MetricWriter(folder) for folder in folders]
+  schedule = steps.learning_rate_schedule(first)
+
+  def snapshot(context):
+    for folder, model_state in zip(folders, context.member_models()):
+      save_snapshot(graphdef, model_state, snapshot_images, normalization,
+                    folder, context.step)
+
+  def evaluation(context):
+    snapshot(context)
+    results = [{} for _ in folders]
+    for split, arrays in evals.items():
+      for k, metrics in enumerate(evaluate(
+          eval_step, context.state.model, arrays, normalization,
+          first.eval_batch_size, data_placement)):
+        results[k].update({f"{split}_{n}": v for n, v in metrics.items()})
+    for k, (writer, member_results) in enumerate(zip(writers, results)):
+      writer.write(context.step, member_results)
+      prefix = f"member {k} " if members.population else ""
+      log(f"{prefix}step {context.step}: " + ", ".join(
+          f"{n} {v:.2%}" if n.endswith("error") else f"{n} {v:.4f}"
+          for n, v in member_results.items()))
+    return results
+
+  def learning_rates(at_step):
+    scale = float(schedule(at_step)) / first.learning_rate
+    return [c.learning_rate * scale for c in members.configs]
+
+  checkpoint_hook = hooks_lib.Checkpoint(first.checkpoint_every, checkpoints)
+  loop_hooks = [
+      *hooks,
+      hooks_lib.LogMetrics(first.log_every, writers, learning_rates,
+                           first.batch_size, log=log),
+      checkpoint_hook,
+      hooks_lib.Preemption(),
+      hooks_lib.Periodic(first.eval_every, evaluation),
+  ]
+  snapshot_every = first.get("snapshot_every", 0)
+  if snapshot_every:
+    loop_hooks.append(hooks_lib.Periodic(snapshot_every, lambda c: None if (
+        c.step % first.eval_every == 0) else snapshot(c)))
+  try:
+    if step == 0:  # the initial (identity) transformer: the GIF's frame 0
+      snapshot(context)
+    start = time.perf_counter()
+    run_loop(context, step_fn, next_batch, loop_hooks)
+    if context.stopping:
+      log(f"{context.stop_signal}: saved a checkpoint at step "
+          f"{context.step} and stopped.")
+      return [{"interrupted_at_step": context.step} for _ in folders]
+    jax.block_until_ready(context.state)
+    train_seconds = time.perf_counter() - start
+    if context.step not in checkpoints.all_steps():
+      checkpoint_hook.save(context)
+    results = evaluation(context)
+  finally:
+    for writer in writers:
+      writer.close()
+    checkpoints.close()
+
+  first_split = first.eval_splits[0]
+  for folder, model_state, member_results in zip(
+      folders, context.member_models(), results):
+    write_transformer_png(graphdef, model_state, evals[first_split],
+                          os.path.join(folder, "transformer.png"),
+                          normalization)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+      json.dump({"step": context.step, **member_results}, f, indent=2)
+  for k, member_results in enumerate(results):
+    member_results["train_seconds"] = train_seconds
+    if members.population:
+      member_results["params"] = context.member_models()[k]
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       hooks: Sequence[hooks_lib.Hook] = ()
+                       ) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+  Args:
+    config: the run config (see ``configs/``).
+    workdir: where checkpoints, metrics, TensorBoard events and results go.
+    hooks: extra :class:`stn_jax.hooks.Hook` objects, called after every
+      step before the built-in ones (tests use them to crash a run).
 
   Returns:
     the final evaluation metrics, e.g. ``{'test_error': 0.012, ...}``; or,
     when SIGTERM stopped the run (after saving a checkpoint),
     ``{'interrupted_at_step': step}``.
   """
-  validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  train, evals, in_shape = load_data(config)
-  with open(os.path.join(workdir, "in_shape.json"), "w") as f:
-    json.dump(list(in_shape), f)
-  mean, std = np.float32(config.get("mean", 0.0)), np.float32(
-      config.get("std", 1.0))
-  trainer = Trainer(config, in_shape)
-  stream = pipeline.InputPipeline(
-      train, batch_size=config.batch_size, seed=config.seed,
-      on_the_fly=config.on_the_fly or None, mean=mean, std=std,
-      sharding=trainer.data_sharding)
-  checkpoints = Checkpoints(workdir, config)
-  meta = checkpoints.restore_latest(trainer)
-  step = 0
-  if meta is not None:
-    step = int(meta["step"])
-    stream.set_state(meta["data_state"])
-    print(f"resumed from step {step}", flush=True)
-  print(f"{config.model} on {config.dataset}: {trainer.num_params:,} "
-        f"parameters, {jax.device_count()} device(s), workdir {workdir}",
-        flush=True)
-
-  stop = {"requested": False}
-  previous_handler = signal.getsignal(signal.SIGTERM)
-  signal.signal(signal.SIGTERM,
-                lambda *_: stop.__setitem__("requested", True))
-  writer = MetricWriter(workdir)
-  schedule = learning_rate_schedule(config)
-  results = {}
-  snapshot_every = config.get("snapshot_every", 0)
-  snapshot_images = next(iter(evals.values()))
-  try:
-    if step == 0:  # the initial (identity) transformer: the GIF's frame 0
-      _save_snapshot(trainer, snapshot_images, workdir, 0, mean, std)
-    interval, interval_start, start_step = [], time.perf_counter(), step
-    run_start = time.perf_counter()
-    while step < config.num_steps:
-      batch = next(stream)
-      trainer.params, trainer.opt_state, metrics = trainer.train_step(
-          trainer.params, trainer.opt_state, batch["image"], batch["label"])
-      step += 1
-      _testing_hooks(step)
-      loss = float(metrics["loss"])
-      if not math.isfinite(loss):
-        raise TrainingDiverged(
-            f"loss is {loss} at step {step}; stopped. The last good "
-            f"checkpoint in {workdir}/checkpoints is kept (try a lower "
-            "learning rate, a smaller localisation_lr_multiplier or "
-            "grad_clip_norm).")
-      interval.append(metrics)
-      if step % config.log_every == 0 or step == config.num_steps:
-        elapsed = time.perf_counter() - interval_start
-        summary = {k: float(np.mean([m[k] for m in interval]))
-                   for k in interval[0]}
-        summary["learning_rate"] = float(schedule(step - 1))
-        summary["examples_per_second"] = (len(interval) * config.batch_size
-                                          / elapsed)
-        writer.write(step, {f"train_{k}" if not k.startswith(
-            ("learning", "examples")) else k: v for k, v in summary.items()})
-        rate = (step - start_step) / (time.perf_counter() - run_start)
-        print(f"step {step}/{config.num_steps} "
-              f"loss {summary['loss']:.4f} error {summary['error']:.2%} "
-              f"lr {summary['learning_rate']:.2e} "
-              f"{summary['examples_per_second']:.0f} ex/s "
-              f"ETA {_format_eta((config.num_steps - step) / rate)}",
-              flush=True)
-        interval, interval_start = [], time.perf_counter()
-      if step % config.checkpoint_every == 0 or stop["requested"]:
-        checkpoints.save(step, trainer, stream.get_state(), force=True)
-      if stop["requested"]:
-        print(f"SIGTERM: saved a checkpoint at step {step} and stopped.",
-              flush=True)
-        stop["handled"] = True
-        return {"interrupted_at_step": step}
-      if step % config.eval_every == 0 and step < config.num_steps:
-        _evaluate(trainer, evals, step, writer, mean, std, workdir)
-      elif snapshot_every and step % snapshot_every == 0:
-        _save_snapshot(trainer, snapshot_images, workdir, step, mean, std)
-    if step not in checkpoints.manager.all_steps():
-      checkpoints.save(step, trainer, stream.get_state(), force=True)
-    results = _evaluate(trainer, evals, step, writer, mean, std, workdir)
+  results = fit([config], workdir, hooks=hooks,
+                log=lambda text: print(text, flush=True))[0]
+  if "interrupted_at_step" not in results:
     first_split = config.eval_splits[0]
-    _write_transformer_png(trainer, evals[first_split],
-                           os.path.join(workdir, "transformer.png"), mean, std)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"step": step, **results}, f, indent=2)
-    print(f"final {first_split} error: {results[f'{first_split}_error']:.2%} "
-          f"(workdir {workdir})", flush=True)
-    return results
-  finally:
-    writer.close()
-    signal.signal(signal.SIGTERM, previous_handler)
-    if stop["requested"] and not stop.get("handled"):
-      # SIGTERM came after the last step (the run is complete and saved):
-      # deliver it to the previous handler rather than swallow it.
-      signal.raise_signal(signal.SIGTERM)
-
-
-def _testing_hooks(step: int) -> None:
-  """Crash-recovery tests: STN_JAX_KILL_AT_STEP=k kills this process with
-  SIGKILL (as `kill -9` would) and STN_JAX_TERM_AT_STEP=k sends it SIGTERM,
-  right after step k. Unset in normal use."""
-  for name, sig in (("STN_JAX_KILL_AT_STEP", signal.SIGKILL),
-                    ("STN_JAX_TERM_AT_STEP", signal.SIGTERM)):
-    if os.environ.get(name) == str(step):
-      os.kill(os.getpid(), sig)
-
-
-SNAPSHOT_COUNT = 16
-
-
-def _save_snapshot(trainer, arrays, workdir, step, mean, std):
-  """The first transformer's output on fixed test images, for the GIF of
-  ``python -m stn_jax.viz`` (``workdir/snapshots/<step>.npy``, uint8)."""
-  out = _transformer_outputs(trainer, arrays["image"][:SNAPSHOT_COUNT], mean,
-                             std)
-  if out is None:
-    return
-  folder = os.path.join(workdir, "snapshots")
-  os.makedirs(folder, exist_ok=True)
-  np.save(os.path.join(folder, f"{step:08d}.npy"), out)
-
-
-def _evaluate(trainer, evals, step, writer, mean, std, workdir=None):
-  if workdir is not None:
-    _save_snapshot(trainer, next(iter(evals.values())), workdir, step, mean,
-                   std)
-  results = {}
-  for split, arrays in evals.items():
-    metrics = trainer.evaluate(arrays, mean, std)
-    results.update({f"{split}_{k}": v for k, v in metrics.items()})
-  writer.write(step, results)
-  print(f"step {step}: " + ", ".join(
-      f"{k} {v:.2%}" if k.endswith("error") else f"{k} {v:.4f}"
-      for k, v in results.items()), flush=True)
+    print(f"final {first_split} error: "
+          f"{results[f'{first_split}_error']:.2%} (workdir {workdir})",
+          flush=True)
+    results.pop("train_seconds")
   return results

@@ -1,7 +1,9 @@
 """Figures from training workdirs.
 
-  python -m stn_jax.viz --workdir=ST_RUN [--baseline=CNN_RUN] --out=DIR
+  python -m stn_jax.viz --workdir=ST_RUN [--baseline=CNN_RUN] [--out=DIR]
       [--figures=transformer,gif,saliency,error] [--name=NAME]
+
+``--out`` defaults to ``ST_RUN/figures``.
 
 Writes, for the ST run (and the baseline where given):
 - ``transformer_<name>.png``: test inputs next to the transformer's outputs
@@ -16,7 +18,6 @@ Writes, for the ST run (and the baseline where given):
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -24,8 +25,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from PIL import Image, ImageDraw
 
+from stn_jax import cli
 from stn_jax.data import datasets, preview
 
 COUNT = 16
@@ -71,10 +74,9 @@ def training_gif(workdir, path, scale=3):
 def saliency(run, images, labels):
   """|d logit[label] / d input|, max over channels, scaled to 0-255."""
   x = jnp.asarray(images.astype(np.float32) / 255)
-  mean = np.float32(run.config.get("mean", 0.0))
-  std = np.float32(run.config.get("std", 1.0))
   score = lambda x: jnp.take_along_axis(
-      run.model((x - mean) / std), jnp.asarray(labels)[:, None], 1).sum()
+      run.model(run.normalization.from_unit(x)),
+      jnp.asarray(labels)[:, None], 1).sum()
   grad = np.abs(np.asarray(jax.grad(score)(x))).max(-1)
   grad /= grad.reshape(len(grad), -1).max(1)[:, None, None] + 1e-12
   return (grad * 255).astype(np.uint8)
@@ -179,22 +181,32 @@ def make_figures(workdir, out, baseline=None, *, figures=FIGURES, name=None):
   return paths
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m stn_jax.viz",
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", required=True, help="a run with an ST")
-  parser.add_argument("--baseline", default=None, help="e.g. the CNN run")
-  parser.add_argument("--out", default="experiments/results/figures")
-  parser.add_argument("--figures", default=",".join(FIGURES),
-                      help="comma-separated subset of " + ",".join(FIGURES))
-  parser.add_argument("--name", default=None,
-                      help="file-name suffix (default: the workdir's name)")
-  args = parser.parse_args(argv)
-  for path in make_figures(args.workdir, args.out, args.baseline,
-                           figures=tuple(args.figures.split(",")),
-                           name=args.name):
-    print(f"wrote {path}")
+def main(argv=None) -> int:
+  """``python -m stn_jax.viz``; returns the exit status."""
+  values = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "A run with a spatial transformer.",
+                      flag_values=values)
+  flags.DEFINE_string("baseline", None, "Another run to compare with (e.g. "
+                      "the CNN).", flag_values=values)
+  flags.DEFINE_string("out", None, "Folder for the figures (default: "
+                      "WORKDIR/figures).", flag_values=values)
+  flags.DEFINE_list("figures", list(FIGURES), "Which figures.",
+                    flag_values=values)
+  flags.DEFINE_string("name", None, "File-name suffix (default: the "
+                      "workdir's name).", flag_values=values)
+  flags.mark_flag_as_required("workdir", flag_values=values)
+
+  def body(positional):
+    if positional:
+      raise ValueError(f"unexpected arguments {positional}.")
+    out = values.out or os.path.join(values.workdir, "figures")
+    for path in make_figures(values.workdir, out, values.baseline,
+                             figures=tuple(values.figures), name=values.name):
+      print(f"wrote {path}")
+
+  return cli.run(body, values, argv, prog="python -m stn_jax.viz",
+                 doc=__doc__)
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -1,12 +1,39 @@
-"""Shared test helpers."""
+"""Shared fixtures and helpers of the test suite."""
 
 import importlib.util
+import pathlib
 
 import pytest
 
+import data_fixtures
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 requires_torch = pytest.mark.skipif(not HAS_TORCH,
                                     reason="torch is not installed")
+
+
+def _config_module(name):
+  from stn_jax import config_args
+  return config_args.load_config_module(str(REPO / "configs" / f"{name}.py"))
+
+
+MNIST = _config_module("mnist")
+GTSRB = _config_module("gtsrb")
+
+
+def tiny(config, tfds_dir, **overrides):
+  """``config`` shrunk to a few steps of batch 8 on the tiny datasets."""
+  config.tfds_dir = str(tfds_dir)
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_steps = 2
+  config.log_every = 1
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  for key, value in overrides.items():
+    config[key] = value
+  return config
 
 
 @pytest.fixture(params=["kernel", "xla"])
@@ -18,3 +45,20 @@ def sampler_path(request, monkeypatch):
   elif not _cpu_kernel.enabled("float32"):
     pytest.skip("the CPU kernel is not available (no C++ compiler?)")
   return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_tfds(tmp_path_factory):
+  """Tiny distorted_mnist/{rts,plain} and gtsrb/32 built from synthetic
+  sources; returns the TFDS directory."""
+  from stn_jax.data import datasets
+  root = tmp_path_factory.mktemp("tiny")
+  checksums, _ = data_fixtures.make_mnist(root / "src", sizes=(
+      ("train", 32), ("t10k", 16)))
+  for name in ("distorted_mnist/rts", "distorted_mnist/plain"):
+    datasets.build(name, tfds_dir=root / "tfds", source_dir=root / "src",
+                   checksums=checksums)
+  data_fixtures.make_gtsrb_npz(root / "src")
+  datasets.build("gtsrb/32", tfds_dir=root / "tfds", source_dir=root / "src",
+                 checksums=None)
+  return root / "tfds"

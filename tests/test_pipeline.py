@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stn_jax.data import distortions, pipeline
+from stn_jax.normalization import Normalization
 
 
 def toy_arrays(n=50, size=28):
@@ -52,7 +53,8 @@ def test_seeded_and_normalised():
   np.testing.assert_allclose(batch["image"],
                              arrays["image"][batch["index"]] / 255.0)
   standardised = next(pipeline.InputPipeline(
-      arrays, batch_size=8, seed=3, mean=0.5, std=0.25, sharding=False))
+      arrays, batch_size=8, seed=3, normalization=Normalization(0.5, 0.25),
+      sharding=False))
   np.testing.assert_allclose(standardised["image"],
                              (batch["image"] - 0.5) / 0.25, atol=1e-6)
 
@@ -69,13 +71,14 @@ def test_evaluation_order_is_the_split_once():
 @pytest.mark.parametrize("on_the_fly", [None, "rts"])
 def test_restored_state_continues_with_the_identical_batch(on_the_fly):
   arrays = toy_arrays(30)
+  preprocess = on_the_fly and distortions.OnTheFly(on_the_fly)
   first = pipeline.InputPipeline(arrays, batch_size=4, seed=0,
-                                 on_the_fly=on_the_fly, sharding=False)
+                                 preprocess=preprocess, sharding=False)
   take(first, 9)  # into the second epoch
   state = first.get_state()
   expected = take(first, 4)
   resumed = pipeline.InputPipeline(arrays, batch_size=4, seed=0,
-                                   on_the_fly=on_the_fly, sharding=False)
+                                   preprocess=preprocess, sharding=False)
   resumed.set_state(state)
   for want, got in zip(expected, take(resumed, 4)):
     for key in want:
@@ -85,7 +88,8 @@ def test_restored_state_continues_with_the_identical_batch(on_the_fly):
 def test_on_the_fly_distortions_are_fresh_each_epoch():
   arrays = toy_arrays(8)
   stream = pipeline.InputPipeline(arrays, batch_size=8, seed=0,
-                                  on_the_fly="rts", shuffle=False,
+                                  preprocess=distortions.OnTheFly("rts"),
+                                  shuffle=False,
                                   sharding=False)
   epoch0, epoch1 = take(stream, 2)
   assert epoch0["image"].shape == (8, 42, 42, 1)
@@ -93,9 +97,9 @@ def test_on_the_fly_distortions_are_fresh_each_epoch():
   want = distortions.sample_params(
       "rts", distortions.example_rng(0, "train", 3, epoch=1))
   np.testing.assert_array_equal(epoch1["theta"][3], want["theta"])
-  with pytest.raises(ValueError, match="28x28 plain digits"):
+  with pytest.raises(ValueError, match="needs 28x28x1 undistorted digits"):
     pipeline.InputPipeline(toy_arrays(8, size=42), batch_size=4,
-                           on_the_fly="rts")
+                           preprocess=distortions.OnTheFly("rts"))
 
 
 def test_batches_land_on_the_devices():

@@ -1,19 +1,19 @@
 """Population mode equals separate runs."""
 
+import json
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 import stn_jax
-from stn_jax import population, train
-import test_train
-
-tiny_tfds = test_train.tiny_tfds
+from stn_jax import checkpointing, population, train
+from conftest import MNIST, tiny
 
 
 def member(tfds_dir, seed, learning_rate, **overrides):
-  config = test_train.tiny(test_train.MNIST.get_config(
+  config = tiny(MNIST.get_config(
       f"model=st_cnn,small=true,seed={seed}"), tfds_dir,
       **{"num_steps": 3, **overrides})
   config.learning_rate = learning_rate
@@ -47,36 +47,36 @@ def test_members_must_share_the_architecture(tiny_tfds):
 
 
 RUN_POPULATION = """
-import json, sys
+import json, signal, sys
 sys.path.insert(0, sys.argv[1])
 import test_population
-from stn_jax import population
+from stn_jax import hooks, population
 configs = [test_population.member(sys.argv[2], s, lr, num_steps=6,
                                   checkpoint_every=2)
            for s, lr in ((0, 1e-3), (1, 2e-3))]
-results = population.train_population(configs, sys.argv[3])
+kill_at = int(sys.argv[4])
+extra = [hooks.SignalAtStep(kill_at, signal.SIGKILL)] if kill_at else []
+results = population.train_population(configs, sys.argv[3], hooks=extra)
 print(json.dumps([r["test_error"] for r in results]))
 """
 
 
-def run_population(tfds_dir, workdir, env=None):
-  import os
+def run_population(tfds_dir, workdir, kill_at=0):
   import pathlib
   import subprocess
   import sys
   tests = pathlib.Path(__file__).resolve().parent
   return subprocess.run(
       [sys.executable, "-c", RUN_POPULATION, str(tests), str(tfds_dir),
-       str(workdir)], capture_output=True, text=True, timeout=600,
-      cwd=tests.parent, env={**os.environ, **(env or {})})
+       str(workdir), str(kill_at)], capture_output=True, text=True,
+      timeout=600, cwd=tests.parent)
 
 
 def test_killed_population_resumes_to_the_uninterrupted_result(tiny_tfds,
                                                                tmp_path):
   straight = run_population(tiny_tfds, tmp_path / "straight")
   assert straight.returncode == 0, straight.stderr[-2000:]
-  killed = run_population(tiny_tfds, tmp_path / "killed",
-                          env={"STN_JAX_KILL_AT_STEP": "5"})
+  killed = run_population(tiny_tfds, tmp_path / "killed", kill_at=5)
   assert killed.returncode == -9
   assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints")
                 .iterdir() if p.name.isdigit()) == ["2", "4"]
@@ -84,15 +84,18 @@ def test_killed_population_resumes_to_the_uninterrupted_result(tiny_tfds,
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed from step 4" in resumed.stdout
   assert resumed.stdout.splitlines()[-1] == straight.stdout.splitlines()[-1]
-  params = {}
+  states = {}
   for name in ("straight", "killed"):
-    holder = population.train.Checkpoints(tmp_path / name,
-                                          member(tiny_tfds, 0, 1e-3))
-    assert holder.manager.latest_step() == 6
-    params[name] = holder.manager.restore(6, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]["params"]
-  for a, b in zip(params["straight"], params["killed"]):
-    np.testing.assert_array_equal(a, b)  # bitwise
+    holder = checkpointing.Checkpoints(tmp_path / name)
+    assert max(holder.all_steps()) == 6
+    states[name] = holder.manager.restore(6, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(),
+        opt_state=ocp.args.StandardRestore()))
+  for part in ("model", "opt_state"):
+    a, b = (jax.tree.leaves(states[n][part]) for n in ("straight", "killed"))
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x, y)  # bitwise
 
 
 def test_a_workdir_of_another_population_is_refused(tiny_tfds, tmp_path):
@@ -101,4 +104,48 @@ def test_a_workdir_of_another_population_is_refused(tiny_tfds, tmp_path):
   population.train_population(configs, str(tmp_path), log=lambda *a: None)
   configs[1].seed = 5
   with pytest.raises(ValueError, match="holds a population of"):
+    population.train_population(configs, str(tmp_path), log=lambda *a: None)
+
+
+def test_population_gets_the_single_run_hooks(tiny_tfds, tmp_path):
+  """Per-member metrics.jsonl and TensorBoard, periodic evaluation and
+  results, from the same loop and hooks as a single run."""
+  configs = [member(tiny_tfds, s, 1e-3, num_steps=4, eval_every=2,
+                    log_every=2) for s in (0, 1)]
+  lines = []
+  population.train_population(configs, str(tmp_path), log=lines.append)
+  for k in (0, 1):
+    folder = tmp_path / f"member_{k}"
+    records = [json.loads(line) for line in
+               (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train_loss" in r] == [2, 4]
+    assert [r["step"] for r in records if "test_error" in r] == [2, 4]
+    assert list((folder / "tensorboard").iterdir())
+    assert json.loads((folder / "results.json").read_text())["step"] == 4
+    assert (folder / "config.json").is_file()
+  assert sum(line.startswith("member 1 step 2:") for line in lines) == 1
+  assert json.loads((tmp_path / "population.json").read_text())["steps"] == 4
+
+
+def test_sigterm_stops_a_population_with_a_checkpoint(tiny_tfds, tmp_path):
+  import signal
+  from stn_jax import hooks
+  configs = [member(tiny_tfds, s, 1e-3, num_steps=6) for s in (0, 1)]
+  results = population.train_population(
+      configs, str(tmp_path), log=lambda *a: None,
+      hooks=[hooks.SignalAtStep(3, signal.SIGTERM)])
+  assert results == [{"interrupted_at_step": 3}] * 2
+  assert checkpointing.Checkpoints(tmp_path).all_steps() == [3]
+  lines = []
+  results = population.train_population(configs, str(tmp_path),
+                                        log=lines.append)
+  assert "resumed from step 3" in lines
+  assert all(0 <= r["test_error"] <= 1 for r in results)
+
+
+def test_a_diverging_member_stops_the_population(tiny_tfds, tmp_path):
+  configs = [member(tiny_tfds, s, lr, num_steps=6, optimizer="sgd",
+                    checkpoint_every=1)
+             for s, lr in ((0, 1e-3), (1, 1e38))]
+  with pytest.raises(train.TrainingDiverged, match=r"member\(s\) 1 is nan"):
     population.train_population(configs, str(tmp_path), log=lambda *a: None)

@@ -7,11 +7,10 @@ import pathlib
 import pytest
 
 from stn_jax import sweep, train
-import test_train  # the tiny dataset fixture and config helpers
+from conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted(str(p) for p in (REPO / "configs").glob("*.py"))
-tiny_tfds = test_train.tiny_tfds
+CONFIG_FILES = sorted(str(p) for p in (REPO / "configs").glob("*.py")
+                      if "def get_config" in p.read_text())
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
@@ -107,6 +106,8 @@ def test_unknown_sweep_lists_the_valid_ones():
 
 def test_runs_resumes_skips_and_reports_failures(tiny_tfds, tmp_path):
   config_file = tmp_path / "tiny_config.py"
+  (tmp_path / "common.py").write_text(
+      (REPO / "configs" / "common.py").read_text())
   config_file.write_text(
       (REPO / "configs" / "mnist.py").read_text() + '''
 
@@ -139,3 +140,24 @@ def sweep_tiny(add):
                           log=lambda *a: None)
   assert [r["status"] for r in again] == ["skipped", "failed", "skipped"]
   assert len(calls) == 2  # nothing retrained
+
+
+def test_command_line_appends_the_config_arg_to_every_point(tmp_path,
+                                                            capsys):
+  status = sweep.main([f"--config={REPO / 'configs' / 'mnist.py'}:small=true",
+                       "--sweep=tc", f"--workdir={tmp_path}", "--dry_run"])
+  out = capsys.readouterr().out
+  assert status == 0
+  assert "000_distortion=tc,model=fcn,seed=0,small=true: ok" in out
+  assert "12 points, 0 failed" in out
+
+
+def test_command_line_errors_are_one_line_without_a_traceback(tmp_path,
+                                                              capsys):
+  status = sweep.main([f"--config={REPO / 'configs' / 'mnist.py'}",
+                       "--sweep=table9", f"--workdir={tmp_path}"])
+  err = capsys.readouterr().err
+  assert status == 1
+  assert "error: sweep must be one of localisation_lr" in err
+  assert "Traceback" not in err
+  assert sweep.main(["--sweep=tc"]) == 2  # missing required flags

@@ -4,10 +4,8 @@ import pathlib
 import subprocess
 import sys
 
-import test_train
+from conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-tiny_tfds = test_train.tiny_tfds
 
 
 def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):

@@ -12,44 +12,10 @@ import numpy as np
 import pytest
 
 import stn_jax
-from stn_jax import models, sweep, train
+from stn_jax import models, train
 from stn_jax.data import datasets
-import data_fixtures
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-MNIST = sweep.load_config_module(str(REPO / "configs" / "mnist.py"))
-GTSRB = sweep.load_config_module(str(REPO / "configs" / "gtsrb.py"))
-
-
-@pytest.fixture(scope="module")
-def tiny_tfds(tmp_path_factory):
-  """Tiny distorted_mnist/{rts,plain} and gtsrb/32 built from synthetic
-  sources."""
-  root = tmp_path_factory.mktemp("tiny")
-  checksums, _ = data_fixtures.make_mnist(root / "src", sizes=(
-      ("train", 32), ("t10k", 16)))
-  for name in ("distorted_mnist/rts", "distorted_mnist/plain"):
-    datasets.build(name, tfds_dir=root / "tfds", source_dir=root / "src",
-                   checksums=checksums)
-  data_fixtures.make_gtsrb_npz(root / "src")
-  datasets.build("gtsrb/32", tfds_dir=root / "tfds", source_dir=root / "src",
-                 checksums=None)
-  return root / "tfds"
-
-
-def tiny(config, tfds_dir, **overrides):
-  config.tfds_dir = str(tfds_dir)
-  config.batch_size = 8
-  config.eval_batch_size = 8
-  config.num_steps = 2
-  config.log_every = 1
-  config.eval_every = 1000
-  config.checkpoint_every = 1000
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+from conftest import GTSRB, MNIST, REPO, tiny
 
 
 MODEL_CONFIGS = {
@@ -140,7 +106,9 @@ def test_batch_not_divisible_by_devices(monkeypatch, tmp_path):
 
 
 def run_main(workdir, tfds_dir, *extra, env=None, check=True):
-  command = [sys.executable, "-m", "stn_jax.main",
+  """``python -m stn_jax.main`` on the tiny data (through
+  tests/train_with_signal.py, which adds --signal_at_step/--signal)."""
+  command = [sys.executable, str(REPO / "tests" / "train_with_signal.py"),
              "--config=configs/mnist.py:distortion=rts,model=st_cnn,small=true",
              f"--workdir={workdir}", f"--config.tfds_dir={tfds_dir}",
              "--config.batch_size=8", "--config.eval_batch_size=8",
@@ -161,8 +129,8 @@ def final_params(workdir):
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_tfds,
                                                           tmp_path):
   run_main(tmp_path / "straight", tiny_tfds)
-  killed = run_main(tmp_path / "killed", tiny_tfds,
-                    env={"STN_JAX_KILL_AT_STEP": "6"}, check=False)
+  killed = run_main(tmp_path / "killed", tiny_tfds, "--signal_at_step=6",
+                    "--signal=SIGKILL", check=False)
   assert killed.returncode == -9
   assert sorted(os.listdir(tmp_path / "killed" / "checkpoints")) == ["4"]
   resumed = run_main(tmp_path / "killed", tiny_tfds)
@@ -175,7 +143,8 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_tfds,
 
 
 def test_sigterm_saves_and_exits_then_resumes(tiny_tfds, tmp_path):
-  stopped = run_main(tmp_path, tiny_tfds, env={"STN_JAX_TERM_AT_STEP": "5"})
+  stopped = run_main(tmp_path, tiny_tfds, "--signal_at_step=5",
+                     "--signal=SIGTERM")
   assert "SIGTERM: saved a checkpoint at step 5" in stopped.stdout
   assert "5" in os.listdir(tmp_path / "checkpoints")
   resumed = run_main(tmp_path, tiny_tfds)
@@ -188,7 +157,8 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tiny_tfds,
   config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds,
                 num_steps=8, checkpoint_every=4)
   train.train_and_evaluate(config, str(tmp_path))
-  latest = tmp_path / "checkpoints" / "8" / "state"
+  latest = tmp_path / "checkpoints" / "8" / "model"
+  assert latest.is_dir()
   for path in latest.rglob("*"):
     if path.is_file():
       path.write_bytes(b"garbage")
@@ -232,3 +202,78 @@ def test_train_split_selects_the_split_trained_on(monkeypatch):
   config = GTSRB.get_config("small=true")
   train.load_data(config)
   assert calls == ["train_without_validation", "test", "validation"]
+
+
+RESTORE_ONLY = """
+import sys
+import stn_jax
+run = stn_jax.restore(sys.argv[1])
+heavy = sorted({m.split('.')[0] for m in sys.modules} & {
+    'tensorflow_datasets', 'grain', 'array_record', 'tensorflow',
+    'tensorboardX'})
+print(run.step, heavy)
+"""
+
+
+def test_restore_needs_no_data_stack_and_no_optimizer(tiny_tfds, tmp_path,
+                                                      monkeypatch):
+  config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds)
+  train.train_and_evaluate(config, str(tmp_path))
+  result = subprocess.run([sys.executable, "-c", RESTORE_ONLY,
+                           str(tmp_path)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split("\n")[-2] == "2 []"
+  from stn_jax import steps
+  monkeypatch.setattr(steps, "make_optimizer",
+                      lambda *a: pytest.fail("built an optimiser"))
+  assert stn_jax.restore(str(tmp_path)).step == 2
+
+
+def write_format_1_checkpoint(workdir, config, in_shape, step):
+  """A checkpoint as stn_jax wrote it before the structured state: flat
+  leaf lists of the parameters and optimiser state."""
+  import orbax.checkpoint as ocp
+  from flax import nnx
+  from stn_jax import checkpointing, steps
+  checkpointing.write_run_files(str(workdir), config, in_shape)
+  model = models.from_config(config, in_shape)
+  params = nnx.state(model)
+  params = jax.tree.map(lambda x: x + 0.25, params)  # not the init values
+  opt_state = steps.make_optimizer(config, params).init(params)
+  manager = ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints"))
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave({"params": jax.tree.leaves(params),
+                                   "opt_state": jax.tree.leaves(opt_state)}),
+      meta=ocp.args.JsonSave({"step": step, "data_state": None,
+                              "seed": config.seed})))
+  manager.wait_until_finished()
+  manager.close()
+  return params
+
+
+def test_checkpoints_of_the_previous_format_still_restore(tiny_tfds,
+                                                          tmp_path):
+  config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds)
+  params = write_format_1_checkpoint(tmp_path, config, (42, 42, 1), step=7)
+  restored = stn_jax.restore(str(tmp_path))
+  assert restored.step == 7
+  from flax import nnx
+  for a, b in zip(jax.tree.leaves(nnx.state(restored.model)),
+                  jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_normalization_is_the_definition():
+  from stn_jax.normalization import Normalization
+  images = np.random.default_rng(0).integers(0, 256, (4, 5, 5, 3),
+                                             dtype=np.uint8)
+  norm = Normalization((0.3, 0.4, 0.5), (0.2, 0.25, 0.5))
+  want = (images / 255.0 - np.array([0.3, 0.4, 0.5])) / np.array(
+      [0.2, 0.25, 0.5])
+  np.testing.assert_allclose(norm(images), want, rtol=1e-6, atol=1e-6)
+  assert norm(images).dtype == np.float32
+  np.testing.assert_allclose(norm.from_unit(images / 255.0), want, atol=1e-6)
+  np.testing.assert_array_equal(norm.to_uint8(norm(images)), images)
+  config = GTSRB.get_config("small=true")
+  assert Normalization.from_config(config) == Normalization(0.33, 0.27)

@@ -3,16 +3,14 @@
 from PIL import Image
 
 from stn_jax import train, viz
-import test_train
-
-tiny_tfds = test_train.tiny_tfds
+from conftest import MNIST, tiny
 
 
 def test_figures_from_an_st_run_and_a_baseline(tiny_tfds, tmp_path):
   runs = {}
   for model in ("st_cnn", "cnn"):
-    config = test_train.tiny(
-        test_train.MNIST.get_config(f"model={model},small=true"), tiny_tfds,
+    config = tiny(
+        MNIST.get_config(f"model={model},small=true"), tiny_tfds,
         num_steps=4, eval_every=2, snapshot_every=1)
     runs[model] = tmp_path / model
     train.train_and_evaluate(config, str(runs[model]))
@@ -34,8 +32,8 @@ def test_figures_from_an_st_run_and_a_baseline(tiny_tfds, tmp_path):
 
 
 def test_only_the_named_figures_with_a_chosen_name(tiny_tfds, tmp_path):
-  config = test_train.tiny(
-      test_train.MNIST.get_config("model=st_fcn,small=true"), tiny_tfds)
+  config = tiny(
+      MNIST.get_config("model=st_fcn,small=true"), tiny_tfds)
   train.train_and_evaluate(config, str(tmp_path / "run"))
   paths = viz.make_figures(str(tmp_path / "run"), str(tmp_path / "figures"),
                            figures=("transformer",), name="rts")

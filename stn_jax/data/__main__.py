@@ -1,65 +1,108 @@
 """Command line for the datasets.
 
-  python -m stn_jax.data build distorted_mnist/rts [--tfds_dir DIR] [--source_dir DIR]
-  python -m stn_jax.data preview distorted_mnist/rts --out rts.png [--split test] [--count 32]
+  python -m stn_jax.data build DATASET [--tfds_dir=DIR] [--source_dir=DIR]
+  python -m stn_jax.data build --config=configs/mnist.py:distortion=rts
+  python -m stn_jax.data preview DATASET --out=rts.png [--split=test] [--count=32]
 
-``--source_dir`` is the data directory with ``mnist/`` and ``gtsrb/``
-(default: ``$STN_DATA_DIR``, then ``../shared/data`` next to the repo);
-``--tfds_dir`` is where built datasets go (default: TFDS's own,
-``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+DATASET is e.g. ``distorted_mnist/rts`` or ``gtsrb/32``. With
+``--config=file.py:ARG`` (as for ``stn_jax.main``), ``build`` builds every
+dataset that config trains and evaluates on, and ``preview`` shows its
+evaluation dataset. ``--source_dir`` is the data directory with ``mnist/``
+and ``gtsrb/`` (default: the config's, else ``$STN_DATA_DIR``, then
+``../shared/data`` next to the repo); ``--tfds_dir`` is where built datasets
+go (default: the config's, else TFDS's own, ``$TFDS_DATA_DIR`` or
+``~/tensorflow_datasets``).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-import numpy as np
+from absl import flags
 
+from stn_jax import cli, config_args
 from stn_jax.data import datasets, preview
 
+COMMANDS = ("build", "preview")
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m stn_jax.data",
-                                   description=__doc__.splitlines()[0])
-  commands = parser.add_subparsers(dest="command", required=True)
-  for name in ("build", "preview"):
-    command = commands.add_parser(name)
-    command.add_argument("dataset", help="e.g. distorted_mnist/rts, gtsrb/32")
-    command.add_argument("--tfds_dir", default=None)
-    command.add_argument("--source_dir", default=None)
-    if name == "preview":
-      command.add_argument("--out", required=True, help="PNG file to write")
-      command.add_argument("--split", default="test")
-      command.add_argument("--count", type=int, default=32)
-      command.add_argument("--columns", type=int, default=8)
-  return parser
+
+def _flags() -> flags.FlagValues:
+  values = flags.FlagValues()
+  flags.DEFINE_string("config", None, "A config file (with :ARG) whose "
+                      "datasets to use, instead of DATASET.",
+                      flag_values=values)
+  flags.DEFINE_string("tfds_dir", None, "Where built datasets go.",
+                      flag_values=values)
+  flags.DEFINE_string("source_dir", None, "The data directory.",
+                      flag_values=values)
+  flags.DEFINE_string("out", None, "preview: the PNG file to write.",
+                      flag_values=values)
+  flags.DEFINE_string("split", "test", "preview: the split.",
+                      flag_values=values)
+  flags.DEFINE_integer("count", 32, "preview: how many examples.",
+                       flag_values=values)
+  flags.DEFINE_integer("columns", 8, "preview: examples per row.",
+                       flag_values=values)
+  return values
+
+
+def _datasets(values, names, command):
+  """(dataset names, tfds_dir, source_dir) from DATASET or --config."""
+  if values.config and names:
+    raise ValueError("give DATASET or --config, not both.")
+  if values.config:
+    path, arg = config_args.split_config_spec(values.config)
+    config = config_args.load_config_module(path).get_config(arg)
+    names = [config.dataset]
+    train_name = config.get("train_dataset", "") or config.dataset
+    if command == "build" and train_name != config.dataset:
+      names.insert(0, train_name)
+    return (names, values.tfds_dir or config.tfds_dir or None,
+            values.source_dir or config.source_dir or None)
+  if len(names) != 1:
+    raise ValueError(f"{command} takes one DATASET (e.g. "
+                     f"distorted_mnist/rts) or --config; got {names or 'none'}.")
+  return names, values.tfds_dir, values.source_dir
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
-  start = time.perf_counter()
-  if args.command == "build":
-    builder = datasets.build(args.dataset, tfds_dir=args.tfds_dir,
-                             source_dir=args.source_dir)
-    splits = ", ".join(f"{k} {v.num_examples}"
-                       for k, v in builder.info.splits.items())
-    print(f"{args.dataset}: {splits} in {builder.data_dir} "
-          f"({time.perf_counter() - start:.1f} s)")
+  """``python -m stn_jax.data``; returns the exit status."""
+  values = _flags()
+
+  def body(positional):
+    if not positional or positional[0] not in COMMANDS:
+      raise ValueError(f"the first argument must be one of "
+                       f"{', '.join(COMMANDS)}; got "
+                       f"{positional[0] if positional else 'nothing'}.")
+    command = positional[0]
+    names, tfds_dir, source_dir = _datasets(values, positional[1:], command)
+    start = time.perf_counter()
+    if command == "build":
+      for name in names:
+        builder = datasets.build(name, tfds_dir=tfds_dir,
+                                 source_dir=source_dir)
+        splits = ", ".join(f"{k} {v.num_examples}"
+                           for k, v in builder.info.splits.items())
+        print(f"{name}: {splits} in {builder.data_dir} "
+              f"({time.perf_counter() - start:.1f} s)")
+      return 0
+    if not values.out:
+      raise ValueError("preview needs --out=FILE.png.")
+    arrays = datasets.load_arrays(names[0], values.split, tfds_dir=tfds_dir,
+                                  source_dir=source_dir)
+    count = min(values.count, len(arrays["label"]))
+    labels = arrays["label"][:count]
+    image = preview.grid_image(
+        arrays["image"][:count], [str(int(label)) for label in labels],
+        columns=values.columns,
+        title=f"{names[0]} ({values.split}), first {count} examples")
+    image.save(values.out)
+    print(f"wrote {values.out}")
     return 0
-  arrays = datasets.load_arrays(args.dataset, args.split,
-                                tfds_dir=args.tfds_dir,
-                                source_dir=args.source_dir)
-  count = min(args.count, len(arrays["label"]))
-  labels = arrays["label"][:count]
-  image = preview.grid_image(
-      arrays["image"][:count], [str(int(l)) for l in labels],
-      columns=args.columns,
-      title=f"{args.dataset} ({args.split}), first {count} examples")
-  image.save(args.out)
-  print(f"wrote {args.out}")
-  return 0
+
+  return cli.run(body, values, argv, prog="python -m stn_jax.data",
+                 doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Built offline from the MNIST IDX files (verified by sha256), with stn_jax's
 own grids and sampler (see :mod:`stn_jax.data.distortions`). Stored as
 array_record, so neither building nor reading needs TensorFlow::
 
-  python -m stn_jax.data build distorted_mnist/rts --out ~/tensorflow_datasets
+  python -m stn_jax.data build distorted_mnist/rts --tfds_dir=~/tensorflow_datasets
 
 Both splits are distorted once, per example, from ``(seed, split, index)``:
 the records are identical on every machine. Training can instead draw a

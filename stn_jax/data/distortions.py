@@ -248,3 +248,35 @@ def _add_clutter(images, clutter, sources):
       np.maximum(images[b, y:y + c, x:x + c], patch,
                  out=images[b, y:y + c, x:x + c])
   return images
+
+
+class OnTheFly:
+  """Preprocessing step of :class:`stn_jax.data.InputPipeline`: each
+  example of 28x28 undistorted digits gets a fresh ``variant`` distortion
+  every epoch, drawn from ``(seed, 'train', index, epoch)``; the batch gains
+  the drawn parameters (as the built datasets store them).
+
+  Args:
+    variant: one of :data:`VARIANTS`.
+  """
+
+  def __init__(self, variant: str):
+    self.variant = check_variant(variant)
+
+  def output_shape(self, shape) -> tuple[int, int, int]:
+    """The distorted image shape for input images of ``shape`` (which must
+    be the 28x28x1 digits)."""
+    if tuple(shape) != (DIGIT_SIZE, DIGIT_SIZE, 1):
+      raise ValueError(f"on-the-fly {self.variant!r} distortion needs "
+                       f"{DIGIT_SIZE}x{DIGIT_SIZE}x1 undistorted digits; got "
+                       f"images of shape {tuple(shape)}.")
+    size = IMAGE_SIZE[self.variant]
+    return (size, size, 1)
+
+  def __call__(self, batch, *, arrays, indices, epochs, seed):
+    params = sample_batch_params(self.variant, seed, "train", indices,
+                                 epoch=epochs,
+                                 num_sources=len(arrays["image"]))
+    images = render(self.variant, batch["image"][..., 0], params,
+                    clutter_sources=arrays["image"][..., 0], exact=False)
+    return {**batch, "image": images[..., None], **params}

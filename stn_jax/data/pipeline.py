@@ -9,11 +9,12 @@ the next batch, and grain's worker threads prepare batches ahead. Each batch
 is one NumPy gather, so data is never the bottleneck (measured in
 ``experiments/results/data.md``).
 
-Optional on-the-fly distortion (``on_the_fly='rts'`` etc., over the
-``plain`` digits) draws every example's distortion from
-``(seed, 'train', index, epoch)``: fresh each epoch, reproducible, and
-restored exactly with the iterator state. The default is the fixed, built
-dataset.
+An optional ``preprocess`` step changes each host batch before it is
+normalised; the pipeline knows no dataset by name. The one the configs use
+is on-the-fly distortion (:class:`stn_jax.data.distortions.OnTheFly`), which
+draws every example's distortion from ``(seed, 'train', index, epoch)``:
+fresh each epoch, reproducible, and restored exactly with the iterator
+state. The default is the fixed, built dataset.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from stn_jax.data import distortions
+from stn_jax.normalization import Normalization
 
 
 def data_sharding(devices=None) -> NamedSharding:
@@ -49,10 +50,13 @@ class InputPipeline(Iterator):
     num_epochs: None repeats forever; an int stops after that many epochs.
     drop_remainder: drop each epoch's last partial batch (training). Without
       it an epoch yields every example exactly once (evaluation).
-    mean, std: images become ``(x / 255 - mean) / std`` (defaults 0 and 1:
-      plain [0, 1] scaling); scalars or per-channel sequences.
-    on_the_fly: a distortion variant applied per batch to 28x28 ``plain``
-      digits, or None.
+    normalization: uint8 images become ``normalization(images)``, float32
+      (default :class:`~stn_jax.normalization.Normalization()`: plain [0, 1]
+      scaling).
+    preprocess: None, or a step applied to each host batch before
+      normalisation: ``preprocess(batch, arrays=, indices=, epochs=,
+      seed=)`` returns the new batch, and ``preprocess.output_shape(shape)``
+      gives (and checks) the image shape it makes from the split's.
     sharding: where batches go (default :func:`data_sharding`); ``False``
       keeps NumPy arrays on the host.
     num_threads: grain threads preparing batches ahead (0: in the caller).
@@ -61,7 +65,7 @@ class InputPipeline(Iterator):
   def __init__(self, arrays: Mapping[str, np.ndarray], *, batch_size: int,
                seed: int = 0, shuffle: bool = True,
                num_epochs: int | None = None, drop_remainder: bool = True,
-               mean=0.0, std=1.0, on_the_fly: str | None = None,
+               normalization: Normalization | None = None, preprocess=None,
                sharding=None, num_threads: int = 2):
     if "image" not in arrays or "label" not in arrays:
       raise ValueError("arrays must hold 'image' and 'label'; got keys "
@@ -79,18 +83,13 @@ class InputPipeline(Iterator):
       if batch_size % devices:
         raise ValueError(f"batch_size must be divisible by the number of "
                          f"devices ({devices}); got {batch_size}.")
-    if on_the_fly is not None:
-      distortions.check_variant(on_the_fly)
-      if self._arrays["image"].shape[1:3] != (28, 28):
-        raise ValueError("on_the_fly distortion needs the 28x28 plain digits "
-                         "('distorted_mnist/plain'); got images of shape "
-                         f"{self._arrays['image'].shape[1:]}.")
-    self._on_the_fly = on_the_fly
+    if preprocess is not None:
+      preprocess.output_shape(self._arrays["image"].shape[1:])  # checks
+    self._preprocess = preprocess
     self._seed = seed
     self._shuffle = shuffle
     self._batch_size = batch_size
-    self._mean = np.asarray(mean, np.float32)
-    self._std = np.asarray(std, np.float32)
+    self._normalization = normalization or Normalization()
     if drop_remainder:
       self._batches_per_epoch = self._size // batch_size
       if self._batches_per_epoch == 0:
@@ -131,18 +130,10 @@ class InputPipeline(Iterator):
   def host_batch(self, epochs, indices) -> dict[str, np.ndarray]:
     """The NumPy batch of the given examples (used by ``__next__``)."""
     batch = {k: v[indices] for k, v in self._arrays.items()}
-    images = batch["image"]
-    if self._on_the_fly is not None:
-      params = distortions.sample_batch_params(
-          self._on_the_fly, self._seed, "train", indices, epoch=epochs,
-          num_sources=self._size)
-      clutter = self._arrays["image"][..., 0]
-      images = distortions.render(self._on_the_fly, images[..., 0], params,
-                                  clutter_sources=clutter,
-                                  exact=False)[..., None]
-      batch.update(params)
-    batch["image"] = (images.astype(np.float32) / 255.0 - self._mean) / \
-        self._std
+    if self._preprocess is not None:
+      batch = self._preprocess(batch, arrays=self._arrays, indices=indices,
+                               epochs=epochs, seed=self._seed)
+    batch["image"] = self._normalization(batch["image"])
     batch["label"] = batch["label"].astype(np.int32)
     batch["epoch"] = np.asarray(epochs, np.int32)
     return batch

@@ -41,6 +41,18 @@ def get_model(name: str, *, in_shape, num_classes: int, rngs: nnx.Rngs,
   return MODELS[name](tuple(in_shape), num_classes, rngs=rngs, **kwargs)
 
 
+def from_config(config, in_shape) -> nnx.Module:
+  """The model a run config describes (``config.model``,
+  ``config.model_kwargs``, ``config.num_classes``), initialised from
+  ``config.seed``. Works on a config read back from a workdir's
+  ``config.json`` (JSON lists become tuples again)."""
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in config.model_kwargs.to_dict().items()}
+  return get_model(config.model, in_shape=in_shape,
+                   num_classes=config.num_classes,
+                   rngs=nnx.Rngs(config.seed), **kwargs)
+
+
 def count_params(model: nnx.Module) -> int:
   """Number of trainable parameters."""
   return sum(int(np.prod(x.shape))
@@ -55,4 +67,5 @@ def transformers(model: nnx.Module) -> list[SpatialTransformer]:
 
 __all__ = ["CNN", "ConvLocalisation", "FCLocalisation", "FCN", "GtsrbCNN",
            "MODELS", "ResNet", "STClassifier", "SpatialTransformer",
-           "TRANSFORMER_MODELS", "count_params", "get_model", "transformers"]
+           "TRANSFORMER_MODELS", "count_params", "from_config", "get_model",
+           "transformers"]

@@ -1,0 +1,60 @@
+"""Keys every config shares, with their defaults, and the CPU scale.
+
+``configs/mnist.py`` and ``configs/gtsrb.py`` start from :func:`base` and
+override only what differs. Import it from a config file with
+``config_args.import_sibling(__file__, 'common')``.
+"""
+
+import ml_collections
+
+# `small=true`: what sizes a run for a 2-core CPU (each config adds its own
+# step budget and narrower networks).
+CPU_SCALE = dict(batch_size=128, optimizer="adam", learning_rate=1e-3,
+                 log_every=50, eval_every=1000, checkpoint_every=250)
+
+
+def base(arg: str) -> ml_collections.ConfigDict:
+  """The shared keys; ``arg`` is the config's ``get_config`` argument."""
+  config = ml_collections.ConfigDict()
+  config.arg = arg or ""
+  # Data: evaluated on `dataset`'s eval_splits, trained on
+  # `train_dataset` (default: `dataset`) split `train_split`.
+  config.dataset = ""
+  config.train_dataset = ""
+  config.train_split = "train"
+  config.eval_splits = ("test",)
+  config.on_the_fly = ""  # a distortion drawn afresh per epoch, or ""
+  config.source_dir = ""  # data dir with mnist/, gtsrb/; "" = $STN_DATA_DIR or ../shared/data
+  config.tfds_dir = ""    # built datasets; "" = TFDS default
+  config.mean = 0.0       # inputs are (pixels / 255 - mean) / std
+  config.std = 1.0
+  config.num_classes = 10
+  config.seed = 0
+  config.model = ""
+  config.model_kwargs = ml_collections.ConfigDict()
+  # Optimisation.
+  config.batch_size = 256
+  config.num_steps = 150_000
+  config.optimizer = "sgd"
+  config.learning_rate = 0.01
+  config.lr_decay_every = 50_000
+  config.lr_decay_factor = 0.1
+  config.localisation_lr_multiplier = 1.0
+  config.grad_clip_norm = 0.0
+  # Cadences.
+  config.log_every = 100
+  config.eval_every = 10_000
+  # Transformer output on 16 fixed test images for the viz GIF, every this
+  # many steps (0: only at evaluations).
+  config.snapshot_every = 0
+  config.checkpoint_every = 2_000
+  config.max_checkpoints = 3
+  config.eval_batch_size = 1000
+  return config
+
+
+def apply_cpu_scale(config, *, num_steps: int, lr_decay_every: int) -> None:
+  """Sets :data:`CPU_SCALE` and the config's step budget."""
+  config.update(CPU_SCALE)
+  config.num_steps = num_steps
+  config.lr_decay_every = lr_decay_every

@@ -1,0 +1,268 @@
+"""Periodic actions of the training loop: logging, checkpoints, evaluation,
+snapshots, preemption.
+
+The loop (:func:`stn_jax.train.run_loop`) calls every hook after every step
+with a :class:`LoopContext`; a hook does its work on its own steps (as clu's
+``periodic_actions``) and costs nothing in between: in particular nothing is
+fetched from the device between log steps. Single runs and populations use
+the same hooks; a population's arrays carry a leading member axis, and
+per-member outputs go to per-member writers.
+
+Tests inject their own hooks (e.g. :class:`SignalAtStep`) through
+``train_and_evaluate(..., hooks=...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class LoopContext:
+  """What the loop and its hooks share.
+
+  Attributes:
+    workdir: the run's directory.
+    num_steps: the last step.
+    step: steps taken (a host int: reading it never syncs the device).
+    state: the :class:`stn_jax.steps.TrainState` (stacked for populations).
+    accumulator: on-device metric sums since the last log step.
+    population: True when arrays have a leading member axis.
+    data_state: returns the input position to checkpoint (JSON).
+    stop_requested: set (e.g. by a signal handler) to stop after the step.
+    stopping: set by the loop when it acts on ``stop_requested``.
+    stop_signal: the name of the signal that asked to stop, if any.
+  """
+  workdir: str
+  num_steps: int
+  step: int
+  state: Any
+  accumulator: dict
+  population: bool
+  data_state: Callable[[], Any]
+  stop_requested: bool = False
+  stopping: bool = False
+  stop_signal: str = ""
+
+  def member_models(self) -> list:
+    """Each member's model state (one for a single run)."""
+    if not self.population:
+      return [self.state.model]
+    count = jax.tree.leaves(self.state.model)[0].shape[0]
+    return [jax.tree.map(lambda x, k=k: x[k], self.state.model)
+            for k in range(count)]
+
+  def check_finite(self) -> None:
+    """Raises :class:`TrainingDiverged` if a loss since the last log step
+    was not finite (one small device-to-host fetch)."""
+    first = np.atleast_1d(np.asarray(jax.device_get(
+        self.accumulator["first_nonfinite_step"])))
+    _raise_if_diverged(first, self.workdir)
+
+
+def _raise_if_diverged(first_nonfinite_step: np.ndarray, workdir: str):
+  bad = np.flatnonzero(first_nonfinite_step)
+  if bad.size:
+    which = ("" if first_nonfinite_step.size == 1 else
+             f" of member(s) {', '.join(map(str, bad))}")
+    raise TrainingDiverged(
+        f"loss{which} is nan or inf at step "
+        f"{int(first_nonfinite_step[bad[0]])}; stopped. The last good "
+        f"checkpoint in {workdir}/checkpoints is kept (try a lower "
+        "learning rate, a smaller localisation_lr_multiplier or "
+        "grad_clip_norm).")
+
+
+class Hook:
+  """Called by the loop: ``begin`` once, ``after_step`` after every step,
+  ``stop`` once when a stop was requested (after that step's
+  ``after_step``), ``close`` once at the end (also on errors)."""
+
+  def begin(self, context: LoopContext) -> None:
+    pass
+
+  def after_step(self, context: LoopContext) -> None:
+    pass
+
+  def stop(self, context: LoopContext) -> None:
+    pass
+
+  def close(self, context: LoopContext) -> None:
+    pass
+
+
+class MetricWriter:
+  """``metrics.jsonl`` and TensorBoard events (tensorboardX) in a folder."""
+
+  def __init__(self, folder: str):
+    from tensorboardX import SummaryWriter
+    os.makedirs(folder, exist_ok=True)
+    self._jsonl = open(os.path.join(folder, "metrics.jsonl"), "a")
+    self._tensorboard = SummaryWriter(os.path.join(folder, "tensorboard"))
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+    self._jsonl.flush()
+    for key, value in metrics.items():
+      self._tensorboard.add_scalar(key, value, step)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tensorboard.close()
+
+
+def format_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
+
+
+class LogMetrics(Hook):
+  """Every ``every_steps`` (and at the last step): fetches the accumulated
+  metrics, stops on a non-finite loss, writes each member's means to its
+  writer and prints a line with the ETA.
+
+  Args:
+    every_steps: the cadence.
+    writers: one :class:`MetricWriter` per member.
+    learning_rates: ``step -> [rate per member]``.
+    batch_size: examples per step and member (for examples/s).
+    log: where the console line goes.
+  """
+
+  def __init__(self, every_steps: int, writers: list[MetricWriter],
+               learning_rates: Callable[[int], list[float]], batch_size: int,
+               log: Callable[[str], None] = print):
+    self.every_steps = every_steps
+    self.writers = writers
+    self.learning_rates = learning_rates
+    self.batch_size = batch_size
+    self.log = log
+
+  def begin(self, context):
+    self._start_step = context.step
+    self._start = self._interval_start = time.perf_counter()
+
+  def after_step(self, context):
+    step = context.step
+    if step % self.every_steps and step != context.num_steps:
+      return
+    fetched = jax.device_get(context.accumulator)
+    context.accumulator = jax.tree.map(
+        lambda host, old: jax.device_put(np.zeros_like(host), old.sharding),
+        fetched, context.accumulator)
+    _raise_if_diverged(np.atleast_1d(fetched["first_nonfinite_step"]),
+                       context.workdir)
+    count = int(np.max(fetched["count"]))
+    now = time.perf_counter()
+    rate = count * self.batch_size / (now - self._interval_start)
+    self._interval_start = now
+    rates = self.learning_rates(step - 1)
+    means = {k: np.atleast_1d(v) / count for k, v in fetched["sums"].items()}
+    for k, writer in enumerate(self.writers):
+      metrics = {f"train_{name}": float(value[k])
+                 for name, value in means.items()}
+      metrics["learning_rate"] = rates[k]
+      metrics["examples_per_second"] = rate
+      writer.write(step, metrics)
+    steps_per_second = (step - self._start_step) / (now - self._start)
+    eta = format_eta((context.num_steps - step) / steps_per_second)
+    loss = " ".join(f"{x:.4f}" for x in means["loss"])
+    error = " ".join(f"{x:.2%}" for x in means["error"])
+    self.log(f"step {step}/{context.num_steps} loss {loss} error {error} "
+             f"lr {rates[0]:.2e} {rate:.0f} ex/s ETA {eta}")
+
+
+class Checkpoint(Hook):
+  """Saves every ``every_steps`` and when the run stops early; never saves
+  a state that followed a non-finite loss.
+
+  Args:
+    every_steps: the cadence.
+    checkpoints: a :class:`stn_jax.checkpointing.Checkpoints`.
+  """
+
+  def __init__(self, every_steps: int, checkpoints):
+    self.every_steps = every_steps
+    self.checkpoints = checkpoints
+
+  def save(self, context: LoopContext) -> None:
+    context.check_finite()
+    self.checkpoints.save(context.step, context.state, context.data_state())
+    self._saved_step = context.step
+
+  def after_step(self, context):
+    if context.step % self.every_steps == 0:
+      self.save(context)
+
+  def stop(self, context):
+    if getattr(self, "_saved_step", None) != context.step:
+      self.save(context)
+
+
+class Preemption(Hook):
+  """Turns ``signals`` (default SIGTERM) into a stop after the current step
+  (the :class:`Checkpoint` hook saves it). A signal that arrives after the
+  last step is delivered again to the previous handler when the loop ends,
+  not swallowed."""
+
+  def __init__(self, signals=(signal.SIGTERM,)):
+    self.signals = tuple(signals)
+
+  def begin(self, context):
+    self._previous = {}
+
+    def handler(number, _):
+      context.stop_requested = True
+      context.stop_signal = signal.Signals(number).name
+
+    for number in self.signals:
+      self._previous[number] = signal.getsignal(number)
+      signal.signal(number, handler)
+
+  def close(self, context):
+    for number, previous in self._previous.items():
+      signal.signal(number, previous)
+    if context.stop_requested and not context.stopping:
+      signal.raise_signal(signal.Signals[context.stop_signal])
+
+
+class Periodic(Hook):
+  """Calls ``action(context)`` every ``every_steps`` steps before the last
+  (the loop's caller handles the last step itself)."""
+
+  def __init__(self, every_steps: int, action: Callable[[LoopContext], Any]):
+    self.every_steps = every_steps
+    self.action = action
+
+  def after_step(self, context):
+    step = context.step
+    if (self.every_steps and step % self.every_steps == 0
+        and step < context.num_steps):
+      self.action(context)
+
+
+class SignalAtStep(Hook):
+  """Sends ``signal_number`` to this process right after ``step`` (for
+  crash and preemption tests: SIGKILL acts as ``kill -9``)."""
+
+  def __init__(self, step: int, signal_number: int):
+    self.step = step
+    self.signal_number = signal_number
+
+  def after_step(self, context):
+    if context.step == self.step:
+      os.kill(os.getpid(), self.signal_number)

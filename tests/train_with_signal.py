@@ -1,0 +1,29 @@
+"""``python -m stn_jax.main`` with a signal sent to itself after a step.
+
+  python tests/train_with_signal.py --signal_at_step=6 --signal=SIGKILL \
+      --config=... --workdir=...
+
+Crash and preemption tests inject :class:`stn_jax.hooks.SignalAtStep` this
+way; production code reads no test switches.
+"""
+
+import signal
+
+from absl import app, flags
+
+from stn_jax import hooks, main
+
+_STEP = flags.DEFINE_integer("signal_at_step", 0, "Step after which the "
+                             "signal is sent (0: never).")
+_SIGNAL = flags.DEFINE_enum("signal", "SIGKILL", ["SIGKILL", "SIGTERM",
+                                                  "SIGINT"], "The signal.")
+
+
+def run(argv):
+  extra = ([hooks.SignalAtStep(_STEP.value, signal.Signals[_SIGNAL.value])]
+           if _STEP.value else [])
+  main.run(argv, hooks=extra)
+
+
+if __name__ == "__main__":
+  app.run(run)
