@@ -117,8 +117,10 @@ def _axis_taps(coord, size, mode, padding_mode, align_corners):
   """
   pixel, scale = _unnormalize(coord, size, align_corners)
   # Far-away points are outside either way; bounding them keeps the int32
-  # conversion defined without changing any result or gradient.
-  if mode == "bicubic" or padding_mode == "zeros":
+  # conversion defined without changing any result or gradient. Not with
+  # reflection, which mirrors every tap back inside (and bounds it itself).
+  if padding_mode == "zeros" or (mode == "bicubic" and
+                                 padding_mode != "reflection"):
     pixel = jnp.clip(pixel, -4.0, size + 3.0)
   if mode == "bicubic":
     # PyTorch pads each integer tap, not the continuous coordinate.
