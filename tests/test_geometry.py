@@ -203,8 +203,8 @@ def test_homography_conversions(in_size, out_size, align_corners):
 def test_normalize_points(align_corners):
   size = (5, 8)
   h, w = size
-  x, y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h,
-                                                               dtype=np.float32))
+  x, y = np.meshgrid(np.arange(w, dtype=np.float32),
+                     np.arange(h, dtype=np.float32))
   pixels = np.stack([x, y], -1)
   got = stn_jax.normalize_points(pixels, size, align_corners=align_corners)
   ys = reference.normalised_centres(h, align_corners)

@@ -274,8 +274,8 @@ def _evaluate_tps(points, source, weights, affine, centre, scale):
   s = (source - centre) / scale
   p = (points - centre) / scale
   coefficients = jnp.concatenate([weights, affine], 0)  # (K + 3, 2)
-  return jnp.matmul(grids._tps_features(p, s, jnp), coefficients,  # pylint: disable=protected-access
-                    precision=_HIGHEST)
+  features = grids._tps_features(p, s, jnp)  # pylint: disable=protected-access
+  return jnp.matmul(features, coefficients, precision=_HIGHEST)
 
 
 def tps_warp_points(tps: ThinPlateSpline, points):

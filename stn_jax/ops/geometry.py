@@ -317,7 +317,8 @@ def _sample(image, grid, mode, padding_mode, fill_value):
                               fill_value=fill_value)
 
 
-_SAMPLING_ARGS = """    mode: ``'bilinear'`` (``cv2.INTER_LINEAR``), ``'nearest'`` (rounds half
+_SAMPLING_ARGS = """\
+    mode: ``'bilinear'`` (``cv2.INTER_LINEAR``), ``'nearest'`` (rounds half
       to even, ``cv2.INTER_NEAREST`` rounds half up) or ``'bicubic'``
       (``cv2.INTER_CUBIC``: the same kernel, A = -0.75).
     padding_mode: ``'zeros'``, ``'fill'`` (``fill_value``; OpenCV's
