@@ -16,9 +16,14 @@ def test_every_public_function_is_exported_and_documented():
 
 def test_options_are_keyword_only():
   for name in ("affine_grid", "projective_grid", "tps_grid", "grid_sample",
-               "base_coordinates", "params_to_grid"):
+               "base_coordinates", "params_to_grid", "warp_affine",
+               "warp_perspective", "crop_and_resize", "pixel_to_theta",
+               "theta_to_pixel", "pixel_to_normalized_homography",
+               "normalized_to_pixel_homography", "normalize_points",
+               "denormalize_points", "fit_tps"):
     parameters = inspect.signature(getattr(stn_jax, name)).parameters
-    for option in ("mode", "padding_mode", "align_corners", "source_points"):
+    for option in ("mode", "padding_mode", "align_corners", "source_points",
+                   "fill_value", "regularization"):
       if option in parameters:
         assert parameters[option].kind is inspect.Parameter.KEYWORD_ONLY, (
             name, option)

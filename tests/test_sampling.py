@@ -270,3 +270,26 @@ def test_error_message_says_expected_and_given():
     stn_jax.grid_sample(np.zeros((1, 4, 4, 1)), np.zeros((1, 2, 2, 3)))
   message = str(error.value)
   assert "(N, H_out, W_out, 2)" in message and "(1, 2, 2, 3)" in message
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode", stn_jax.MODES)
+def test_reflection_far_outside_matches_reference(mode, align_corners,
+                                                  sampler_path):
+  # Points many pixels outside are mirrored back in, tap by tap for bicubic
+  # (PyTorch's rule); they must not be bounded before reflecting.
+  image = np.random.default_rng(7).uniform(size=(1, 6, 7, 2)).astype(
+      np.float32)
+  grid = np.random.default_rng(8).uniform(-5, 5, size=(1, 4, 9, 2)).astype(
+      np.float32)
+  fn = functools.partial(stn_jax.grid_sample, mode=mode,
+                         padding_mode="reflection",
+                         align_corners=align_corners)
+  np.testing.assert_allclose(
+      fn(image, grid), reference.grid_sample(image, grid, mode, "reflection",
+                                             align_corners), atol=1e-5)
+  if mode != "nearest":
+    with jax.enable_x64(True):
+      check_grads(fn, (jnp.asarray(image, jnp.float64),
+                       jnp.asarray(grid, jnp.float64)),
+                  order=1, modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5)

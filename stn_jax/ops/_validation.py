@@ -84,3 +84,61 @@ def compute_dtype(*dtypes) -> jnp.dtype:
   if jnp.finfo(widest).bits < 32:
     return jnp.dtype(jnp.float32)
   return jnp.dtype(widest)
+
+
+def check_fill_value(name: str, value, channels: int) -> jnp.ndarray:
+  """Returns a padding fill value of shape ``()`` or ``(channels,)``.
+
+  Python numbers and real arrays are accepted; traced arrays too (only their
+  shape and dtype are checked).
+  """
+  if isinstance(value, bool) or isinstance(value, np.bool_):
+    raise ValueError(f"{name} must be a number or a float array of shape () "
+                     f"or ({channels},); got {value!r}.")
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    return jnp.asarray(float(value))
+  if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+    try:
+      value = np.asarray(value)
+    except (TypeError, ValueError):
+      raise ValueError(f"{name} must be a number or a float array of shape () "
+                       f"or ({channels},); got {value!r}.") from None
+  if not (jnp.issubdtype(value.dtype, jnp.floating) or
+          jnp.issubdtype(value.dtype, jnp.integer)):
+    raise ValueError(f"{name} must be a number or a float array of shape () "
+                     f"or ({channels},); got dtype {value.dtype}.")
+  if tuple(value.shape) not in ((), (channels,)):
+    raise ValueError(f"{name} must be a number or a float array of shape () "
+                     f"or ({channels},) (one value per channel); got shape "
+                     f"{tuple(value.shape)}.")
+  return jnp.asarray(value)
+
+
+def check_same_batching(names: tuple[str, str], batched: tuple[bool, bool],
+                        shapes: tuple[tuple[int, ...], tuple[int, ...]]):
+  """Raises unless two checked arrays are both batched (same N) or both not.
+
+  ``shapes`` are the shapes with the batch axis (as returned by
+  :func:`check_float_array`).
+  """
+  (a, b), (shape_a, shape_b) = names, shapes
+  if batched[0] != batched[1]:
+    given_a = shape_a if batched[0] else shape_a[1:]
+    given_b = shape_b if batched[1] else shape_b[1:]
+    raise ValueError(f"{a} and {b} must both have a batch axis or both lack "
+                     f"one; got {a} shape {tuple(given_a)} and {b} shape "
+                     f"{tuple(given_b)}.")
+  if shape_a[0] != shape_b[0]:
+    raise ValueError(f"{b} must have the batch size of {a}; got {a} shape "
+                     f"{tuple(shape_a)} and {b} shape {tuple(shape_b)}.")
+
+
+def check_points(name: str, value, description: str = "(N, K, 2)",
+                 min_points: int = 1) -> tuple[jnp.ndarray, bool]:
+  """Checks a float point set ``(N, K, 2)`` or ``(K, 2)`` with K >= min."""
+  points, batched = check_float_array(name, value, (None, 2), description)
+  if points.shape[1] < min_points:
+    raise ValueError(f"{name} must hold at least {min_points} points, shape "
+                     f"{description} with K >= {min_points}; got shape "
+                     f"{tuple(np.shape(value))}.")
+  return points, batched

@@ -26,10 +26,13 @@ import jax.numpy as jnp
 from stn_jax.ops import _validation as v
 from stn_jax.ops import _cpu_kernel
 
-__all__ = ["MODES", "PADDING_MODES", "grid_sample"]
+__all__ = ["MODES", "PADDING_MODES", "ALL_PADDING_MODES", "grid_sample"]
 
 MODES = ("bilinear", "nearest", "bicubic")
+# The padding modes PyTorch has (and grid_sample matches exactly).
 PADDING_MODES = ("zeros", "border", "reflection")
+# Every padding mode grid_sample accepts: PyTorch's and a constant fill.
+ALL_PADDING_MODES = PADDING_MODES + ("fill",)
 _CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic convolution constant.
 
 
@@ -117,8 +120,10 @@ def _axis_taps(coord, size, mode, padding_mode, align_corners):
   """
   pixel, scale = _unnormalize(coord, size, align_corners)
   # Far-away points are outside either way; bounding them keeps the int32
-  # conversion defined without changing any result or gradient.
-  if mode == "bicubic" or padding_mode == "zeros":
+  # conversion defined without changing any result or gradient. Not with
+  # reflection, which mirrors every tap back inside (and bounds it itself).
+  if padding_mode == "zeros" or (mode == "bicubic" and
+                                 padding_mode != "reflection"):
     pixel = jnp.clip(pixel, -4.0, size + 3.0)
   if mode == "bicubic":
     # PyTorch pads each integer tap, not the continuous coordinate.
@@ -233,7 +238,8 @@ _sample.defvjp(_sample_fwd, _sample_bwd)
 
 
 def grid_sample(image, grid, *, mode: str = "bilinear",
-                padding_mode: str = "zeros", align_corners: bool = False):
+                padding_mode: str = "zeros", align_corners: bool = False,
+                fill_value=0.0):
   """Samples ``image`` at the normalised points of ``grid``.
 
   Equal to ``torch.nn.functional.grid_sample`` with the same options, with
@@ -250,14 +256,25 @@ def grid_sample(image, grid, *, mode: str = "bilinear",
     mode: ``'bilinear'``, ``'nearest'`` (round half to even, as PyTorch) or
       ``'bicubic'`` (cubic convolution, A = -0.75).
     padding_mode: value read outside the image: ``'zeros'``, ``'border'``
-      (nearest edge pixel) or ``'reflection'`` (mirrored about the edges).
+      (nearest edge pixel), ``'reflection'`` (mirrored about the edges) or
+      ``'fill'`` (``fill_value``; not in PyTorch). ``'fill'`` is defined as
+      ``zeros_sample + fill_value * (1 - m)``, where ``m`` is the
+      ``'zeros'`` sample of an all-ones image: every tap outside the image
+      reads ``fill_value``. So a point whose taps are all inside reads the
+      image, one whose taps are all outside reads ``fill_value``, and one
+      at the border blends the two with the interpolation weights (as
+      OpenCV's ``BORDER_CONSTANT`` with a constant ``borderValue``).
     align_corners: see above.
+    fill_value: used only with ``padding_mode='fill'``: a number or a float
+      array of shape ``()`` or ``(C,)`` (one value per channel). It may be
+      traced; gradients flow to it.
 
   Returns:
     ``(N, H_out, W_out, C)`` (or unbatched) array of ``image.dtype``.
     bfloat16/float16 inputs are computed in float32. A grid point with a
     ``nan`` or ``inf`` coordinate is undefined: it reads 0 and passes no
-    gradient, in every padding mode.
+    gradient, in every padding mode (``'fill'`` included: it reads 0, not
+    ``fill_value``).
 
   Gradients flow to ``image`` and ``grid`` (zero to ``grid`` for
   ``'nearest'``), equal to PyTorch's.
@@ -278,11 +295,21 @@ def grid_sample(image, grid, *, mode: str = "bilinear",
   if 0 in image.shape:
     raise ValueError(f"image must not be empty; got shape {tuple(image.shape)}.")
   v.check_choice("mode", mode, MODES)
-  v.check_choice("padding_mode", padding_mode, PADDING_MODES)
+  v.check_choice("padding_mode", padding_mode, ALL_PADDING_MODES)
   align_corners = v.check_bool("align_corners", align_corners)
+  fill_value = v.check_fill_value("fill_value", fill_value, image.shape[-1])
   dtype = v.compute_dtype(image.dtype, grid.dtype)
   n, out_height, out_width, _ = grid.shape
-  out = _sample(image.astype(dtype), grid.astype(dtype).reshape(n, -1, 2),
-                mode, padding_mode, align_corners)
+  points = grid.astype(dtype).reshape(n, -1, 2)
+  if padding_mode == "fill":
+    out = _sample(image.astype(dtype), points, mode, "zeros", align_corners)
+    ones = jnp.ones((*image.shape[:3], 1), dtype)
+    mass = _sample(ones, points, mode, "zeros", align_corners)
+    # Undefined (non-finite) points read 0, as in the other modes.
+    defined = jnp.isfinite(points).all(-1, keepdims=True)
+    out = out + jnp.where(defined, fill_value.astype(dtype) * (1 - mass), 0)
+  else:
+    out = _sample(image.astype(dtype), points, mode, padding_mode,
+                  align_corners)
   out = out.reshape(n, out_height, out_width, -1).astype(image.dtype)
   return out if image_batched else out[0]

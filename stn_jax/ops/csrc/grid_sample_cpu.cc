@@ -132,7 +132,10 @@ inline void ComputeAxisBlock(const T* coord, int n, int64_t size,
     T pixel = O::kAlignCorners
                   ? ((coord[i] + 1) / 2) * high
                   : ((coord[i] + 1) * static_cast<T>(size) - 1) / 2;
-    if constexpr (O::kMode == kBicubic || O::kPadding == kZeros) {
+    // Far outside, zeros/border read the same at -4 or size + 3; reflection
+    // does not (its taps are mirrored back in), so it is never bounded.
+    if constexpr ((O::kMode == kBicubic && O::kPadding != kReflection) ||
+                  O::kPadding == kZeros) {
       pixel = std::min(std::max(pixel, T(-4)), static_cast<T>(size + 3));
     }
     T where[O::kTaps], weight[O::kTaps], d_weight[O::kTaps];
