@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/rts_st_cnn_small
 
-.PHONY: install test train bench clean
+.PHONY: install test lint format train bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -16,6 +16,14 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -n 2 -q tests
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 train: install
 	$(PY) -m stn_jax.main --config=configs/mnist.py:distortion=rts,model=st_cnn,transform=affine,small=true --workdir=$(WORKDIR)

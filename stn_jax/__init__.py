@@ -18,6 +18,7 @@ from stn_jax.ops import (ALL_PADDING_MODES, MODES, PADDING_MODES, TRANSFORMS,
                          tps_warp_points, warp_affine, warp_perspective)
 
 __version__ = "0.1.0"
+__all__ = [*ops.__all__, "ops", "restore"]
 
 
 def restore(workdir):

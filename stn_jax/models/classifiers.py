@@ -1,8 +1,10 @@
 """The paper's classifiers and their spatial-transformer versions (NNX).
 
 Every model is built from ``in_shape=(H, W, C)`` and ``num_classes`` and maps
-NHWC float images to logits. ST models expose their transformer as
-``model.transformer``.
+NHWC float images to logits. The ST-FCN, ST-CNN and ResNet-STN expose their
+transformer as ``model.transformer``; the GTSRB CNN its list as
+``model.transformers``. ``stn_jax.models.transformers(model)`` finds them in
+any model.
 """
 
 from __future__ import annotations

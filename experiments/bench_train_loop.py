@@ -1,0 +1,85 @@
+"""Training-loop speed of the default run at two checkouts, round robin.
+
+Usage:
+  python experiments/bench_train_loop.py --checkout NAME=PATH [--checkout ...]
+      [--steps 600] [--rounds 2] [--out experiments/results/train_loop.md]
+
+Each round runs ``python -m stn_jax.main`` (the `make train` config, small
+ST-CNN on RTS, batch 128) for ``--steps`` steps from every checkout in turn
+(its own ``stn_jax`` first on PYTHONPATH, a fresh workdir, no evaluation
+until the end) and reads the examples/s that the run logged every 50 steps.
+The first logged interval (compilation, kernel build) is dropped; the
+table gives the median over the remaining intervals of all rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_sampler import commit_description, machine_description  # noqa: E402
+
+CONFIG = "configs/mnist.py:distortion=rts,model=st_cnn,transform=affine,small=true"
+
+
+def run_once(path: str, steps: int) -> list[float]:
+  """examples/s of each logged interval but the first."""
+  with tempfile.TemporaryDirectory() as workdir:
+    command = [sys.executable, "-m", "stn_jax.main", f"--config={CONFIG}",
+               f"--workdir={workdir}", f"--config.num_steps={steps}",
+               f"--config.eval_every={10 * steps}",
+               f"--config.checkpoint_every={10 * steps}"]
+    env = {**os.environ, "PYTHONPATH": path}
+    subprocess.run(command, cwd=path, env=env, check=True,
+                   capture_output=True, text=True)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      rates = [record["examples_per_second"] for record in map(json.loads, f)
+               if "examples_per_second" in record]
+  return rates[1:]
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--checkout", action="append", required=True,
+                      help="NAME=PATH of a stn_jax checkout")
+  parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--out", default="experiments/results/train_loop.md")
+  args = parser.parse_args(argv)
+  checkouts = dict(item.split("=", 1) for item in args.checkout)
+  rates = {name: [] for name in checkouts}
+  for round_index in range(args.rounds):
+    for name, path in checkouts.items():
+      rates[name] += run_once(os.path.abspath(path), args.steps)
+      print(f"round {round_index + 1} {name}: median "
+            f"{statistics.median(rates[name]):.0f} ex/s", flush=True)
+  lines = [
+      "# Training-loop speed of the default run",
+      "",
+      f"- command: `python {' '.join(sys.argv)}`",
+      f"- commit (this script): {commit_description()}",
+      f"- machine: {machine_description()}",
+      f"- run: `{CONFIG}` (the `make train` run), {args.steps} steps of "
+      f"batch 128 per run, {args.rounds} rounds, checkouts run round robin; "
+      "examples/s as logged every 50 steps, first interval dropped",
+      "",
+      "| checkout | median examples/s | steps/s | intervals |",
+      "|---|---|---|---|",
+  ]
+  for name, values in rates.items():
+    median = statistics.median(values)
+    lines.append(f"| {name} | {median:,.0f} | {median / 128:.2f} | "
+                 f"{len(values)} |")
+  with open(args.out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
