@@ -9,8 +9,14 @@ import ml_collections
 
 # `small=true`: what sizes a run for a 2-core CPU (each config adds its own
 # step budget and narrower networks).
-CPU_SCALE = dict(batch_size=128, optimizer="adam", learning_rate=1e-3,
-                 log_every=50, eval_every=1000, checkpoint_every=250)
+CPU_SCALE = dict(
+  batch_size=128,
+  optimizer="adam",
+  learning_rate=1e-3,
+  log_every=50,
+  eval_every=1000,
+  checkpoint_every=250,
+)
 
 
 def base(arg: str) -> ml_collections.ConfigDict:
@@ -24,9 +30,11 @@ def base(arg: str) -> ml_collections.ConfigDict:
   config.train_split = "train"
   config.eval_splits = ("test",)
   config.on_the_fly = ""  # a distortion drawn afresh per epoch, or ""
-  config.source_dir = ""  # data dir with mnist/, gtsrb/; "" = $STN_DATA_DIR or ../shared/data
-  config.tfds_dir = ""    # built datasets; "" = TFDS default
-  config.mean = 0.0       # inputs are (pixels / 255 - mean) / std
+  config.source_dir = (
+    ""  # data dir with mnist/, gtsrb/; "" = $STN_DATA_DIR or ../shared/data
+  )
+  config.tfds_dir = ""  # built datasets; "" = TFDS default
+  config.mean = 0.0  # inputs are (pixels / 255 - mean) / std
   config.std = 1.0
   config.num_classes = 10
   config.seed = 0

@@ -30,9 +30,12 @@ MODELS = ("gtsrb_cnn", "gtsrb_st_cnn", "resnet", "resnet_stn")
 
 def get_config(arg=None):
   args = config_args.parse_arg(
-      arg, dict(model="gtsrb_st_cnn", size=32, small=False, seed=0,
-                transform="affine"),
-      choices=dict(model=MODELS, transform=TRANSFORMS))
+    arg,
+    dict(
+      model="gtsrb_st_cnn", size=32, small=False, seed=0, transform="affine"
+    ),
+    choices=dict(model=MODELS, transform=TRANSFORMS),
+  )
   config = common.base(arg)
   config.dataset = f"gtsrb/{args['size']}"
   # Validation holds 10% of each class's tracks; train on the rest so it
@@ -67,6 +70,7 @@ def get_config(arg=None):
 
 
 # Sweeps: python -m stn_jax.sweep --config=configs/gtsrb.py --sweep=NAME ...
+
 
 def sweep_models(add):
   """CNN, CNN + 3 ST, ResNet and ResNet-STN x 3 seeds."""

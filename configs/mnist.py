@@ -33,11 +33,17 @@ MODELS = ("fcn", "cnn", "st_fcn", "st_cnn", "resnet", "resnet_stn")
 
 def get_config(arg=None):
   args = config_args.parse_arg(
-      arg,
-      dict(distortion="rts", model="st_cnn", transform="affine", small=False,
-           on_the_fly=False, seed=0),
-      choices=dict(distortion=DISTORTIONS, model=MODELS,
-                   transform=TRANSFORMS))
+    arg,
+    dict(
+      distortion="rts",
+      model="st_cnn",
+      transform="affine",
+      small=False,
+      on_the_fly=False,
+      seed=0,
+    ),
+    choices=dict(distortion=DISTORTIONS, model=MODELS, transform=TRANSFORMS),
+  )
   config = common.base(arg)
   config.dataset = f"distorted_mnist/{args['distortion']}"
   if args["on_the_fly"]:  # undistorted digits, distorted afresh each epoch
@@ -48,7 +54,9 @@ def get_config(arg=None):
   if args["model"] in ("st_fcn", "st_cnn", "resnet_stn"):
     config.model_kwargs.transform = args["transform"]
   if args["model"] in ("st_fcn", "st_cnn") and args["distortion"] in (
-      "rts", "tc"):
+    "rts",
+    "tc",
+  ):
     config.model_kwargs.pool_output = True  # as in the paper
   # The rest of the paper's protocol is common.base: SGD 0.01, x0.1 every
   # 50k steps, 150k steps of 256.
@@ -69,10 +77,16 @@ def get_config(arg=None):
 
 # Sweeps: python -m stn_jax.sweep --config=configs/mnist.py --sweep=NAME ...
 
-TABLE1_MODELS = (("fcn", "affine"), ("cnn", "affine"),
-                 ("st_fcn", "affine"), ("st_fcn", "projective"),
-                 ("st_fcn", "tps"), ("st_cnn", "affine"),
-                 ("st_cnn", "projective"), ("st_cnn", "tps"))
+TABLE1_MODELS = (
+  ("fcn", "affine"),
+  ("cnn", "affine"),
+  ("st_fcn", "affine"),
+  ("st_fcn", "projective"),
+  ("st_fcn", "tps"),
+  ("st_cnn", "affine"),
+  ("st_cnn", "projective"),
+  ("st_cnn", "tps"),
+)
 
 
 def sweep_table1(add):
@@ -80,8 +94,10 @@ def sweep_table1(add):
   for distortion in ("r", "rts", "p", "e"):
     for model, transform in TABLE1_MODELS:
       for seed in range(3):
-        add(f"distortion={distortion},model={model},transform={transform},"
-            f"seed={seed}")
+        add(
+          f"distortion={distortion},model={model},transform={transform},"
+          f"seed={seed}"
+        )
 
 
 def sweep_tc(add):
@@ -94,5 +110,7 @@ def sweep_tc(add):
 def sweep_localisation_lr(add):
   """The localisation-net learning-rate multiplier on RTS ST-CNN (small)."""
   for multiplier in (1.0, 0.1, 0.01):
-    add("distortion=rts,model=st_cnn,small=true",
-        localisation_lr_multiplier=multiplier)
+    add(
+      "distortion=rts,model=st_cnn,small=true",
+      localisation_lr_multiplier=multiplier,
+    )

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 import jax
-
 from bench_sampler import commit_description, machine_description
+
 from stn_jax import sweep
 
 # The config arg each --scale adds to every run: `cpu` uses the configs'
@@ -27,21 +27,31 @@ def table_parser(doc: str, out: str) -> argparse.ArgumentParser:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", default=out)
   parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--set", action="append", default=[],
-                      help="extra override for every run, e.g. tfds_dir=...")
-  parser.add_argument("--report_only", action="store_true",
-                      help="train nothing: tabulate the finished runs (e.g. "
-                      "while the sweep runs elsewhere)")
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    help="extra override for every run, e.g. tfds_dir=...",
+  )
+  parser.add_argument(
+    "--report_only",
+    action="store_true",
+    help="train nothing: tabulate the finished runs (e.g. "
+    "while the sweep runs elsewhere)",
+  )
   return parser
 
 
 def header_lines(title: str) -> list[str]:
   """Title, command, commit and machine lines of a results file."""
-  return [f"# {title}", "",
-          f"- command: `python {' '.join(sys.argv)}`",
-          f"- commit: {commit_description()}",
-          f"- machine: {machine_description()}; devices: "
-          f"{jax.device_count()} x {jax.devices()[0].device_kind}"]
+  return [
+    f"# {title}",
+    "",
+    f"- command: `python {' '.join(sys.argv)}`",
+    f"- commit: {commit_description()}",
+    f"- machine: {machine_description()}; devices: "
+    f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+  ]
 
 
 def parse_arg(arg: str) -> dict[str, str]:
@@ -49,12 +59,17 @@ def parse_arg(arg: str) -> dict[str, str]:
   return dict(item.split("=", 1) for item in arg.split(",") if item)
 
 
-def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
-                       workdir: str, *, seeds: int,
-                       keep: Callable[[dict[str, str]], bool],
-                       overrides: dict, extra_arg: str,
-                       report_only: bool = False
-                       ) -> tuple[list[dict], list[dict]]:
+def run_in_seed_passes(
+  config_path: str,
+  sweep_names: Sequence[str],
+  workdir: str,
+  *,
+  seeds: int,
+  keep: Callable[[dict[str, str]], bool],
+  overrides: dict,
+  extra_arg: str,
+  report_only: bool = False,
+) -> tuple[list[dict], list[dict]]:
   """Runs the sweeps' points seed by seed: every kept point's seed 0, then
   every kept point's seed 1, and so on.
 
@@ -81,22 +96,33 @@ def run_in_seed_passes(config_path: str, sweep_names: Sequence[str],
     return [r for name in sweep_names for r in by_sweep.get(name, [])]
 
   for seed in range(seeds):
+
     def select(point, seed=seed):
       a = parse_arg(point["arg"])
       return int(a.get("seed", 0)) <= seed and keep(a)
+
     for name in sweep_names:
       by_sweep[name] = sweep.run_sweep(
-          config_path, name, os.path.join(workdir, name),
-          overrides=overrides, select=select, extra_arg=extra_arg,
-          report_only=report_only)
+        config_path,
+        name,
+        os.path.join(workdir, name),
+        overrides=overrides,
+        select=select,
+        extra_arg=extra_arg,
+        report_only=report_only,
+      )
       trained += [r for r in by_sweep[name] if r["status"] == "finished"]
       if any(r["status"] == "interrupted" for r in by_sweep[name]):
         return collected(), trained  # SIGTERM: tabulate what is done
   return collected(), trained
 
 
-def mean_std_cell(values: Sequence[float], paper: float | None,
-                  scale: float = 100.0, paper_digits: int = 1) -> str:
+def mean_std_cell(
+  values: Sequence[float],
+  paper: float | None,
+  scale: float = 100.0,
+  paper_digits: int = 1,
+) -> str:
   """``'mean ± std (paper P, +diff; n=N)'`` of ``values * scale``; the
   paper's number is printed with the precision it was published with."""
   if not values:
@@ -105,8 +131,10 @@ def mean_std_cell(values: Sequence[float], paper: float | None,
   std = scale * statistics.stdev(values) if len(values) > 1 else 0.0
   if paper is None:
     return f"{mean:.2f} ± {std:.2f} (n={len(values)})"
-  return (f"{mean:.2f} ± {std:.2f} (paper {paper:.{paper_digits}f}, "
-          f"{mean - paper:+.2f}; n={len(values)})")
+  return (
+    f"{mean:.2f} ± {std:.2f} (paper {paper:.{paper_digits}f}, "
+    f"{mean - paper:+.2f}; n={len(values)})"
+  )
 
 
 DONE = ("finished", "skipped")
@@ -114,16 +142,25 @@ DONE = ("finished", "skipped")
 
 def total_minutes(records: Sequence[dict]) -> float:
   """Training wall time of the done ``records`` (as last run), minutes."""
-  return sum(r["results"].get("wall_seconds", 0) for r in records
-             if r["status"] in DONE) / 60
+  return (
+    sum(
+      r["results"].get("wall_seconds", 0)
+      for r in records
+      if r["status"] in DONE
+    )
+    / 60
+  )
 
 
 def write_table(out: str, lines: list[str], failed: Sequence[dict]) -> int:
   """Writes ``lines`` (plus a section naming each failed run) to ``out``,
   prints them, and returns the exit status: 1 if any run failed."""
   if failed:
-    lines = lines + ["", "## Failed runs", ""] + [
-        f"- {r['name']}: {r['error'].splitlines()[-1]}" for r in failed]
+    lines = (
+      lines
+      + ["", "## Failed runs", ""]
+      + [f"- {r['name']}: {r['error'].splitlines()[-1]}" for r in failed]
+    )
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")

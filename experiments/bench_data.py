@@ -53,24 +53,35 @@ def main(argv=None):
     start = time.perf_counter()
     builder = datasets.build(name, tfds_dir=tfds_dir)
     seconds = time.perf_counter() - start
-    splits = ", ".join(f"{k} {v.num_examples}"
-                       for k, v in sorted(builder.info.splits.items()))
+    splits = ", ".join(
+      f"{k} {v.num_examples}" for k, v in sorted(builder.info.splits.items())
+    )
     build_rows.append((name, seconds, splits))
     print(f"built {name} in {seconds:.1f} s ({splits})", flush=True)
   mnist_total = sum(s for n, s, _ in build_rows if n.startswith("distorted"))
 
   rts = datasets.load_arrays("distorted_mnist/rts", "train", tfds_dir=tfds_dir)
-  plain = datasets.load_arrays("distorted_mnist/plain", "train",
-                               tfds_dir=tfds_dir)
+  plain = datasets.load_arrays(
+    "distorted_mnist/plain", "train", tfds_dir=tfds_dir
+  )
   rates = [
-      ("RTS 42x42, fixed dataset, NumPy batches on the host",
-       throughput(pipeline.InputPipeline(rts, batch_size=256,
-                                         sharding=False))),
-      ("RTS 42x42, fixed dataset, batches sharded onto the devices",
-       throughput(pipeline.InputPipeline(rts, batch_size=256))),
-      ("RTS 42x42 distorted on the fly from plain digits, on the devices",
-       throughput(pipeline.InputPipeline(plain, batch_size=256,
-                                         preprocess=distortions.OnTheFly("rts")), batches=50)),
+    (
+      "RTS 42x42, fixed dataset, NumPy batches on the host",
+      throughput(pipeline.InputPipeline(rts, batch_size=256, sharding=False)),
+    ),
+    (
+      "RTS 42x42, fixed dataset, batches sharded onto the devices",
+      throughput(pipeline.InputPipeline(rts, batch_size=256)),
+    ),
+    (
+      "RTS 42x42 distorted on the fly from plain digits, on the devices",
+      throughput(
+        pipeline.InputPipeline(
+          plain, batch_size=256, preprocess=distortions.OnTheFly("rts")
+        ),
+        batches=50,
+      ),
+    ),
   ]
   for label, rate in rates:
     print(f"{label}: {rate:,.0f} examples/s", flush=True)
@@ -79,36 +90,37 @@ def main(argv=None):
     for name in DATASETS:
       arrays = datasets.load_arrays(name, "test", tfds_dir=tfds_dir)
       path = f"experiments/results/preview_{name.replace('/', '_')}.png"
-      preview.grid_image(arrays["image"][:32],
-                         [str(int(l)) for l in arrays["label"][:32]],
-                         title=f"{name} (test), first 32 examples").save(path)
+      preview.grid_image(
+        arrays["image"][:32],
+        [str(int(label)) for label in arrays["label"][:32]],
+        title=f"{name} (test), first 32 examples",
+      ).save(path)
       print(f"wrote {path}")
 
   lines = [
-      "# Datasets: build times and pipeline throughput",
-      "",
-      f"- command: `python {' '.join(sys.argv)}`",
-      f"- commit: {commit_description()}",
-      f"- machine: {machine_description()}",
-      "- builds: from the offline sources in ../shared/data into a fresh "
-      "TFDS directory (array_record, no TensorFlow), sources verified by "
-      "sha256 first",
-      "",
-      "| dataset | build time (s) | splits |",
-      "|---|---|---|",
-      *[f"| {n} | {s:.1f} | {sp} |" for n, s, sp in build_rows],
-      f"| **all distorted MNIST variants** | **{mnist_total:.1f}** | target "
-      "<= 300 s |",
-      "",
-      "| input pipeline (batch 256, 200 batches after 1 warm-up) | "
-      "examples/s |",
-      "|---|---|",
-      *[f"| {label} | {rate:,.0f} |" for label, rate in rates],
-      "",
-      "Target: >= 20,000 examples/s of 42x42 batches. The split is held in "
-      "memory (read once from `tfds.data_source`: about 4 s for 60k RTS "
-      "examples); grain runs the seeded, checkpointable batch stream with 2 "
-      "prefetch threads.",
+    "# Datasets: build times and pipeline throughput",
+    "",
+    f"- command: `python {' '.join(sys.argv)}`",
+    f"- commit: {commit_description()}",
+    f"- machine: {machine_description()}",
+    "- builds: from the offline sources in ../shared/data into a fresh "
+    "TFDS directory (array_record, no TensorFlow), sources verified by "
+    "sha256 first",
+    "",
+    "| dataset | build time (s) | splits |",
+    "|---|---|---|",
+    *[f"| {n} | {s:.1f} | {sp} |" for n, s, sp in build_rows],
+    f"| **all distorted MNIST variants** | **{mnist_total:.1f}** | target "
+    "<= 300 s |",
+    "",
+    "| input pipeline (batch 256, 200 batches after 1 warm-up) | examples/s |",
+    "|---|---|",
+    *[f"| {label} | {rate:,.0f} |" for label, rate in rates],
+    "",
+    "Target: >= 20,000 examples/s of 42x42 batches. The split is held in "
+    "memory (read once from `tfds.data_source`: about 4 s for 60k RTS "
+    "examples); grain runs the seeded, checkpointable batch stream with 2 "
+    "prefetch threads.",
   ]
   with open(args.out, "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -30,7 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def mnist_config(arg):
   return config_args.load_config_module(
-      os.path.join(REPO, "configs", "mnist.py")).get_config(arg)
+    os.path.join(REPO, "configs", "mnist.py")
+  ).get_config(arg)
 
 
 def main(argv=None):
@@ -56,17 +57,22 @@ def main(argv=None):
     graphdef, state = steps.init_state(model, optimizer)
     states.append(state)
   batches = [{"image": images[t], "label": labels[t]} for t in range(k)]
-  shapes = jax.eval_shape(lambda s, b: steps.train_step(
-      s, b, graphdef=graphdef, optimizer=optimizer)[1], states[0],
-                          batches[0])
+  shapes = jax.eval_shape(
+    lambda s, b: steps.train_step(s, b, graphdef=graphdef, optimizer=optimizer)[
+      1
+    ],
+    states[0],
+    batches[0],
+  )
   accumulators = [steps.empty_accumulator(shapes) for _ in range(k)]
   single_step = steps.make_train_step(graphdef, optimizer)
 
   # Sequential: each member its own call of the jitted step.
   def sequential():
     for t in range(k):
-      states[t], accumulators[t] = single_step(states[t], accumulators[t],
-                                               batches[t])
+      states[t], accumulators[t] = single_step(
+        states[t], accumulators[t], batches[t]
+      )
     jax.block_until_ready(accumulators)
 
   # Population: one vmapped (or lax.map) step for all members.
@@ -79,63 +85,70 @@ def main(argv=None):
     step = steps.make_train_step(graphdef, optimizer, population=method)
 
     def run():
-      stacked["state"], stacked["acc"] = step(stacked["state"],
-                                              stacked["acc"], batch_all,
-                                              rates)
+      stacked["state"], stacked["acc"] = step(
+        stacked["state"], stacked["acc"], batch_all, rates
+      )
       jax.block_until_ready(stacked["acc"])
+
     return run
 
   timings = {}
-  for name, fn in (("sequential", sequential),
-                   ("vmap", together("vmap")),
-                   ("map", together("map"))):
+  for name, fn in (
+    ("sequential", sequential),
+    ("vmap", together("vmap")),
+    ("map", together("map")),
+  ):
     fn()  # compile
     fn()
     start = time.perf_counter()
     for _ in range(num_steps):
       fn()
     timings[name] = (time.perf_counter() - start) / num_steps
-    print(f"{name}: {1e3 * timings[name]:.1f} ms per step of {k} members",
-          flush=True)
+    print(
+      f"{name}: {1e3 * timings[name]:.1f} ms per step of {k} members",
+      flush=True,
+    )
   timings["population"] = timings["vmap"]
   speedup = {m: timings["sequential"] / timings[m] for m in ("vmap", "map")}
   lines = [
-      "# Population mode: K runs in one vmapped step",
-      "",
-      f"- command: `python {' '.join(sys.argv)}`",
-      f"- commit: {commit_description()}",
-      f"- machine: {machine_description()}",
-      f"- model: small ST-CNN on 42x42 RTS inputs (configs/mnist.py "
-      f"small=true), Adam, batch {batch} per member, {k} members; "
-      f"steady-state step time over {num_steps} steps after compilation, "
-      "synthetic batches (no data loading)",
-      "",
-      "| mode | ms per step (all members) | examples/s |",
-      "|---|---|---|",
-      f"| {k} separate jitted steps | {1e3 * timings['sequential']:.1f} | "
-      f"{k * batch / timings['sequential']:,.0f} |",
-      f"| 1 population step, `vmap` | {1e3 * timings['vmap']:.1f} | "
-      f"{k * batch / timings['vmap']:,.0f} |",
-      f"| 1 population step, `lax.map` | {1e3 * timings['map']:.1f} | "
-      f"{k * batch / timings['map']:,.0f} |",
-      "",
-      f"Speed-up over separate steps: vmap **{speedup['vmap']:.2f}x**, "
-      f"lax.map **{speedup['map']:.2f}x**.",
-      "",
-      "On this 2-core CPU population mode is much SLOWER than separate "
-      "runs, with either method. The same was measured for the plain CNN "
-      "(3 members, 10 steps: separate 643 ms, vmap 4380 ms, lax.map "
-      "7184 ms per step). XLA's CPU convolutions seem to lose their fast "
-      "path with per-member weights (vmap gives grouped convolutions) and "
-      "inside loops (lax.map); this was not profiled further. On the CPU, "
-      "run seeds as separate runs (the sweep runner). The mode is meant for "
-      "an accelerator, where one small run uses a fraction of the device. "
-      "No GPU was lent to this task, so that speed-up is unmeasured.",
+    "# Population mode: K runs in one vmapped step",
+    "",
+    f"- command: `python {' '.join(sys.argv)}`",
+    f"- commit: {commit_description()}",
+    f"- machine: {machine_description()}",
+    f"- model: small ST-CNN on 42x42 RTS inputs (configs/mnist.py "
+    f"small=true), Adam, batch {batch} per member, {k} members; "
+    f"steady-state step time over {num_steps} steps after compilation, "
+    "synthetic batches (no data loading)",
+    "",
+    "| mode | ms per step (all members) | examples/s |",
+    "|---|---|---|",
+    f"| {k} separate jitted steps | {1e3 * timings['sequential']:.1f} | "
+    f"{k * batch / timings['sequential']:,.0f} |",
+    f"| 1 population step, `vmap` | {1e3 * timings['vmap']:.1f} | "
+    f"{k * batch / timings['vmap']:,.0f} |",
+    f"| 1 population step, `lax.map` | {1e3 * timings['map']:.1f} | "
+    f"{k * batch / timings['map']:,.0f} |",
+    "",
+    f"Speed-up over separate steps: vmap **{speedup['vmap']:.2f}x**, "
+    f"lax.map **{speedup['map']:.2f}x**.",
+    "",
+    "On this 2-core CPU population mode is much SLOWER than separate "
+    "runs, with either method. The same was measured for the plain CNN "
+    "(3 members, 10 steps: separate 643 ms, vmap 4380 ms, lax.map "
+    "7184 ms per step). XLA's CPU convolutions seem to lose their fast "
+    "path with per-member weights (vmap gives grouped convolutions) and "
+    "inside loops (lax.map); this was not profiled further. On the CPU, "
+    "run seeds as separate runs (the sweep runner). The mode is meant for "
+    "an accelerator, where one small run uses a fraction of the device. "
+    "No GPU was lent to this task, so that speed-up is unmeasured.",
   ]
   with open(args.out, "w") as f:
     f.write("\n".join(lines) + "\n")
-  print(f"speed-up vmap {speedup['vmap']:.2f}x, map {speedup['map']:.2f}x; "
-        f"wrote {args.out}")
+  print(
+    f"speed-up vmap {speedup['vmap']:.2f}x, map {speedup['map']:.2f}x; "
+    f"wrote {args.out}"
+  )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,13 @@ import numpy as np
 
 import stn_jax
 
-SHAPES = [(256, 42, 42, 1), (256, 60, 60, 1), (128, 32, 32, 3),
-          (128, 28, 28, 32), (64, 128, 128, 3)]
+SHAPES = [
+  (256, 42, 42, 1),
+  (256, 60, 60, 1),
+  (128, 32, 32, 3),
+  (128, 28, 28, 32),
+  (64, 128, 128, 3),
+]
 
 
 def interleaved_medians_ms(fns, repeats, rounds=5):
@@ -90,8 +95,9 @@ def map_coordinates_fns(shape):
     # align_corners=False: pixel = ((coord + 1) * size - 1) / 2.
     rows = ((grid[..., 1] + 1) * h - 1) / 2
     cols = ((grid[..., 0] + 1) * w - 1) / 2
-    return jax.scipy.ndimage.map_coordinates(channel, [rows, cols], order=1,
-                                             mode="constant", cval=0.0)
+    return jax.scipy.ndimage.map_coordinates(
+      channel, [rows, cols], order=1, mode="constant", cval=0.0
+    )
 
   per_channel = jax.vmap(warp_one, in_axes=(2, None), out_axes=2)
   per_image = jax.vmap(per_channel)
@@ -108,13 +114,16 @@ def map_coordinates_fns(shape):
 def jax_closures(make_fns, shape):
   image, theta, cotangent = (jnp.asarray(a) for a in inputs(shape))
   forward, backward = make_fns(shape)
-  return [lambda: forward(image, theta).block_until_ready(),
-          lambda: jax.block_until_ready(backward(image, theta, cotangent))]
+  return [
+    lambda: forward(image, theta).block_until_ready(),
+    lambda: jax.block_until_ready(backward(image, theta, cotangent)),
+  ]
 
 
 def torch_closures(shape, device):
   import torch
   import torch.nn.functional as F
+
   image, theta, cotangent = inputs(shape)
   n, h, w, c = shape
   to = lambda a: torch.tensor(a, device=device)
@@ -149,17 +158,25 @@ def machine_description():
   except OSError:
     pass
   devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-  return (f"{cpu}; {os.cpu_count()} cores visible; JAX {jax.__version__} on "
-          f"{jax.default_backend()} ({devices})")
+  return (
+    f"{cpu}; {os.cpu_count()} cores visible; JAX {jax.__version__} on "
+    f"{jax.default_backend()} ({devices})"
+  )
 
 
 def commit_description():
   try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=True
-                            ).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "stn_jax"],
-                           capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--", "stn_jax"],
+      capture_output=True,
+      text=True,
+    ).stdout.strip()
     return commit + (" (stn_jax/ modified)" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
@@ -171,13 +188,20 @@ def main(argv=None):
   parser.add_argument("--out", default="experiments/results/bench_sampler.md")
   parser.add_argument("--torch_device", default="cpu", choices=["cpu", "cuda"])
   parser.add_argument("--torch_threads", type=int, default=2)
-  parser.add_argument("--shapes", default=None,
-                      help="e.g. '256x42x42x1,64x128x128x3' (default: all)")
+  parser.add_argument(
+    "--shapes",
+    default=None,
+    help="e.g. '256x42x42x1,64x128x128x3' (default: all)",
+  )
   args = parser.parse_args(argv)
-  shapes = SHAPES if not args.shapes else [
-      tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
+  shapes = (
+    SHAPES
+    if not args.shapes
+    else [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
+  )
   try:
     import torch
+
     torch.set_num_threads(args.torch_threads)
     torch_version = torch.__version__
   except ImportError:
@@ -185,57 +209,75 @@ def main(argv=None):
 
   rows = []
   for shape in shapes:
-    fns = (jax_closures(stn_jax_fns, shape) +
-           jax_closures(map_coordinates_fns, shape))
+    fns = jax_closures(stn_jax_fns, shape) + jax_closures(
+      map_coordinates_fns, shape
+    )
     if torch_version:
       fns += torch_closures(shape, args.torch_device)
     times = interleaved_medians_ms(fns, args.repeats)
     ours, mapc = times[0:2], times[2:4]
     theirs = times[4:6] if torch_version else (float("nan"),) * 2
     rows.append((shape, ours, theirs, mapc))
-    print(f"{shape}: stn_jax fwd {ours[0]:.2f} ms, fwd+bwd {ours[1]:.2f} ms | "
-          f"torch {theirs[0]:.2f} / {theirs[1]:.2f} | map_coordinates "
-          f"{mapc[0]:.2f} / {mapc[1]:.2f}", flush=True)
+    print(
+      f"{shape}: stn_jax fwd {ours[0]:.2f} ms, fwd+bwd {ours[1]:.2f} ms | "
+      f"torch {theirs[0]:.2f} / {theirs[1]:.2f} | map_coordinates "
+      f"{mapc[0]:.2f} / {mapc[1]:.2f}",
+      flush=True,
+    )
 
-  torch_label = (f"torch {torch_version} ({args.torch_device}"
-                 + (f", {args.torch_threads} threads)" if args.torch_device
-                    == "cpu" else ")")) if torch_version else "torch (missing)"
+  torch_label = (
+    (
+      f"torch {torch_version} ({args.torch_device}"
+      + (
+        f", {args.torch_threads} threads)"
+        if args.torch_device == "cpu"
+        else ")"
+      )
+    )
+    if torch_version
+    else "torch (missing)"
+  )
   lines = [
-      "# Sampler benchmark: affine_grid + grid_sample",
-      "",
-      f"- command: `python {' '.join(sys.argv)}`",
-      f"- commit: {commit_description()}",
-      f"- machine: {machine_description()}",
-      f"- reference: {torch_label}; `jax.scipy.ndimage.map_coordinates`"
-      " (order=1, vmapped)",
-      "- setting: bilinear, zeros padding, align_corners=False, output size ="
-      " input size, theta = identity + N(0, 0.1); fwd+bwd = gradients to "
-      "image and theta",
-      f"- statistic: median of {args.repeats} timed runs, ms; contenders are"
-      " timed in 5 round-robin blocks (each after a 0.3 s pause and one untimed "
-      "call, so that one library's spinning worker threads do not slow the "
-      "next) so that machine load hits all alike",
-      "- stn_jax's CPU backward pass is its C++ kernel (the default on the "
-      "CPU); its forward pass is XLA",
-      "",
-      "| shape (N,H,W,C) | stn_jax fwd | torch fwd | ratio fwd | stn_jax "
-      "fwd+bwd | torch fwd+bwd | ratio fwd+bwd | map_coordinates fwd | "
-      "map_coordinates fwd+bwd |",
-      "|---|---|---|---|---|---|---|---|---|",
+    "# Sampler benchmark: affine_grid + grid_sample",
+    "",
+    f"- command: `python {' '.join(sys.argv)}`",
+    f"- commit: {commit_description()}",
+    f"- machine: {machine_description()}",
+    f"- reference: {torch_label}; `jax.scipy.ndimage.map_coordinates`"
+    " (order=1, vmapped)",
+    "- setting: bilinear, zeros padding, align_corners=False, output size ="
+    " input size, theta = identity + N(0, 0.1); fwd+bwd = gradients to "
+    "image and theta",
+    f"- statistic: median of {args.repeats} timed runs, ms; contenders are"
+    " timed in 5 round-robin blocks (each after a 0.3 s pause and one untimed "
+    "call, so that one library's spinning worker threads do not slow the "
+    "next) so that machine load hits all alike",
+    "- stn_jax's CPU backward pass is its C++ kernel (the default on the "
+    "CPU); its forward pass is XLA",
+    "",
+    "| shape (N,H,W,C) | stn_jax fwd | torch fwd | ratio fwd | stn_jax "
+    "fwd+bwd | torch fwd+bwd | ratio fwd+bwd | map_coordinates fwd | "
+    "map_coordinates fwd+bwd |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for shape, ours, theirs, mapc in rows:
     lines.append(
-        f"| {shape} | {ours[0]:.2f} | {theirs[0]:.2f} | "
-        f"{ours[0] / theirs[0]:.2f} | {ours[1]:.2f} | {theirs[1]:.2f} | "
-        f"{ours[1] / theirs[1]:.2f} | {mapc[0]:.2f} | {mapc[1]:.2f} |")
-  lines += ["", "ratio = stn_jax time / torch time; <= 1.0 means stn_jax is "
-            "at least as fast.", "",
-            "Caveat: on a shared 2-core VM these medians move by up to ~50% "
-            "between runs (for both libraries), so a ratio near 1.0 is a tie, "
-            "not a win. The closest case is the forward pass at small C > 1 "
-            "(e.g. (128, 32, 32, 3)), where XLA's gather of 3-channel rows is "
-            "weakest; ratios there have ranged 0.8-2.0 across runs of this "
-            "script during development."]
+      f"| {shape} | {ours[0]:.2f} | {theirs[0]:.2f} | "
+      f"{ours[0] / theirs[0]:.2f} | {ours[1]:.2f} | {theirs[1]:.2f} | "
+      f"{ours[1] / theirs[1]:.2f} | {mapc[0]:.2f} | {mapc[1]:.2f} |"
+    )
+  lines += [
+    "",
+    "ratio = stn_jax time / torch time; <= 1.0 means stn_jax is "
+    "at least as fast.",
+    "",
+    "Caveat: on a shared 2-core VM these medians move by up to ~50% "
+    "between runs (for both libraries), so a ratio near 1.0 is a tie, "
+    "not a win. The closest case is the forward pass at small C > 1 "
+    "(e.g. (128, 32, 32, 3)), where XLA's gather of 3-channel rows is "
+    "weakest; ratios there have ranged 0.8-2.0 across runs of this "
+    "script during development.",
+  ]
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -25,29 +25,45 @@ import tempfile
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_sampler import commit_description, machine_description  # noqa: E402
 
-CONFIG = "configs/mnist.py:distortion=rts,model=st_cnn,transform=affine,small=true"
+CONFIG = (
+  "configs/mnist.py:distortion=rts,model=st_cnn,transform=affine,small=true"
+)
 
 
 def run_once(path: str, steps: int) -> list[float]:
   """examples/s of each logged interval but the first."""
   with tempfile.TemporaryDirectory() as workdir:
-    command = [sys.executable, "-m", "stn_jax.main", f"--config={CONFIG}",
-               f"--workdir={workdir}", f"--config.num_steps={steps}",
-               f"--config.eval_every={10 * steps}",
-               f"--config.checkpoint_every={10 * steps}"]
+    command = [
+      sys.executable,
+      "-m",
+      "stn_jax.main",
+      f"--config={CONFIG}",
+      f"--workdir={workdir}",
+      f"--config.num_steps={steps}",
+      f"--config.eval_every={10 * steps}",
+      f"--config.checkpoint_every={10 * steps}",
+    ]
     env = {**os.environ, "PYTHONPATH": path}
-    subprocess.run(command, cwd=path, env=env, check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+      command, cwd=path, env=env, check=True, capture_output=True, text=True
+    )
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      rates = [record["examples_per_second"] for record in map(json.loads, f)
-               if "examples_per_second" in record]
+      rates = [
+        record["examples_per_second"]
+        for record in map(json.loads, f)
+        if "examples_per_second" in record
+      ]
   return rates[1:]
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--checkout", action="append", required=True,
-                      help="NAME=PATH of a stn_jax checkout")
+  parser.add_argument(
+    "--checkout",
+    action="append",
+    required=True,
+    help="NAME=PATH of a stn_jax checkout",
+  )
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--out", default="experiments/results/train_loop.md")
@@ -57,25 +73,29 @@ def main(argv=None):
   for round_index in range(args.rounds):
     for name, path in checkouts.items():
       rates[name] += run_once(os.path.abspath(path), args.steps)
-      print(f"round {round_index + 1} {name}: median "
-            f"{statistics.median(rates[name]):.0f} ex/s", flush=True)
+      print(
+        f"round {round_index + 1} {name}: median "
+        f"{statistics.median(rates[name]):.0f} ex/s",
+        flush=True,
+      )
   lines = [
-      "# Training-loop speed of the default run",
-      "",
-      f"- command: `python {' '.join(sys.argv)}`",
-      f"- commit (this script): {commit_description()}",
-      f"- machine: {machine_description()}",
-      f"- run: `{CONFIG}` (the `make train` run), {args.steps} steps of "
-      f"batch 128 per run, {args.rounds} rounds, checkouts run round robin; "
-      "examples/s as logged every 50 steps, first interval dropped",
-      "",
-      "| checkout | median examples/s | steps/s | intervals |",
-      "|---|---|---|---|",
+    "# Training-loop speed of the default run",
+    "",
+    f"- command: `python {' '.join(sys.argv)}`",
+    f"- commit (this script): {commit_description()}",
+    f"- machine: {machine_description()}",
+    f"- run: `{CONFIG}` (the `make train` run), {args.steps} steps of "
+    f"batch 128 per run, {args.rounds} rounds, checkouts run round robin; "
+    "examples/s as logged every 50 steps, first interval dropped",
+    "",
+    "| checkout | median examples/s | steps/s | intervals |",
+    "|---|---|---|---|",
   ]
   for name, values in rates.items():
     median = statistics.median(values)
-    lines.append(f"| {name} | {median:,.0f} | {median / 128:.2f} | "
-                 f"{len(values)} |")
+    lines.append(
+      f"| {name} | {median:,.0f} | {median / 128:.2f} | {len(values)} |"
+    )
   with open(args.out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

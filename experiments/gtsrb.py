@@ -35,62 +35,86 @@ from flax import nnx
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import (DONE, SCALE_ARGS, header_lines,  # noqa: E402
-                     mean_std_cell, parse_arg, run_in_seed_passes,
-                     table_parser, total_minutes, write_table)
+from _tables import (  # noqa: E402
+  DONE,
+  SCALE_ARGS,
+  header_lines,
+  mean_std_cell,
+  parse_arg,
+  run_in_seed_passes,
+  table_parser,
+  total_minutes,
+  write_table,
+)
 
 from stn_jax import models as models_lib  # noqa: E402
 from stn_jax import sweep  # noqa: E402
 
 # ../shared/REFERENCE.md: % test accuracy on the official 12630 test images.
 PUBLISHED = (
-    ("Human", "-", 98.84),
-    ("Single CNN without ST", "not stated", 98.85),
-    ("Single CNN + 1 ST", "not stated", 99.46),
-    ("Multi-column DNN, 25 nets (IJCNN 2011 winner)", "48x48", 99.46),
-    ("CNN + 2 ST (2015)", "48x48", "99.61-99.67"),
-    ("CNN + 3 ST (Arcos-Garcia et al. 2018)", "48x48", 99.71),
+  ("Human", "-", 98.84),
+  ("Single CNN without ST", "not stated", 98.85),
+  ("Single CNN + 1 ST", "not stated", 99.46),
+  ("Multi-column DNN, 25 nets (IJCNN 2011 winner)", "48x48", 99.46),
+  ("CNN + 2 ST (2015)", "48x48", "99.61-99.67"),
+  ("CNN + 3 ST (Arcos-Garcia et al. 2018)", "48x48", 99.71),
 )
 # Our rows and the published row each is closest to.
 ROWS = (
-    ("gtsrb_cnn", "CNN (Arcos-Garcia layout, no ST)", 98.85),
-    ("gtsrb_st_cnn", "CNN + 3 ST (affine)", 99.71),
-    ("resnet", "ResNet", None),
-    ("resnet_stn", "ResNet-STN (ST on the input)", None),
+  ("gtsrb_cnn", "CNN (Arcos-Garcia layout, no ST)", 98.85),
+  ("gtsrb_st_cnn", "CNN + 3 ST (affine)", 99.71),
+  ("resnet", "ResNet", None),
+  ("resnet_stn", "ResNet-STN (ST on the input)", None),
 )
 
 
 def describe(config) -> str:
   """The network and its parameter count, from a built config."""
   size = int(config.dataset.split("/")[1])
-  model = models_lib.get_model(config.model, in_shape=(size, size, 3),
-                               num_classes=config.num_classes,
-                               rngs=nnx.Rngs(0),
-                               **config.model_kwargs.to_dict())
-  kwargs = ", ".join(f"{k}={v}" for k, v in
-                     sorted(config.model_kwargs.to_dict().items()))
+  model = models_lib.get_model(
+    config.model,
+    in_shape=(size, size, 3),
+    num_classes=config.num_classes,
+    rngs=nnx.Rngs(0),
+    **config.model_kwargs.to_dict(),
+  )
+  kwargs = ", ".join(
+    f"{k}={v}" for k, v in sorted(config.model_kwargs.to_dict().items())
+  )
   return f"{models_lib.count_params(model):,} params" + (
-      f"; {kwargs}" if kwargs else "")
+    f"; {kwargs}" if kwargs else ""
+  )
 
 
 def main(argv=None):
   parser = table_parser(__doc__, "experiments/results/gtsrb.md")
-  parser.add_argument("--size", type=int, default=32,
-                      help="input resolution (gtsrb/<size>); the offline "
-                      "copy is 32x32, larger sizes upsample it")
+  parser.add_argument(
+    "--size",
+    type=int,
+    default=32,
+    help="input resolution (gtsrb/<size>); the offline "
+    "copy is 32x32, larger sizes upsample it",
+  )
   parser.add_argument("--models", default=",".join(r[0] for r in ROWS))
   args = parser.parse_args(argv)
   overrides = sweep.parse_overrides(args.set)
   model_names = args.models.split(",")
   config_path = os.path.join(REPO, "configs", "gtsrb.py")
-  extra_arg = ",".join(a for a in (SCALE_ARGS[args.scale],
-                                   f"size={args.size}") if a)
+  extra_arg = ",".join(
+    a for a in (SCALE_ARGS[args.scale], f"size={args.size}") if a
+  )
 
   start = time.perf_counter()
   records, trained = run_in_seed_passes(
-      config_path, ("models",), args.workdir, seeds=args.seeds,
-      keep=lambda a: a["model"] in model_names, overrides=overrides,
-      extra_arg=extra_arg, report_only=args.report_only)
+    config_path,
+    ("models",),
+    args.workdir,
+    seeds=args.seeds,
+    keep=lambda a: a["model"] in model_names,
+    overrides=overrides,
+    extra_arg=extra_arg,
+    report_only=args.report_only,
+  )
   wall = time.perf_counter() - start
 
   accuracy = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -101,49 +125,63 @@ def main(argv=None):
     for split in ("test", "validation"):
       accuracy[model][split].append(1 - record["results"][f"{split}_error"])
   module = sweep.load_config_module(config_path)
-  configs = {name: sweep.build_config(
-      module, {"arg": f"model={name},{extra_arg}", "overrides": {}},
-      {k: v for k, v in overrides.items() if k != "tfds_dir"})
-      for name in model_names}
+  configs = {
+    name: sweep.build_config(
+      module,
+      {"arg": f"model={name},{extra_arg}", "overrides": {}},
+      {k: v for k, v in overrides.items() if k != "tfds_dir"},
+    )
+    for name in model_names
+  }
   config = next(iter(configs.values()))
   resolution = f"{args.size}x{args.size}"
-  source = ("from the 32x32 offline copy" if args.size == 32 else
-            f"resized to {resolution} (from the 32x32 offline copy unless the "
-            "official archives were the source)")
+  source = (
+    "from the 32x32 offline copy"
+    if args.size == 32
+    else f"resized to {resolution} (from the 32x32 offline copy unless the "
+    "official archives were the source)"
+  )
   lines = header_lines(
-      "GTSRB: % test accuracy next to the published results") + [
-      f"- input resolution: **{resolution}** ({source}); global mean/std "
-      "normalisation; no local contrast normalisation, no augmentation",
-      f"- scale: **{args.scale}**: {config.num_steps} steps of batch "
-      f"{config.batch_size}, {config.optimizer} lr {config.learning_rate} "
-      f"(x{config.lr_decay_factor} every {config.lr_decay_every}), "
-      f"localisation lr x{config.localisation_lr_multiplier}; seeds: "
-      f"{args.seeds}; config arg added to every run: `{extra_arg}`. The "
-      "published networks train far longer, at 48x48.",
-      f"- splits: trained on `{config.train_split}` (34,799 images); "
-      "`validation` is the other 4,410 (10% of each class's tracks, so no "
-      "track is in both); test is the official 12,630",
-      f"- wall time of this invocation: {wall / 60:.1f} min ({len(trained)} "
-      f"runs trained now; finished runs are reused); training time of all "
-      f"{len(done)} runs: {total_minutes(records):.1f} min; not yet run: "
-      f"{len(records) - len(done) - len(failed)}",
-      "- each cell: mean ± std over seeds (n = seeds run); the comparison is "
-      "with the published row named",
-      "",
-      "## Ours",
-      "",
-      "| model | network | input | test accuracy | validation accuracy |",
-      "|---|---|---|---|---|",
+    "GTSRB: % test accuracy next to the published results"
+  ) + [
+    f"- input resolution: **{resolution}** ({source}); global mean/std "
+    "normalisation; no local contrast normalisation, no augmentation",
+    f"- scale: **{args.scale}**: {config.num_steps} steps of batch "
+    f"{config.batch_size}, {config.optimizer} lr {config.learning_rate} "
+    f"(x{config.lr_decay_factor} every {config.lr_decay_every}), "
+    f"localisation lr x{config.localisation_lr_multiplier}; seeds: "
+    f"{args.seeds}; config arg added to every run: `{extra_arg}`. The "
+    "published networks train far longer, at 48x48.",
+    f"- splits: trained on `{config.train_split}` (34,799 images); "
+    "`validation` is the other 4,410 (10% of each class's tracks, so no "
+    "track is in both); test is the official 12,630",
+    f"- wall time of this invocation: {wall / 60:.1f} min ({len(trained)} "
+    f"runs trained now; finished runs are reused); training time of all "
+    f"{len(done)} runs: {total_minutes(records):.1f} min; not yet run: "
+    f"{len(records) - len(done) - len(failed)}",
+    "- each cell: mean ± std over seeds (n = seeds run); the comparison is "
+    "with the published row named",
+    "",
+    "## Ours",
+    "",
+    "| model | network | input | test accuracy | validation accuracy |",
+    "|---|---|---|---|---|",
   ]
   for name, label, paper in ROWS:
     if name not in model_names:
       continue
     lines.append(
-        f"| {label} | {describe(configs[name])} | {resolution} | "
-        f"{mean_std_cell(accuracy[name]['test'], paper, paper_digits=2)} | "
-        f"{mean_std_cell(accuracy[name]['validation'], None)} |")
-  lines += ["", "## Published (../shared/REFERENCE.md)", "",
-            "| system | input | test accuracy |", "|---|---|---|"]
+      f"| {label} | {describe(configs[name])} | {resolution} | "
+      f"{mean_std_cell(accuracy[name]['test'], paper, paper_digits=2)} | "
+      f"{mean_std_cell(accuracy[name]['validation'], None)} |"
+    )
+  lines += [
+    "",
+    "## Published (../shared/REFERENCE.md)",
+    "",
+    "| system | input | test accuracy |",
+    "|---|---|---|",
+  ]
   lines += [f"| {s} | {res} | {acc}% |" for s, res, acc in PUBLISHED]
   return write_table(args.out, lines, failed)
 

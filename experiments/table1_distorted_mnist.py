@@ -33,43 +33,55 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import (DONE, SCALE_ARGS, header_lines,  # noqa: E402
-                     mean_std_cell, parse_arg, run_in_seed_passes,
-                     table_parser, total_minutes, write_table)
+from _tables import (  # noqa: E402
+  DONE,
+  SCALE_ARGS,
+  header_lines,
+  mean_std_cell,
+  parse_arg,
+  run_in_seed_passes,
+  table_parser,
+  total_minutes,
+  write_table,
+)
 
 from stn_jax import sweep  # noqa: E402
 
 PAPER_TABLE1 = {  # % test error, Jaderberg et al. 2015, Table 1
-    ("fcn", "affine"): {"r": 2.1, "rts": 5.2, "p": 3.1, "e": 3.2},
-    ("cnn", "affine"): {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 1.4},
-    ("st_fcn", "affine"): {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 2.7},
-    ("st_fcn", "projective"): {"r": 1.3, "rts": 0.9, "p": 1.4, "e": 2.6},
-    ("st_fcn", "tps"): {"r": 1.1, "rts": 0.8, "p": 1.4, "e": 2.4},
-    ("st_cnn", "affine"): {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.2},
-    ("st_cnn", "projective"): {"r": 0.8, "rts": 0.6, "p": 0.8, "e": 1.3},
-    ("st_cnn", "tps"): {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
+  ("fcn", "affine"): {"r": 2.1, "rts": 5.2, "p": 3.1, "e": 3.2},
+  ("cnn", "affine"): {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 1.4},
+  ("st_fcn", "affine"): {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 2.7},
+  ("st_fcn", "projective"): {"r": 1.3, "rts": 0.9, "p": 1.4, "e": 2.6},
+  ("st_fcn", "tps"): {"r": 1.1, "rts": 0.8, "p": 1.4, "e": 2.4},
+  ("st_cnn", "affine"): {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.2},
+  ("st_cnn", "projective"): {"r": 0.8, "rts": 0.6, "p": 0.8, "e": 1.3},
+  ("st_cnn", "tps"): {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
 }
 PAPER_TC = {"fcn": 13.2, "cnn": 3.5, "st_fcn": 2.0, "st_cnn": 1.7}
-ROW_LABELS = {("fcn", "affine"): "FCN", ("cnn", "affine"): "CNN",
-              ("st_fcn", "affine"): "ST-FCN Aff",
-              ("st_fcn", "projective"): "ST-FCN Proj",
-              ("st_fcn", "tps"): "ST-FCN TPS",
-              ("st_cnn", "affine"): "ST-CNN Aff",
-              ("st_cnn", "projective"): "ST-CNN Proj",
-              ("st_cnn", "tps"): "ST-CNN TPS"}
+ROW_LABELS = {
+  ("fcn", "affine"): "FCN",
+  ("cnn", "affine"): "CNN",
+  ("st_fcn", "affine"): "ST-FCN Aff",
+  ("st_fcn", "projective"): "ST-FCN Proj",
+  ("st_fcn", "tps"): "ST-FCN TPS",
+  ("st_cnn", "affine"): "ST-CNN Aff",
+  ("st_cnn", "projective"): "ST-CNN Proj",
+  ("st_cnn", "tps"): "ST-CNN TPS",
+}
+# Overrides on top of SCALE_ARGS: `cpu` is the configs' CPU scale
+# (configs/common.py CPU_SCALE: Adam 1e-3, batch 128) with a shorter budget.
 SCALES = {
-    "paper": {},
-    "cpu": {"num_steps": 1000, "batch_size": 128, "optimizer": "adam",
-            "learning_rate": 1e-3, "lr_decay_every": 800,
-            "eval_every": 1000, "checkpoint_every": 250, "log_every": 100},
+  "paper": {},
+  "cpu": {"num_steps": 1000, "lr_decay_every": 800},
 }
 
 
 def main(argv=None):
   parser = table_parser(__doc__, "experiments/results/table1.md")
   parser.add_argument("--distortions", default="r,rts,p,e")
-  parser.add_argument("--models", default=",".join(
-      sorted({m for m, _ in PAPER_TABLE1})))
+  parser.add_argument(
+    "--models", default=",".join(sorted({m for m, _ in PAPER_TABLE1}))
+  )
   parser.add_argument("--no_tc", action="store_true")
   args = parser.parse_args(argv)
   overrides = {**SCALES[args.scale], **sweep.parse_overrides(args.set)}
@@ -78,14 +90,21 @@ def main(argv=None):
   config_path = os.path.join(REPO, "configs", "mnist.py")
 
   def keep(a):
-    return a["model"] in model_names and (a["distortion"] in distortions
-                                          or a["distortion"] == "tc")
+    return a["model"] in model_names and (
+      a["distortion"] in distortions or a["distortion"] == "tc"
+    )
 
   start = time.perf_counter()
   records, trained = run_in_seed_passes(
-      config_path, ("table1",) + (() if args.no_tc else ("tc",)),
-      args.workdir, seeds=args.seeds, keep=keep, overrides=overrides,
-      extra_arg=SCALE_ARGS[args.scale], report_only=args.report_only)
+    config_path,
+    ("table1",) + (() if args.no_tc else ("tc",)),
+    args.workdir,
+    seeds=args.seeds,
+    keep=keep,
+    overrides=overrides,
+    extra_arg=SCALE_ARGS[args.scale],
+    report_only=args.report_only,
+  )
   wall = time.perf_counter() - start
 
   errors = collections.defaultdict(list)
@@ -96,42 +115,56 @@ def main(argv=None):
     key = (a["model"], a.get("transform", "affine"), a["distortion"])
     errors[key].append(record["results"]["test_error"])
   module = sweep.load_config_module(config_path)
-  config = sweep.build_config(module, {"arg": SCALE_ARGS[args.scale],
-                                       "overrides": {}},
-                              {k: v for k, v in overrides.items()
-                               if k != "tfds_dir"})
+  config = sweep.build_config(
+    module,
+    {"arg": SCALE_ARGS[args.scale], "overrides": {}},
+    {k: v for k, v in overrides.items() if k != "tfds_dir"},
+  )
   lines = header_lines(
-      "Table 1: distorted MNIST, % test error (mean ± std over seeds)") + [
-      f"- scale: **{args.scale}**: {config.num_steps} steps of batch "
-      f"{config.batch_size}, {config.optimizer} lr {config.learning_rate} "
-      f"(x{config.lr_decay_factor} every {config.lr_decay_every}); seeds: "
-      f"{args.seeds}; config arg added to every run: "
-      f"`{SCALE_ARGS[args.scale] or '(none)'}`. The paper uses 150k SGD "
-      "steps of 256.",
-      f"- wall time of this invocation: {wall / 60:.1f} min "
-      f"({len(trained)} runs trained now; finished runs are reused); "
-      f"training time of all {len(done)} runs in the table: "
-      f"{total_minutes(records):.1f} min; not yet run: "
-      f"{len(records) - len(done) - len(failed)}",
-      "- each cell: ours mean ± std (paper, difference ours - paper; n = "
-      "seeds run)",
-      "",
-      "| model | " + " | ".join(d.upper() for d in distortions) + " |",
-      "|---|" + "---|" * len(distortions),
+    "Table 1: distorted MNIST, % test error (mean ± std over seeds)"
+  ) + [
+    f"- scale: **{args.scale}**: {config.num_steps} steps of batch "
+    f"{config.batch_size}, {config.optimizer} lr {config.learning_rate} "
+    f"(x{config.lr_decay_factor} every {config.lr_decay_every}); seeds: "
+    f"{args.seeds}; config arg added to every run: "
+    f"`{SCALE_ARGS[args.scale] or '(none)'}`. The paper uses 150k SGD "
+    "steps of 256.",
+    f"- wall time of this invocation: {wall / 60:.1f} min "
+    f"({len(trained)} runs trained now; finished runs are reused); "
+    f"training time of all {len(done)} runs in the table: "
+    f"{total_minutes(records):.1f} min; not yet run: "
+    f"{len(records) - len(done) - len(failed)}",
+    "- each cell: ours mean ± std (paper, difference ours - paper; n = "
+    "seeds run)",
+    "",
+    "| model | " + " | ".join(d.upper() for d in distortions) + " |",
+    "|---|" + "---|" * len(distortions),
   ]
   for key, label in ROW_LABELS.items():
     if key[0] not in model_names:
       continue
-    lines.append(f"| {label} | " + " | ".join(
+    lines.append(
+      f"| {label} | "
+      + " | ".join(
         mean_std_cell(errors.get((*key, d), []), PAPER_TABLE1[key][d])
-        for d in distortions) + " |")
+        for d in distortions
+      )
+      + " |"
+    )
   if not args.no_tc:
-    lines += ["", "## TC (translated + cluttered, 60x60)", "",
-              "| model | TC |", "|---|---|"]
+    lines += [
+      "",
+      "## TC (translated + cluttered, 60x60)",
+      "",
+      "| model | TC |",
+      "|---|---|",
+    ]
     for model in ("fcn", "cnn", "st_fcn", "st_cnn"):
       if model in model_names:
-        lines.append(f"| {model} | "
-                     f"{mean_std_cell(errors.get((model, 'affine', 'tc'), []), PAPER_TC[model])} |")
+        lines.append(
+          f"| {model} | "
+          f"{mean_std_cell(errors.get((model, 'affine', 'tc'), []), PAPER_TC[model])} |"
+        )
   return write_table(args.out, lines, failed)
 
 

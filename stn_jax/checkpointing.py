@@ -39,15 +39,18 @@ def write_run_files(workdir: str, config, in_shape) -> None:
     json.dump(list(in_shape), f)
 
 
-def read_run_files(workdir: str
-                   ) -> tuple[ml_collections.ConfigDict, tuple[int, ...]]:
+def read_run_files(
+  workdir: str,
+) -> tuple[ml_collections.ConfigDict, tuple[int, ...]]:
   """(config, input shape) of a workdir written by a training run."""
-  paths = [os.path.join(workdir, name)
-           for name in ("config.json", "in_shape.json")]
+  paths = [
+    os.path.join(workdir, name) for name in ("config.json", "in_shape.json")
+  ]
   for path in paths:
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} not found: is {workdir!r} a stn_jax "
-                              "workdir?")
+      raise FileNotFoundError(
+        f"{path} not found: is {workdir!r} a stn_jax workdir?"
+      )
   with open(paths[0]) as f:
     config = ml_collections.ConfigDict(json.load(f))
   with open(paths[1]) as f:
@@ -70,9 +73,11 @@ class Checkpoints:
   def __init__(self, workdir: str, max_to_keep: int = 3):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True
+      ),
+    )
 
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -81,10 +86,15 @@ class Checkpoints:
     """Saves a :class:`stn_jax.steps.TrainState` (possibly stacked over
     population members) and the data position; returns when written."""
     meta = {"format": FORMAT, "step": int(step), "data_state": data_state}
-    self.manager.save(step, args=ocp.args.Composite(
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
         model=ocp.args.StandardSave(state.model),
         opt_state=ocp.args.StandardSave(state.opt_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+        meta=ocp.args.JsonSave(meta),
+      ),
+      force=True,
+    )
     self.manager.wait_until_finished()
 
   def _read(self, step: int, model, opt_state):
@@ -92,16 +102,23 @@ class Checkpoints:
     ``opt_state`` unless None); returns (model, opt_state, meta)."""
     folder = os.path.join(self.directory, str(step))
     if os.path.isdir(os.path.join(folder, "state")):  # format 1: leaf lists
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+      restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+        ),
+      )
       leaves = restored["state"]
       model = jax.tree.unflatten(jax.tree.structure(model), leaves["params"])
       if opt_state is not None:
-        opt_state = jax.tree.unflatten(jax.tree.structure(opt_state),
-                                       leaves["opt_state"])
+        opt_state = jax.tree.unflatten(
+          jax.tree.structure(opt_state), leaves["opt_state"]
+        )
       return model, opt_state, restored["meta"]
-    items = {"model": ocp.args.StandardRestore(_abstract(model)),
-             "meta": ocp.args.JsonRestore()}
+    items = {
+      "model": ocp.args.StandardRestore(_abstract(model)),
+      "meta": ocp.args.JsonRestore(),
+    }
     if opt_state is not None:
       items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state))
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
@@ -120,9 +137,11 @@ class Checkpoints:
       try:
         return self._read(step, model, opt_state)
       except Exception as error:  # noqa: BLE001 - any unreadable checkpoint
-        warnings.warn(f"checkpoint {step} could not be restored "
-                      f"({error!r:.300}); falling back to the previous one.",
-                      stacklevel=2)
+        warnings.warn(
+          f"checkpoint {step} could not be restored "
+          f"({error!r:.300}); falling back to the previous one.",
+          stacklevel=2,
+        )
     return None
 
   def close(self) -> None:

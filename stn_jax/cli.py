@@ -9,8 +9,14 @@ from collections.abc import Callable, Sequence
 from absl import flags
 
 
-def run(main: Callable[[list[str]], int | None], flag_values: flags.FlagValues,
-        argv: Sequence[str] | None = None, *, prog: str, doc: str) -> int:
+def run(
+  main: Callable[[list[str]], int | None],
+  flag_values: flags.FlagValues,
+  argv: Sequence[str] | None = None,
+  *,
+  prog: str,
+  doc: str,
+) -> int:
   """Parses ``argv`` (default ``sys.argv[1:]``) into ``flag_values`` and
   calls ``main(positional arguments)``; returns the exit status.
 

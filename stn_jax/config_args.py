@@ -45,8 +45,9 @@ def import_sibling(config_file: str, name: str):
   """The config module ``name`` next to ``config_file`` (a config's
   ``__file__``): how ``configs/mnist.py`` imports ``configs/common.py``
   wherever it is run from."""
-  return load_config_module(os.path.join(os.path.dirname(
-      os.path.abspath(config_file)), f"{name}.py"))
+  return load_config_module(
+    os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  )
 
 
 def _convert(key: str, text: str, default: Any, choices):
@@ -57,27 +58,34 @@ def _convert(key: str, text: str, default: Any, choices):
     elif lowered in ("0", "false", "no", "off"):
       value = False
     else:
-      raise ValueError(f"config argument {key} must be a bool (true/false); "
-                       f"got {text!r}.")
+      raise ValueError(
+        f"config argument {key} must be a bool (true/false); got {text!r}."
+      )
   elif isinstance(default, (int, float)):
     kind = type(default)
     try:
       value = kind(text)
     except ValueError:
-      raise ValueError(f"config argument {key} must be "
-                       f"{'an int' if kind is int else 'a float'}; got "
-                       f"{text!r}.") from None
+      raise ValueError(
+        f"config argument {key} must be "
+        f"{'an int' if kind is int else 'a float'}; got "
+        f"{text!r}."
+      ) from None
   else:
     value = text.strip()
   if choices is not None and value not in choices:
-    raise ValueError(f"config argument {key} must be one of "
-                     f"{', '.join(map(str, choices))}; got {text!r}.")
+    raise ValueError(
+      f"config argument {key} must be one of "
+      f"{', '.join(map(str, choices))}; got {text!r}."
+    )
   return value
 
 
-def parse_arg(arg: str | None, defaults: Mapping[str, Any],
-              choices: Mapping[str, Sequence[Any]] | None = None
-              ) -> dict[str, Any]:
+def parse_arg(
+  arg: str | None,
+  defaults: Mapping[str, Any],
+  choices: Mapping[str, Sequence[Any]] | None = None,
+) -> dict[str, Any]:
   """Parses ``'k1=v1,k2=v2'`` against typed defaults.
 
   Args:
@@ -103,10 +111,13 @@ def parse_arg(arg: str | None, defaults: Mapping[str, Any],
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep:
-      raise ValueError(f"config argument {item!r} must be key=value; valid "
-                       f"keys: {', '.join(defaults)}.")
+      raise ValueError(
+        f"config argument {item!r} must be key=value; valid "
+        f"keys: {', '.join(defaults)}."
+      )
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; valid keys: "
-                       f"{', '.join(defaults)}.")
+      raise ValueError(
+        f"unknown config argument {key!r}; valid keys: {', '.join(defaults)}."
+      )
     values[key] = _convert(key, text, defaults[key], choices.get(key))
   return values

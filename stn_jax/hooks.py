@@ -46,6 +46,7 @@ class LoopContext:
     stopping: set by the loop when it acts on ``stop_requested``.
     stop_signal: the name of the signal that asked to stop, if any.
   """
+
   workdir: str
   num_steps: int
   step: int
@@ -62,28 +63,34 @@ class LoopContext:
     if not self.population:
       return [self.state.model]
     count = jax.tree.leaves(self.state.model)[0].shape[0]
-    return [jax.tree.map(lambda x, k=k: x[k], self.state.model)
-            for k in range(count)]
+    return [
+      jax.tree.map(lambda x, k=k: x[k], self.state.model) for k in range(count)
+    ]
 
   def check_finite(self) -> None:
     """Raises :class:`TrainingDiverged` if a loss since the last log step
     was not finite (one small device-to-host fetch)."""
-    first = np.atleast_1d(np.asarray(jax.device_get(
-        self.accumulator["first_nonfinite_step"])))
+    first = np.atleast_1d(
+      np.asarray(jax.device_get(self.accumulator["first_nonfinite_step"]))
+    )
     _raise_if_diverged(first, self.workdir)
 
 
 def _raise_if_diverged(first_nonfinite_step: np.ndarray, workdir: str):
   bad = np.flatnonzero(first_nonfinite_step)
   if bad.size:
-    which = ("" if first_nonfinite_step.size == 1 else
-             f" of member(s) {', '.join(map(str, bad))}")
+    which = (
+      ""
+      if first_nonfinite_step.size == 1
+      else f" of member(s) {', '.join(map(str, bad))}"
+    )
     raise TrainingDiverged(
-        f"loss{which} is nan or inf at step "
-        f"{int(first_nonfinite_step[bad[0]])}; stopped. The last good "
-        f"checkpoint in {workdir}/checkpoints is kept (try a lower "
-        "learning rate, a smaller localisation_lr_multiplier or "
-        "grad_clip_norm).")
+      f"loss{which} is nan or inf at step "
+      f"{int(first_nonfinite_step[bad[0]])}; stopped. The last good "
+      f"checkpoint in {workdir}/checkpoints is kept (try a lower "
+      "learning rate, a smaller localisation_lr_multiplier or "
+      "grad_clip_norm)."
+    )
 
 
 class Hook:
@@ -109,8 +116,10 @@ class MetricWriter:
 
   def __init__(self, folder: str):
     from tensorboardX import SummaryWriter
+
     os.makedirs(folder, exist_ok=True)
-    self._jsonl = open(os.path.join(folder, "metrics.jsonl"), "a")
+    # Open for the whole run (appended to on resume); closed by close().
+    self._jsonl = open(os.path.join(folder, "metrics.jsonl"), "a")  # noqa: SIM115
     self._tensorboard = SummaryWriter(os.path.join(folder, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -143,9 +152,14 @@ class LogMetrics(Hook):
     log: where the console line goes.
   """
 
-  def __init__(self, every_steps: int, writers: list[MetricWriter],
-               learning_rates: Callable[[int], list[float]], batch_size: int,
-               log: Callable[[str], None] = print):
+  def __init__(
+    self,
+    every_steps: int,
+    writers: list[MetricWriter],
+    learning_rates: Callable[[int], list[float]],
+    batch_size: int,
+    log: Callable[[str], None] = print,
+  ):
     self.every_steps = every_steps
     self.writers = writers
     self.learning_rates = learning_rates
@@ -162,10 +176,13 @@ class LogMetrics(Hook):
       return
     fetched = jax.device_get(context.accumulator)
     context.accumulator = jax.tree.map(
-        lambda host, old: jax.device_put(np.zeros_like(host), old.sharding),
-        fetched, context.accumulator)
-    _raise_if_diverged(np.atleast_1d(fetched["first_nonfinite_step"]),
-                       context.workdir)
+      lambda host, old: jax.device_put(np.zeros_like(host), old.sharding),
+      fetched,
+      context.accumulator,
+    )
+    _raise_if_diverged(
+      np.atleast_1d(fetched["first_nonfinite_step"]), context.workdir
+    )
     count = int(np.max(fetched["count"]))
     now = time.perf_counter()
     rate = count * self.batch_size / (now - self._interval_start)
@@ -173,8 +190,9 @@ class LogMetrics(Hook):
     rates = self.learning_rates(step - 1)
     means = {k: np.atleast_1d(v) / count for k, v in fetched["sums"].items()}
     for k, writer in enumerate(self.writers):
-      metrics = {f"train_{name}": float(value[k])
-                 for name, value in means.items()}
+      metrics = {
+        f"train_{name}": float(value[k]) for name, value in means.items()
+      }
       metrics["learning_rate"] = rates[k]
       metrics["examples_per_second"] = rate
       writer.write(step, metrics)
@@ -182,8 +200,10 @@ class LogMetrics(Hook):
     eta = format_eta((context.num_steps - step) / steps_per_second)
     loss = " ".join(f"{x:.4f}" for x in means["loss"])
     error = " ".join(f"{x:.2%}" for x in means["error"])
-    self.log(f"step {step}/{context.num_steps} loss {loss} error {error} "
-             f"lr {rates[0]:.2e} {rate:.0f} ex/s ETA {eta}")
+    self.log(
+      f"step {step}/{context.num_steps} loss {loss} error {error} "
+      f"lr {rates[0]:.2e} {rate:.0f} ex/s ETA {eta}"
+    )
 
 
 class Checkpoint(Hook):
@@ -250,8 +270,11 @@ class Periodic(Hook):
 
   def after_step(self, context):
     step = context.step
-    if (self.every_steps and step % self.every_steps == 0
-        and step < context.num_steps):
+    if (
+      self.every_steps
+      and step % self.every_steps == 0
+      and step < context.num_steps
+    ):
       self.action(context)
 
 

@@ -39,14 +39,18 @@ class Restored:
   def _prepare(self, images) -> np.ndarray:
     images = np.asarray(images)
     if images.shape[1:] != self._in_shape:
-      raise ValueError(f"images must have shape (N, "
-                       f"{', '.join(map(str, self._in_shape))}) (the "
-                       f"dataset's image size); got {images.shape}.")
+      raise ValueError(
+        f"images must have shape (N, "
+        f"{', '.join(map(str, self._in_shape))}) (the "
+        f"dataset's image size); got {images.shape}."
+      )
     if images.dtype == np.uint8:
       return self.normalization(images)
     if not np.issubdtype(images.dtype, np.floating):
-      raise ValueError("images must be uint8 (0-255) or float in [0, 1]; got "
-                       f"dtype {images.dtype}.")
+      raise ValueError(
+        "images must be uint8 (0-255) or float in [0, 1]; got "
+        f"dtype {images.dtype}."
+      )
     return self.normalization.from_unit(images)
 
   def predict(self, images) -> np.ndarray:
@@ -58,8 +62,9 @@ class Restored:
     """What the (first) spatial transformer makes of the images, in the
     input's [0, 1] scale: ``(N, H_out, W_out, C)``."""
     if self._transformer is None:
-      raise ValueError(f"model {self.config.model!r} has no spatial "
-                       "transformer.")
+      raise ValueError(
+        f"model {self.config.model!r} has no spatial transformer."
+      )
     out = np.asarray(self._transformer(self._prepare(images)))
     return self.normalization.to_unit(out)
 
@@ -77,5 +82,6 @@ def restore(workdir: str) -> Restored:
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints.")
   model_state, _, meta = restored
-  return Restored(config, nnx.merge(graphdef, model_state), in_shape,
-                  int(meta["step"]))
+  return Restored(
+    config, nnx.merge(graphdef, model_state), in_shape, int(meta["step"])
+  )

@@ -11,11 +11,12 @@ from ml_collections import config_flags
 
 from stn_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None,
-                                          "Experiment config file (with :ARG).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics "
-                               "and TensorBoard events go.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (with :ARG).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Where checkpoints, metrics and TensorBoard events go."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -22,6 +22,7 @@ class Normalization:
     mean: subtracted from images scaled to [0, 1]; scalar or per channel.
     std: divides them afterwards; scalar or per channel.
   """
+
   mean: float | tuple[float, ...] = 0.0
   std: float | tuple[float, ...] = 1.0
 
@@ -30,8 +31,9 @@ class Normalization:
     """The normalisation of a run config (``config.mean``, ``config.std``,
     both optional)."""
     as_value = lambda x: tuple(x) if isinstance(x, (list, tuple)) else x
-    return cls(as_value(config.get("mean", 0.0)),
-               as_value(config.get("std", 1.0)))
+    return cls(
+      as_value(config.get("mean", 0.0)), as_value(config.get("std", 1.0))
+    )
 
   @property
   def _mean(self) -> np.ndarray:

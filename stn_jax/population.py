@@ -41,17 +41,22 @@ def check_compatible(configs) -> None:
   reference = configs[0].to_dict()
   for i, config in enumerate(configs[1:], 1):
     other = config.to_dict()
-    differing = sorted(k for k in set(reference) | set(other)
-                       if k not in MAY_DIFFER and reference.get(k) !=
-                       other.get(k))
+    differing = sorted(
+      k
+      for k in set(reference) | set(other)
+      if k not in MAY_DIFFER and reference.get(k) != other.get(k)
+    )
     if differing:
-      raise ValueError(f"population members may differ only in "
-                       f"{', '.join(MAY_DIFFER)}; member {i} differs in "
-                       f"{', '.join(differing)}.")
+      raise ValueError(
+        f"population members may differ only in "
+        f"{', '.join(MAY_DIFFER)}; member {i} differs in "
+        f"{', '.join(differing)}."
+      )
 
 
-def train_population(configs, workdir: str, *, method: str = "vmap",
-                     hooks=(), log=print) -> list[dict]:
+def train_population(
+  configs, workdir: str, *, method: str = "vmap", hooks=(), log=print
+) -> list[dict]:
   """Trains the K configs together; returns each member's final metrics.
 
   Args:
@@ -73,19 +78,28 @@ def train_population(configs, workdir: str, *, method: str = "vmap",
     resumes; other configs in that workdir are an error.
   """
   if method not in METHODS:
-    raise ValueError(f"method must be one of {', '.join(METHODS)}; got "
-                     f"{method!r}.")
+    raise ValueError(
+      f"method must be one of {', '.join(METHODS)}; got {method!r}."
+    )
   check_compatible(configs)
-  results = train.fit(configs, workdir, population_method=method,
-                      hooks=hooks, log=log)
+  results = train.fit(
+    configs, workdir, population_method=method, hooks=hooks, log=log
+  )
   if "interrupted_at_step" in results[0]:
     return results
   for config, member in zip(configs, results):
     member.update(seed=config.seed, learning_rate=config.learning_rate)
   with open(os.path.join(workdir, "population.json"), "w") as f:
-    json.dump({"train_seconds": results[0]["train_seconds"],
-               "steps": configs[0].num_steps,
-               "members": [{k: v for k, v in r.items()
-                            if k not in ("params", "train_seconds")}
-                           for r in results]}, f, indent=2)
+    json.dump(
+      {
+        "train_seconds": results[0]["train_seconds"],
+        "steps": configs[0].num_steps,
+        "members": [
+          {k: v for k, v in r.items() if k not in ("params", "train_seconds")}
+          for r in results
+        ],
+      },
+      f,
+      indent=2,
+    )
   return results

@@ -37,6 +37,7 @@ class TrainState:
     model: the model's ``nnx.State`` (its parameters).
     opt_state: the optax state for ``model``.
   """
+
   step: jax.Array
   model: nnx.State
   opt_state: Any
@@ -45,8 +46,11 @@ class TrainState:
 def learning_rate_schedule(config) -> optax.Schedule:
   """``learning_rate`` times ``lr_decay_factor`` every ``lr_decay_every``."""
   return optax.exponential_decay(
-      config.learning_rate, transition_steps=config.lr_decay_every,
-      decay_rate=config.lr_decay_factor, staircase=True)
+    config.learning_rate,
+    transition_steps=config.lr_decay_every,
+    decay_rate=config.lr_decay_factor,
+    staircase=True,
+  )
 
 
 def make_optimizer(config, model_state) -> optax.GradientTransformation:
@@ -54,32 +58,44 @@ def make_optimizer(config, model_state) -> optax.GradientTransformation:
   ``localisation_lr_multiplier`` times the learning rate; optional gradient
   clipping by global norm (``grad_clip_norm`` > 0), applied first."""
   schedule = learning_rate_schedule(config)
-  base = {"sgd": optax.sgd,
-          "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-          "adam": optax.adam}[config.optimizer]
+  base = {
+    "sgd": optax.sgd,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": optax.adam,
+  }[config.optimizer]
   multiplier = config.localisation_lr_multiplier
   labels = jax.tree_util.tree_map_with_path(
-      lambda path, _: ("localisation" if any(
-          getattr(k, "key", None) == "localisation" for k in path)
-                       else "other"), model_state)
+    lambda path, _: (
+      "localisation"
+      if any(getattr(k, "key", None) == "localisation" for k in path)
+      else "other"
+    ),
+    model_state,
+  )
   transform = optax.multi_transform(
-      {"other": base(schedule),
-       "localisation": base(lambda step: multiplier * schedule(step))},
-      labels)
+    {
+      "other": base(schedule),
+      "localisation": base(lambda step: multiplier * schedule(step)),
+    },
+    labels,
+  )
   if config.grad_clip_norm > 0:
-    transform = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                            transform)
+    transform = optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm), transform
+    )
   return transform
 
 
-def init_state(model: nnx.Module,
-               optimizer: optax.GradientTransformation
-               ) -> tuple[nnx.GraphDef, TrainState]:
+def init_state(
+  model: nnx.Module, optimizer: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, TrainState]:
   """(the model's structure, its step-0 :class:`TrainState`)."""
   graphdef, model_state = nnx.split(model)
-  return graphdef, TrainState(step=jnp.zeros((), jnp.int32),
-                              model=model_state,
-                              opt_state=optimizer.init(model_state))
+  return graphdef, TrainState(
+    step=jnp.zeros((), jnp.int32),
+    model=model_state,
+    opt_state=optimizer.init(model_state),
+  )
 
 
 def transform_statistics(transform: str, params) -> dict[str, jax.Array]:
@@ -94,12 +110,15 @@ def transform_statistics(transform: str, params) -> dict[str, jax.Array]:
     b = c = jnp.zeros_like(a)
     d = a
   else:  # tps
-    identity = jnp.asarray(ops.identity_params(
-        "tps", num_control_points=params.shape[1] // 2))
+    identity = jnp.asarray(
+      ops.identity_params("tps", num_control_points=params.shape[1] // 2)
+    )
     return {"theta_displacement": jnp.abs(params - identity).mean()}
-  return {"theta_scale": jnp.sqrt(jnp.abs(a * d - b * c)).mean(),
-          "theta_rotation_deg": jnp.degrees(jnp.abs(jnp.arctan2(c, a))).mean(),
-          "theta_translation": jnp.sqrt(tx ** 2 + ty ** 2).mean()}
+  return {
+    "theta_scale": jnp.sqrt(jnp.abs(a * d - b * c)).mean(),
+    "theta_rotation_deg": jnp.degrees(jnp.abs(jnp.arctan2(c, a))).mean(),
+    "theta_translation": jnp.sqrt(tx**2 + ty**2).mean(),
+  }
 
 
 def _logits_and_theta(graphdef, model_state, images):
@@ -114,9 +133,14 @@ def _logits_and_theta(graphdef, model_state, images):
   return logits, theta, found[0].transform
 
 
-def train_step(state: TrainState, batch, *, graphdef: nnx.GraphDef,
-               optimizer: optax.GradientTransformation,
-               learning_rate_scale=None) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  batch,
+  *,
+  graphdef: nnx.GraphDef,
+  optimizer: optax.GradientTransformation,
+  learning_rate_scale=None,
+) -> tuple[TrainState, dict]:
   """One optimiser step on a batch.
 
   Args:
@@ -135,14 +159,15 @@ def train_step(state: TrainState, batch, *, graphdef: nnx.GraphDef,
   images, labels = batch["image"], batch["label"]
 
   def loss_fn(model_state):
-    logits, theta, transform = _logits_and_theta(graphdef, model_state,
-                                                 images)
+    logits, theta, transform = _logits_and_theta(graphdef, model_state, images)
     loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, labels).mean()
+      logits, labels
+    ).mean()
     return loss, (logits, theta, transform)
 
   (loss, (logits, theta, transform)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.model)
+    loss_fn, has_aux=True
+  )(state.model)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.model)
   if learning_rate_scale is not None:
     updates = jax.tree.map(lambda u: u * learning_rate_scale, updates)
@@ -150,33 +175,40 @@ def train_step(state: TrainState, batch, *, graphdef: nnx.GraphDef,
   metrics = {"loss": loss, "error": (logits.argmax(-1) != labels).mean()}
   if theta is not None:
     metrics.update(transform_statistics(transform, theta))
-  return state.replace(step=state.step + 1, model=model_state,
-                       opt_state=opt_state), metrics
+  return state.replace(
+    step=state.step + 1, model=model_state, opt_state=opt_state
+  ), metrics
 
 
-def eval_step(model_state: nnx.State, batch, *,
-              graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
+def eval_step(
+  model_state: nnx.State, batch, *, graphdef: nnx.GraphDef
+) -> dict[str, jax.Array]:
   """Sums over a batch: ``loss_sum``, ``wrong`` and ``count``.
 
   ``batch`` holds ``image``, ``label`` and ``mask`` (1 for real examples, 0
   for the padding of a last partial batch).
   """
   logits, _, _ = _logits_and_theta(graphdef, model_state, batch["image"])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         batch["label"])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   wrong = logits.argmax(-1) != batch["label"]
   mask = batch["mask"]
-  return {"loss_sum": (loss * mask).sum(), "wrong": (wrong * mask).sum(),
-          "count": mask.sum()}
+  return {
+    "loss_sum": (loss * mask).sum(),
+    "wrong": (wrong * mask).sum(),
+    "count": mask.sum(),
+  }
 
 
 def empty_accumulator(metric_shapes: dict) -> dict:
   """Zeroed metric sums for :func:`accumulate` (``metric_shapes`` as from
   ``jax.eval_shape`` of the step's metrics)."""
-  return {"sums": {k: jnp.zeros(v.shape, jnp.float32)
-                   for k, v in metric_shapes.items()},
-          "count": jnp.zeros((), jnp.int32),
-          "first_nonfinite_step": jnp.zeros((), jnp.int32)}
+  return {
+    "sums": {
+      k: jnp.zeros(v.shape, jnp.float32) for k, v in metric_shapes.items()
+    },
+    "count": jnp.zeros((), jnp.int32),
+    "first_nonfinite_step": jnp.zeros((), jnp.int32),
+  }
 
 
 def accumulate(accumulator: dict, metrics: dict, step: jax.Array) -> dict:
@@ -184,16 +216,23 @@ def accumulate(accumulator: dict, metrics: dict, step: jax.Array) -> dict:
   finite (0: none yet)."""
   first = accumulator["first_nonfinite_step"]
   bad = ~jnp.isfinite(metrics["loss"])
-  return {"sums": jax.tree.map(jnp.add, accumulator["sums"], metrics),
-          "count": accumulator["count"] + 1,
-          "first_nonfinite_step": jnp.where((first == 0) & bad, step, first)}
+  return {
+    "sums": jax.tree.map(jnp.add, accumulator["sums"], metrics),
+    "count": accumulator["count"] + 1,
+    "first_nonfinite_step": jnp.where((first == 0) & bad, step, first),
+  }
 
 
-def _step_and_accumulate(state, accumulator, batch, *, graphdef, optimizer,
-                         learning_rate_scale=None):
-  state, metrics = train_step(state, batch, graphdef=graphdef,
-                              optimizer=optimizer,
-                              learning_rate_scale=learning_rate_scale)
+def _step_and_accumulate(
+  state, accumulator, batch, *, graphdef, optimizer, learning_rate_scale=None
+):
+  state, metrics = train_step(
+    state,
+    batch,
+    graphdef=graphdef,
+    optimizer=optimizer,
+    learning_rate_scale=learning_rate_scale,
+  )
   return state, accumulate(accumulator, metrics, state.step)
 
 
@@ -209,19 +248,23 @@ def make_train_step(graphdef, optimizer, *, population: str | None = None):
   (``jax.lax.map``, less memory).
   """
   if population is None:
-    return jax.jit(functools.partial(_step_and_accumulate, graphdef=graphdef,
-                                     optimizer=optimizer),
-                   donate_argnums=(0, 1))
+    return jax.jit(
+      functools.partial(
+        _step_and_accumulate, graphdef=graphdef, optimizer=optimizer
+      ),
+      donate_argnums=(0, 1),
+    )
   member_step = lambda s, a, b, rate: _step_and_accumulate(
-      s, a, b, graphdef=graphdef, optimizer=optimizer,
-      learning_rate_scale=rate)
+    s, a, b, graphdef=graphdef, optimizer=optimizer, learning_rate_scale=rate
+  )
   if population == "vmap":
     step = jax.vmap(member_step)
   elif population == "map":
     step = lambda *args: jax.lax.map(lambda a: member_step(*a), args)
   else:
-    raise ValueError(f"population must be None, 'vmap' or 'map'; got "
-                     f"{population!r}.")
+    raise ValueError(
+      f"population must be None, 'vmap' or 'map'; got {population!r}."
+    )
   return jax.jit(step, donate_argnums=(0, 1))
 
 

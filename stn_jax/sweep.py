@@ -38,16 +38,20 @@ from stn_jax.config_args import load_config_module, split_config_spec
 
 
 def sweep_names(module) -> list[str]:
-  return sorted(n[len("sweep_"):] for n in dir(module)
-                if n.startswith("sweep_") and callable(getattr(module, n)))
+  return sorted(
+    n[len("sweep_") :]
+    for n in dir(module)
+    if n.startswith("sweep_") and callable(getattr(module, n))
+  )
 
 
 def expand(module, name: str) -> list[dict[str, Any]]:
   """The points of sweep ``name``: ``[{'arg': str, 'overrides': dict}]``."""
   function = getattr(module, f"sweep_{name}", None)
   if function is None:
-    raise ValueError(f"sweep must be one of {', '.join(sweep_names(module))}"
-                     f"; got {name!r}.")
+    raise ValueError(
+      f"sweep must be one of {', '.join(sweep_names(module))}; got {name!r}."
+    )
   points = []
 
   def add(arg: str = "", **overrides):
@@ -57,8 +61,9 @@ def expand(module, name: str) -> list[dict[str, Any]]:
   return points
 
 
-def build_config(module, point, extra_overrides=None
-                 ) -> ml_collections.ConfigDict:
+def build_config(
+  module, point, extra_overrides=None
+) -> ml_collections.ConfigDict:
   """The config of one point: ``get_config(arg)`` plus its overrides."""
   config = module.get_config(point["arg"])
   overrides = {**point["overrides"], **(extra_overrides or {})}
@@ -75,37 +80,53 @@ def build_config(module, point, extra_overrides=None
 
 
 def point_name(index: int, point) -> str:
-  text = ",".join([point["arg"], *(f"{k}={v}" for k, v in
-                                  sorted(point["overrides"].items()))])
+  text = ",".join(
+    [point["arg"], *(f"{k}={v}" for k, v in sorted(point["overrides"].items()))]
+  )
   slug = re.sub(r"[^A-Za-z0-9=.,_-]+", "_", text).strip(",_")[:80]
   return f"{index:03d}_{slug or 'default'}"
 
 
 def _write_table(workdir, records):
-  metric_keys = sorted({k for r in records for k in r.get("results", {})
-                        if k.endswith("error")})
-  lines = ["| point | arg | overrides | status | "
-           + " | ".join(metric_keys) + " |",
-           "|---|---|---|---|" + "---|" * len(metric_keys)]
+  metric_keys = sorted(
+    {k for r in records for k in r.get("results", {}) if k.endswith("error")}
+  )
+  lines = [
+    "| point | arg | overrides | status | " + " | ".join(metric_keys) + " |",
+    "|---|---|---|---|" + "---|" * len(metric_keys),
+  ]
   for r in records:
-    cells = [f"{100 * r['results'][k]:.2f}%" if k in r.get("results", {})
-             else "" for k in metric_keys]
-    status = r["status"] if r["status"] != "failed" else (
-        "failed: " + r["error"].splitlines()[-1][:80].replace("|", "/"))
-    lines.append(f"| {r['name']} | `{r['arg']}` | "
-                 f"{json.dumps(r['overrides']) if r['overrides'] else ''} | "
-                 f"{status} | " + " | ".join(cells) + " |")
+    cells = [
+      f"{100 * r['results'][k]:.2f}%" if k in r.get("results", {}) else ""
+      for k in metric_keys
+    ]
+    status = (
+      r["status"]
+      if r["status"] != "failed"
+      else ("failed: " + r["error"].splitlines()[-1][:80].replace("|", "/"))
+    )
+    lines.append(
+      f"| {r['name']} | `{r['arg']}` | "
+      f"{json.dumps(r['overrides']) if r['overrides'] else ''} | "
+      f"{status} | " + " | ".join(cells) + " |"
+    )
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
-def run_sweep(config_path: str, name: str, workdir: str, *,
-              dry_run: bool = False, overrides: dict | None = None,
-              train_fn: Callable = train.train_and_evaluate,
-              select: Callable[[dict], bool] | None = None,
-              extra_arg: str = "",
-              report_only: bool = False,
-              log=print) -> list[dict]:
+def run_sweep(
+  config_path: str,
+  name: str,
+  workdir: str,
+  *,
+  dry_run: bool = False,
+  overrides: dict | None = None,
+  train_fn: Callable = train.train_and_evaluate,
+  select: Callable[[dict], bool] | None = None,
+  extra_arg: str = "",
+  report_only: bool = False,
+  log=print,
+) -> list[dict]:
   """Runs (or, with ``dry_run``, checks and lists) every point.
 
   ``select(point)`` keeps a subset of the points (their workdir names keep
@@ -129,10 +150,16 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
     if select is not None and not select(point):
       continue
     if extra_arg:
-      point = {**point, "arg": ",".join(a for a in (point["arg"], extra_arg)
-                                        if a)}
-    record = {"name": point_name(index, point), **point, "results": {},
-              "error": ""}
+      point = {
+        **point,
+        "arg": ",".join(a for a in (point["arg"], extra_arg) if a),
+      }
+    record = {
+      "name": point_name(index, point),
+      **point,
+      "results": {},
+      "error": "",
+    }
     point_dir = os.path.join(workdir, record["name"])
     results_path = os.path.join(point_dir, "results.json")
     try:
@@ -169,14 +196,18 @@ def run_sweep(config_path: str, name: str, workdir: str, *,
           f.write(json.dumps(r) + "\n")
       _write_table(workdir, records)
     if record["status"] == "interrupted":
-      log(f"point {record['name']} was stopped by SIGTERM at step "
-          f"{record['results']['interrupted_at_step']} (checkpoint saved); "
-          "stopping the sweep. Rerun the same command to resume.")
+      log(
+        f"point {record['name']} was stopped by SIGTERM at step "
+        f"{record['results']['interrupted_at_step']} (checkpoint saved); "
+        "stopping the sweep. Rerun the same command to resume."
+      )
       break
   if dry_run:
     for r in records:
-      log(f"{r['name']}: {r['status']}"
-          + (f" {r['error'].splitlines()[-1]}" if r["error"] else ""))
+      log(
+        f"{r['name']}: {r['status']}"
+        + (f" {r['error'].splitlines()[-1]}" if r["error"] else "")
+      )
   return records
 
 
@@ -197,19 +228,38 @@ def parse_overrides(items) -> dict:
 
 def _flags() -> flags.FlagValues:
   values = flags.FlagValues()
-  flags.DEFINE_string("config", None, "Config file with its sweeps, with an "
-                      "optional :ARG appended to every point's argument "
-                      "(e.g. configs/mnist.py:small=true).",
-                      flag_values=values)
-  flags.DEFINE_string("sweep", None, "The sweep: sweep_<name> in the config "
-                      "file.", flag_values=values)
-  flags.DEFINE_string("workdir", None, "One subdirectory per point, "
-                      "results.jsonl and results.md.", flag_values=values)
-  flags.DEFINE_bool("dry_run", False, "Build and list every point; train "
-                    "nothing.", flag_values=values)
-  flags.DEFINE_multi_string("set", [], "Override for every point, e.g. "
-                            "num_steps=1000 (repeatable).",
-                            flag_values=values)
+  flags.DEFINE_string(
+    "config",
+    None,
+    "Config file with its sweeps, with an "
+    "optional :ARG appended to every point's argument "
+    "(e.g. configs/mnist.py:small=true).",
+    flag_values=values,
+  )
+  flags.DEFINE_string(
+    "sweep",
+    None,
+    "The sweep: sweep_<name> in the config file.",
+    flag_values=values,
+  )
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "One subdirectory per point, results.jsonl and results.md.",
+    flag_values=values,
+  )
+  flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Build and list every point; train nothing.",
+    flag_values=values,
+  )
+  flags.DEFINE_multi_string(
+    "set",
+    [],
+    "Override for every point, e.g. num_steps=1000 (repeatable).",
+    flag_values=values,
+  )
   for name in ("config", "sweep", "workdir"):
     flags.mark_flag_as_required(name, flag_values=values)
   return values
@@ -219,6 +269,7 @@ def main(argv=None) -> int:
   """``python -m stn_jax.sweep``; returns the exit status (1 if a point
   failed)."""
   from absl import logging
+
   values = _flags()
 
   def body(positional):
@@ -226,18 +277,24 @@ def main(argv=None) -> int:
       raise ValueError(f"unexpected arguments {positional}.")
     logging.set_verbosity(logging.WARNING)
     path, extra_arg = split_config_spec(values.config)
-    records = run_sweep(path, values.sweep, values.workdir,
-                        dry_run=values.dry_run,
-                        overrides=parse_overrides(values.set),
-                        extra_arg=extra_arg)
+    records = run_sweep(
+      path,
+      values.sweep,
+      values.workdir,
+      dry_run=values.dry_run,
+      overrides=parse_overrides(values.set),
+      extra_arg=extra_arg,
+    )
     failed = [r for r in records if r["status"] == "failed"]
-    print(f"{len(records)} points, {len(failed)} failed"
-          + ("" if values.dry_run else
-             f"; results in {values.workdir}/results.md"))
+    print(
+      f"{len(records)} points, {len(failed)} failed"
+      + ("" if values.dry_run else f"; results in {values.workdir}/results.md")
+    )
     return 1 if failed else 0
 
-  return cli.run(body, values, argv, prog="python -m stn_jax.sweep",
-                 doc=__doc__)
+  return cli.run(
+    body, values, argv, prog="python -m stn_jax.sweep", doc=__doc__
+  )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from stn_jax import checkpointing, hooks as hooks_lib, models, steps
+from stn_jax import checkpointing, models, steps
+from stn_jax import hooks as hooks_lib
 from stn_jax.data import datasets, distortions, pipeline, preview
 from stn_jax.hooks import TrainingDiverged  # noqa: F401 - re-exported
 from stn_jax.normalization import Normalization
@@ -52,44 +53,69 @@ def train_dataset(config) -> str:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Rejects bad values before anything is built or compiled."""
   if config.model not in models.MODELS:
-    raise ValueError(f"config.model must be one of "
-                     f"{', '.join(models.MODELS)}; got {config.model!r}.")
+    raise ValueError(
+      f"config.model must be one of "
+      f"{', '.join(models.MODELS)}; got {config.model!r}."
+    )
   datasets.get_builder(config.dataset)  # raises on unknown datasets
   datasets.get_builder(train_dataset(config))
   if config.on_the_fly:
     distortions.check_variant(config.on_the_fly)
   if not config.learning_rate > 0:
-    raise ValueError(f"config.learning_rate must be > 0; got "
-                     f"{config.learning_rate}.")
+    raise ValueError(
+      f"config.learning_rate must be > 0; got {config.learning_rate}."
+    )
   if not config.localisation_lr_multiplier >= 0:
-    raise ValueError("config.localisation_lr_multiplier must be >= 0; got "
-                     f"{config.localisation_lr_multiplier}.")
+    raise ValueError(
+      "config.localisation_lr_multiplier must be >= 0; got "
+      f"{config.localisation_lr_multiplier}."
+    )
   if config.optimizer not in OPTIMIZERS:
-    raise ValueError(f"config.optimizer must be one of {', '.join(OPTIMIZERS)}"
-                     f"; got {config.optimizer!r}.")
-  for key in ("batch_size", "num_steps", "log_every", "eval_every",
-              "checkpoint_every", "eval_batch_size", "lr_decay_every"):
+    raise ValueError(
+      f"config.optimizer must be one of {', '.join(OPTIMIZERS)}"
+      f"; got {config.optimizer!r}."
+    )
+  for key in (
+    "batch_size",
+    "num_steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "eval_batch_size",
+    "lr_decay_every",
+  ):
     if not isinstance(config[key], int) or config[key] <= 0:
-      raise ValueError(f"config.{key} must be a positive int; got "
-                       f"{config[key]!r}.")
+      raise ValueError(
+        f"config.{key} must be a positive int; got {config[key]!r}."
+      )
   snapshot_every = config.get("snapshot_every", 0)
   if not isinstance(snapshot_every, int) or snapshot_every < 0:
-    raise ValueError("config.snapshot_every must be an int >= 0 (0: only at "
-                     f"evaluations); got {snapshot_every!r}.")
-  if (train_dataset(config) == config.dataset
-      and train_split(config) in config.eval_splits):
-    raise ValueError(f"config.train_split {train_split(config)!r} is also in "
-                     f"config.eval_splits {tuple(config.eval_splits)}: "
-                     "evaluating on the training split is not a result.")
+    raise ValueError(
+      "config.snapshot_every must be an int >= 0 (0: only at "
+      f"evaluations); got {snapshot_every!r}."
+    )
+  if (
+    train_dataset(config) == config.dataset
+    and train_split(config) in config.eval_splits
+  ):
+    raise ValueError(
+      f"config.train_split {train_split(config)!r} is also in "
+      f"config.eval_splits {tuple(config.eval_splits)}: "
+      "evaluating on the training split is not a result."
+    )
   if config.on_the_fly and train_split(config) != "train":
-    raise ValueError("config.train_split must be 'train' with on_the_fly "
-                     f"(the undistorted training digits); got "
-                     f"{train_split(config)!r}.")
+    raise ValueError(
+      "config.train_split must be 'train' with on_the_fly "
+      f"(the undistorted training digits); got "
+      f"{train_split(config)!r}."
+    )
   devices = jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
     if config[key] % devices:
-      raise ValueError(f"config.{key} must be divisible by the number of "
-                       f"devices ({devices}); got {config[key]}.")
+      raise ValueError(
+        f"config.{key} must be divisible by the number of "
+        f"devices ({devices}); got {config[key]}."
+      )
 
 
 def preprocessing(config):
@@ -100,16 +126,20 @@ def preprocessing(config):
 
 def load_data(config):
   """(train arrays, {split: eval arrays}, model input shape)."""
-  kwargs = dict(tfds_dir=config.tfds_dir or None,
-                source_dir=config.source_dir or None)
-  train = datasets.load_arrays(train_dataset(config), train_split(config),
-                               **kwargs)
+  kwargs = dict(
+    tfds_dir=config.tfds_dir or None, source_dir=config.source_dir or None
+  )
+  train = datasets.load_arrays(
+    train_dataset(config), train_split(config), **kwargs
+  )
   in_shape = tuple(train["image"].shape[1:])
   preprocess = preprocessing(config)
   if preprocess is not None:
     in_shape = preprocess.output_shape(in_shape)
-  evals = {split: datasets.load_arrays(config.dataset, split, **kwargs)
-           for split in config.eval_splits}
+  evals = {
+    split: datasets.load_arrays(config.dataset, split, **kwargs)
+    for split in config.eval_splits
+  }
   return train, evals, tuple(in_shape)
 
 
@@ -117,8 +147,14 @@ def load_data(config):
 # Evaluation and transformer outputs.
 
 
-def evaluate(eval_step, model_state, arrays, normalization: Normalization,
-             batch_size: int, sharding=None) -> list[dict[str, float]]:
+def evaluate(
+  eval_step,
+  model_state,
+  arrays,
+  normalization: Normalization,
+  batch_size: int,
+  sharding=None,
+) -> list[dict[str, float]]:
   """Loss and error over a whole split (the last batch padded and masked).
 
   ``eval_step`` is :func:`stn_jax.steps.make_eval_step`'s; for a population
@@ -132,20 +168,35 @@ def evaluate(eval_step, model_state, arrays, normalization: Normalization,
     index = np.arange(start, start + batch_size)
     mask = (index < n).astype(np.float32)
     index = np.minimum(index, n - 1)
-    outputs.append(eval_step(model_state, {
-        "image": put(normalization(arrays["image"][index])),
-        "label": put(arrays["label"][index].astype(np.int32)),
-        "mask": put(mask)}))
-  totals = {k: np.sum(np.stack([np.atleast_1d(o[k]) for o in
-                                jax.device_get(outputs)]), 0, dtype=np.float64)
-            for k in outputs[0]}
-  return [{"loss": float(loss / count), "error": float(wrong / count)}
-          for loss, wrong, count in zip(totals["loss_sum"], totals["wrong"],
-                                        totals["count"])]
+    outputs.append(
+      eval_step(
+        model_state,
+        {
+          "image": put(normalization(arrays["image"][index])),
+          "label": put(arrays["label"][index].astype(np.int32)),
+          "mask": put(mask),
+        },
+      )
+    )
+  totals = {
+    k: np.sum(
+      np.stack([np.atleast_1d(o[k]) for o in jax.device_get(outputs)]),
+      0,
+      dtype=np.float64,
+    )
+    for k in outputs[0]
+  }
+  return [
+    {"loss": float(loss / count), "error": float(wrong / count)}
+    for loss, wrong, count in zip(
+      totals["loss_sum"], totals["wrong"], totals["count"]
+    )
+  ]
 
 
-def transformer_outputs(graphdef, model_state, images,
-                        normalization: Normalization):
+def transformer_outputs(
+  graphdef, model_state, images, normalization: Normalization
+):
   """The first transformer's output (uint8, like ``images``) on uint8
   ``images``, or None for a model without one."""
   found = models.transformers(nnx.merge(graphdef, model_state))
@@ -154,8 +205,9 @@ def transformer_outputs(graphdef, model_state, images,
   return normalization.to_uint8(found[0](normalization(images)))
 
 
-def save_snapshot(graphdef, model_state, images, normalization, folder,
-                  step) -> None:
+def save_snapshot(
+  graphdef, model_state, images, normalization, folder, step
+) -> None:
   """The transformer's output on fixed test images, for the GIF of
   ``python -m stn_jax.viz`` (``folder/snapshots/<step>.npy``, uint8)."""
   out = transformer_outputs(graphdef, model_state, images, normalization)
@@ -165,8 +217,9 @@ def save_snapshot(graphdef, model_state, images, normalization, folder,
   np.save(os.path.join(folder, "snapshots", f"{step:08d}.npy"), out)
 
 
-def write_transformer_png(graphdef, model_state, arrays, path, normalization,
-                          count=16) -> None:
+def write_transformer_png(
+  graphdef, model_state, arrays, path, normalization, count=16
+) -> None:
   """Inputs next to the transformer's outputs, as a PNG."""
   images = arrays["image"][:count]
   out = transformer_outputs(graphdef, model_state, images, normalization)
@@ -176,17 +229,21 @@ def write_transformer_png(graphdef, model_state, arrays, path, normalization,
   for i in range(len(images)):
     tiles += [images[i], out[i]]
     labels += [f"in {int(arrays['label'][i])}", "ST out"]
-  preview.grid_image(np.stack(tiles), labels, columns=8,
-                     title="inputs and transformer outputs").save(path)
+  preview.grid_image(
+    np.stack(tiles), labels, columns=8, title="inputs and transformer outputs"
+  ).save(path)
 
 
 # ---------------------------------------------------------------------------
 # The loop.
 
 
-def run_loop(context: hooks_lib.LoopContext, step_fn: Callable,
-             next_batch: Callable[[], dict],
-             hooks: Sequence[hooks_lib.Hook]) -> None:
+def run_loop(
+  context: hooks_lib.LoopContext,
+  step_fn: Callable,
+  next_batch: Callable[[], dict],
+  hooks: Sequence[hooks_lib.Hook],
+) -> None:
   """Steps ``context.state`` to ``context.num_steps``, calling every hook
   after every step, until a hook or a signal handler sets
   ``context.stop_requested``: then every hook's ``stop`` runs (the
@@ -196,7 +253,8 @@ def run_loop(context: hooks_lib.LoopContext, step_fn: Callable,
   try:
     while context.step < context.num_steps:
       context.state, context.accumulator = step_fn(
-          context.state, context.accumulator, next_batch())
+        context.state, context.accumulator, next_batch()
+      )
       context.step += 1
       for hook in hooks:
         hook.after_step(context)
@@ -213,6 +271,7 @@ def run_loop(context: hooks_lib.LoopContext, step_fn: Callable,
 @dataclasses.dataclass
 class _Members:
   """What differs between a single run and a population of K members."""
+
   configs: list
   population_method: str | None  # None: one unstacked run
 
@@ -223,16 +282,23 @@ class _Members:
   def folders(self, workdir) -> list[str]:
     if not self.population:
       return [workdir]
-    return [os.path.join(workdir, f"member_{k}")
-            for k in range(len(self.configs))]
+    return [
+      os.path.join(workdir, f"member_{k}") for k in range(len(self.configs))
+    ]
 
 
 def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def fit(configs, workdir: str, *, population_method: str | None = None,
-        hooks: Sequence[hooks_lib.Hook] = (), log=print) -> list[dict]:
+def fit(
+  configs,
+  workdir: str,
+  *,
+  population_method: str | None = None,
+  hooks: Sequence[hooks_lib.Hook] = (),
+  log=print,
+) -> list[dict]:
   """Trains one config (``population_method=None``) or a population of K
   compatible configs in one loop; returns one results dict per member.
 
@@ -265,10 +331,10 @@ def fit(configs, workdir: str, *, population_method: str | None = None,
     placement = jax.sharding.SingleDeviceSharding(device)
     data_placement = None
     state = jax.device_put(_stack(states), placement)
-    rates = jnp.asarray([c.learning_rate for c in members.configs],
-                        jnp.float32)
+    rates = jnp.asarray([c.learning_rate for c in members.configs], jnp.float32)
     population_step = steps.make_train_step(
-        graphdef, optimizer, population=members.population_method)
+      graphdef, optimizer, population=members.population_method
+    )
     step_fn = lambda s, a, b: population_step(s, a, b, rates)
   else:
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -278,13 +344,20 @@ def fit(configs, workdir: str, *, population_method: str | None = None,
     step_fn = steps.make_train_step(graphdef, optimizer)
   eval_step = steps.make_eval_step(graphdef, population=members.population)
 
-  streams = [pipeline.InputPipeline(
-      train_arrays, batch_size=c.batch_size, seed=c.seed,
-      preprocess=preprocessing(c), normalization=normalization,
-      sharding=False if members.population else data_placement)
-             for c in members.configs]
-  identity = [{"seed": c.seed, "learning_rate": c.learning_rate}
-              for c in members.configs]
+  streams = [
+    pipeline.InputPipeline(
+      train_arrays,
+      batch_size=c.batch_size,
+      seed=c.seed,
+      preprocess=preprocessing(c),
+      normalization=normalization,
+      sharding=False if members.population else data_placement,
+    )
+    for c in members.configs
+  ]
+  identity = [
+    {"seed": c.seed, "learning_rate": c.learning_rate} for c in members.configs
+  ]
 
   def data_state():
     if not members.population:
@@ -307,35 +380,52 @@ def fit(configs, workdir: str, *, population_method: str | None = None,
     if members.population:
       if meta["data_state"]["members"] != identity:
         raise ValueError(
-            f"workdir {workdir} holds a population of "
-            f"{meta['data_state']['members']}; these configs are "
-            f"{identity}. Use a new workdir.")
+          f"workdir {workdir} holds a population of "
+          f"{meta['data_state']['members']}; these configs are "
+          f"{identity}. Use a new workdir."
+        )
       for stream, saved in zip(streams, meta["data_state"]["streams"]):
         stream.set_state(saved)
     else:
       streams[0].set_state(meta["data_state"])
-    state = jax.device_put(steps.TrainState(
-        step=jnp.full(state.step.shape, step, jnp.int32), model=model_state,
-        opt_state=opt_state), placement)
+    state = jax.device_put(
+      steps.TrainState(
+        step=jnp.full(state.step.shape, step, jnp.int32),
+        model=model_state,
+        opt_state=opt_state,
+      ),
+      placement,
+    )
     log(f"resumed from step {step}")
-  log(f"{first.model} on {first.dataset}: {num_params:,} parameters"
-      + (f" x {len(members.configs)} members" if members.population else "")
-      + f", {jax.device_count()} device(s), workdir {workdir}")
+  log(
+    f"{first.model} on {first.dataset}: {num_params:,} parameters"
+    + (f" x {len(members.configs)} members" if members.population else "")
+    + f", {jax.device_count()} device(s), workdir {workdir}"
+  )
 
-  batch_shape = {"image": jax.ShapeDtypeStruct(
-      (first.batch_size, *in_shape), jnp.float32),
-                 "label": jax.ShapeDtypeStruct((first.batch_size,), jnp.int32)}
+  batch_shape = {
+    "image": jax.ShapeDtypeStruct((first.batch_size, *in_shape), jnp.float32),
+    "label": jax.ShapeDtypeStruct((first.batch_size,), jnp.int32),
+  }
   metric_shapes = jax.eval_shape(
-      lambda s, b: steps.train_step(s, b, graphdef=graphdef,
-                                    optimizer=optimizer)[1],
-      states[0], batch_shape)
+    lambda s, b: steps.train_step(s, b, graphdef=graphdef, optimizer=optimizer)[
+      1
+    ],
+    states[0],
+    batch_shape,
+  )
   accumulator = steps.empty_accumulator(metric_shapes)
   if members.population:
     accumulator = _stack([accumulator] * len(members.configs))
   context = hooks_lib.LoopContext(
-      workdir=workdir, num_steps=first.num_steps, step=step, state=state,
-      accumulator=jax.device_put(accumulator, placement),
-      population=members.population, data_state=data_state)
+    workdir=workdir,
+    num_steps=first.num_steps,
+    step=step,
+    state=state,
+    accumulator=jax.device_put(accumulator, placement),
+    population=members.population,
+    data_state=data_state,
+  )
 
   snapshot_images = next(iter(evals.values()))["image"][:SNAPSHOT_COUNT]
   folders = members.folders(workdir)
@@ -344,23 +434,40 @@ def fit(configs, workdir: str, *, population_method: str | None = None,
 
   def snapshot(context):
     for folder, model_state in zip(folders, context.member_models()):
-      save_snapshot(graphdef, model_state, snapshot_images, normalization,
-                    folder, context.step)
+      save_snapshot(
+        graphdef,
+        model_state,
+        snapshot_images,
+        normalization,
+        folder,
+        context.step,
+      )
 
   def evaluation(context):
     snapshot(context)
     results = [{} for _ in folders]
     for split, arrays in evals.items():
-      for k, metrics in enumerate(evaluate(
-          eval_step, context.state.model, arrays, normalization,
-          first.eval_batch_size, data_placement)):
+      for k, metrics in enumerate(
+        evaluate(
+          eval_step,
+          context.state.model,
+          arrays,
+          normalization,
+          first.eval_batch_size,
+          data_placement,
+        )
+      ):
         results[k].update({f"{split}_{n}": v for n, v in metrics.items()})
     for k, (writer, member_results) in enumerate(zip(writers, results)):
       writer.write(context.step, member_results)
       prefix = f"member {k} " if members.population else ""
-      log(f"{prefix}step {context.step}: " + ", ".join(
+      log(
+        f"{prefix}step {context.step}: "
+        + ", ".join(
           f"{n} {v:.2%}" if n.endswith("error") else f"{n} {v:.4f}"
-          for n, v in member_results.items()))
+          for n, v in member_results.items()
+        )
+      )
     return results
 
   def learning_rates(at_step):
@@ -369,25 +476,32 @@ def fit(configs, workdir: str, *, population_method: str | None = None,
 
   checkpoint_hook = hooks_lib.Checkpoint(first.checkpoint_every, checkpoints)
   loop_hooks = [
-      *hooks,
-      hooks_lib.LogMetrics(first.log_every, writers, learning_rates,
-                           first.batch_size, log=log),
-      checkpoint_hook,
-      hooks_lib.Preemption(),
-      hooks_lib.Periodic(first.eval_every, evaluation),
+    *hooks,
+    hooks_lib.LogMetrics(
+      first.log_every, writers, learning_rates, first.batch_size, log=log
+    ),
+    checkpoint_hook,
+    hooks_lib.Preemption(),
+    hooks_lib.Periodic(first.eval_every, evaluation),
   ]
   snapshot_every = first.get("snapshot_every", 0)
   if snapshot_every:
-    loop_hooks.append(hooks_lib.Periodic(snapshot_every, lambda c: None if (
-        c.step % first.eval_every == 0) else snapshot(c)))
+    loop_hooks.append(
+      hooks_lib.Periodic(
+        snapshot_every,
+        lambda c: None if (c.step % first.eval_every == 0) else snapshot(c),
+      )
+    )
   try:
     if step == 0:  # the initial (identity) transformer: the GIF's frame 0
       snapshot(context)
     start = time.perf_counter()
     run_loop(context, step_fn, next_batch, loop_hooks)
     if context.stopping:
-      log(f"{context.stop_signal}: saved a checkpoint at step "
-          f"{context.step} and stopped.")
+      log(
+        f"{context.stop_signal}: saved a checkpoint at step "
+        f"{context.step} and stopped."
+      )
       return [{"interrupted_at_step": context.step} for _ in folders]
     jax.block_until_ready(context.state)
     train_seconds = time.perf_counter() - start
@@ -401,10 +515,15 @@ def fit(configs, workdir: str, *, population_method: str | None = None,
 
   first_split = first.eval_splits[0]
   for folder, model_state, member_results in zip(
-      folders, context.member_models(), results):
-    write_transformer_png(graphdef, model_state, evals[first_split],
-                          os.path.join(folder, "transformer.png"),
-                          normalization)
+    folders, context.member_models(), results
+  ):
+    write_transformer_png(
+      graphdef,
+      model_state,
+      evals[first_split],
+      os.path.join(folder, "transformer.png"),
+      normalization,
+    )
     with open(os.path.join(folder, "results.json"), "w") as f:
       json.dump({"step": context.step, **member_results}, f, indent=2)
   for k, member_results in enumerate(results):
@@ -414,9 +533,12 @@ def fit(configs, workdir: str, *, population_method: str | None = None,
   return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       hooks: Sequence[hooks_lib.Hook] = ()
-                       ) -> dict[str, float]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  hooks: Sequence[hooks_lib.Hook] = (),
+) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
   Args:
@@ -430,12 +552,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     when SIGTERM stopped the run (after saving a checkpoint),
     ``{'interrupted_at_step': step}``.
   """
-  results = fit([config], workdir, hooks=hooks,
-                log=lambda text: print(text, flush=True))[0]
+  results = fit(
+    [config], workdir, hooks=hooks, log=lambda text: print(text, flush=True)
+  )[0]
   if "interrupted_at_step" not in results:
     first_split = config.eval_splits[0]
-    print(f"final {first_split} error: "
-          f"{results[f'{first_split}_error']:.2%} (workdir {workdir})",
-          flush=True)
+    print(
+      f"final {first_split} error: "
+      f"{results[f'{first_split}_error']:.2%} (workdir {workdir})",
+      flush=True,
+    )
     results.pop("train_seconds")
   return results

@@ -37,9 +37,12 @@ COUNT = 16
 def _test_arrays(run):
   config = run.config
   split = list(config.eval_splits)[0]
-  return datasets.load_arrays(config.dataset, split,
-                              tfds_dir=config.tfds_dir or None,
-                              source_dir=config.source_dir or None)
+  return datasets.load_arrays(
+    config.dataset,
+    split,
+    tfds_dir=config.tfds_dir or None,
+    source_dir=config.source_dir or None,
+  )
 
 
 def transformer_grid(run, arrays, path):
@@ -50,9 +53,12 @@ def transformer_grid(run, arrays, path):
   for i in range(len(images)):
     tiles += [images[i], to_uint8(out[i])]
     labels += [f"in {int(arrays['label'][i])}", "ST out"]
-  preview.grid_image(np.stack(tiles), labels, columns=8,
-                     title=f"{run.config.dataset}: inputs and transformer "
-                     "outputs").save(path)
+  preview.grid_image(
+    np.stack(tiles),
+    labels,
+    columns=8,
+    title=f"{run.config.dataset}: inputs and transformer outputs",
+  ).save(path)
 
 
 def training_gif(workdir, path, scale=3):
@@ -62,12 +68,19 @@ def training_gif(workdir, path, scale=3):
   for file in files:
     step = int(os.path.basename(file)[:-4])
     snapshot = np.load(file)
-    frames.append(preview.grid_image(snapshot, [""] * len(snapshot),
-                                     columns=8, scale=scale,
-                                     title=f"step {step}"))
+    frames.append(
+      preview.grid_image(
+        snapshot,
+        [""] * len(snapshot),
+        columns=8,
+        scale=scale,
+        title=f"step {step}",
+      )
+    )
   if frames:
-    frames[0].save(path, save_all=True, append_images=frames[1:],
-                   duration=700, loop=0)
+    frames[0].save(
+      path, save_all=True, append_images=frames[1:], duration=700, loop=0
+    )
   return len(frames)
 
 
@@ -75,8 +88,8 @@ def saliency(run, images, labels):
   """|d logit[label] / d input|, max over channels, scaled to 0-255."""
   x = jnp.asarray(images.astype(np.float32) / 255)
   score = lambda x: jnp.take_along_axis(
-      run.model(run.normalization.from_unit(x)),
-      jnp.asarray(labels)[:, None], 1).sum()
+    run.model(run.normalization.from_unit(x)), jnp.asarray(labels)[:, None], 1
+  ).sum()
   grad = np.abs(np.asarray(jax.grad(score)(x))).max(-1)
   grad /= grad.reshape(len(grad), -1).max(1)[:, None, None] + 1e-12
   return (grad * 255).astype(np.uint8)
@@ -85,19 +98,30 @@ def saliency(run, images, labels):
 def saliency_grid(runs, arrays, path):
   images = arrays["image"][:COUNT]
   labels = arrays["label"][:COUNT].astype(np.int32)
-  rows = [("input", images[..., 0] if images.shape[-1] == 1 else
-           images.mean(-1).astype(np.uint8))]
-  rows += [(f"{name} saliency", saliency(run, images, labels))
-           for name, run in runs]
+  rows = [
+    (
+      "input",
+      images[..., 0]
+      if images.shape[-1] == 1
+      else images.mean(-1).astype(np.uint8),
+    )
+  ]
+  rows += [
+    (f"{name} saliency", saliency(run, images, labels)) for name, run in runs
+  ]
   tiles, captions = [], []
   for i in range(len(images)):
     for name, row in rows:
       tiles.append(row[i])
-      captions.append(name.split()[0] if name != "input" else
-                      f"digit {labels[i]}")
-  preview.grid_image(np.stack(tiles), captions, columns=len(rows) * 4,
-                     title="saliency |d score / d pixel|: "
-                     + ", ".join(n for n, _ in rows[1:])).save(path)
+      captions.append(
+        name.split()[0] if name != "input" else f"digit {labels[i]}"
+      )
+  preview.grid_image(
+    np.stack(tiles),
+    captions,
+    columns=len(rows) * 4,
+    title="saliency |d score / d pixel|: " + ", ".join(n for n, _ in rows[1:]),
+  ).save(path)
 
 
 def _errors(workdir, key="test_error"):
@@ -136,8 +160,11 @@ def error_plot(curves, path, size=(640, 400)):
       draw.line(xy, fill=colour, width=2)
     for x, y in xy:
       draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-    draw.text((left + 10, top + 8 + 14 * i),
-              f"{name}: {100 * sorted(points)[-1][1]:.2f}%", fill=colour)
+    draw.text(
+      (left + 10, top + 8 + 14 * i),
+      f"{name}: {100 * sorted(points)[-1][1]:.2f}%",
+      fill=colour,
+    )
   draw.text((left, 8), "test error vs steps", fill="black")
   image.save(path)
 
@@ -150,10 +177,13 @@ def make_figures(workdir, out, baseline=None, *, figures=FIGURES, name=None):
   ``workdir`` to ``out``, named after ``name`` (default: the workdir's
   basename); returns their paths."""
   from stn_jax import restore
+
   unknown = set(figures) - set(FIGURES)
   if unknown:
-    raise ValueError(f"figures must be among {', '.join(FIGURES)}; got "
-                     f"{', '.join(sorted(unknown))}.")
+    raise ValueError(
+      f"figures must be among {', '.join(FIGURES)}; got "
+      f"{', '.join(sorted(unknown))}."
+    )
   os.makedirs(out, exist_ok=True)
   run = restore(workdir)
   name = name or os.path.basename(os.path.normpath(workdir))
@@ -184,28 +214,46 @@ def make_figures(workdir, out, baseline=None, *, figures=FIGURES, name=None):
 def main(argv=None) -> int:
   """``python -m stn_jax.viz``; returns the exit status."""
   values = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "A run with a spatial transformer.",
-                      flag_values=values)
-  flags.DEFINE_string("baseline", None, "Another run to compare with (e.g. "
-                      "the CNN).", flag_values=values)
-  flags.DEFINE_string("out", None, "Folder for the figures (default: "
-                      "WORKDIR/figures).", flag_values=values)
-  flags.DEFINE_list("figures", list(FIGURES), "Which figures.",
-                    flag_values=values)
-  flags.DEFINE_string("name", None, "File-name suffix (default: the "
-                      "workdir's name).", flag_values=values)
+  flags.DEFINE_string(
+    "workdir", None, "A run with a spatial transformer.", flag_values=values
+  )
+  flags.DEFINE_string(
+    "baseline",
+    None,
+    "Another run to compare with (e.g. the CNN).",
+    flag_values=values,
+  )
+  flags.DEFINE_string(
+    "out",
+    None,
+    "Folder for the figures (default: WORKDIR/figures).",
+    flag_values=values,
+  )
+  flags.DEFINE_list(
+    "figures", list(FIGURES), "Which figures.", flag_values=values
+  )
+  flags.DEFINE_string(
+    "name",
+    None,
+    "File-name suffix (default: the workdir's name).",
+    flag_values=values,
+  )
   flags.mark_flag_as_required("workdir", flag_values=values)
 
   def body(positional):
     if positional:
       raise ValueError(f"unexpected arguments {positional}.")
     out = values.out or os.path.join(values.workdir, "figures")
-    for path in make_figures(values.workdir, out, values.baseline,
-                             figures=tuple(values.figures), name=values.name):
+    for path in make_figures(
+      values.workdir,
+      out,
+      values.baseline,
+      figures=tuple(values.figures),
+      name=values.name,
+    ):
       print(f"wrote {path}")
 
-  return cli.run(body, values, argv, prog="python -m stn_jax.viz",
-                 doc=__doc__)
+  return cli.run(body, values, argv, prog="python -m stn_jax.viz", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,19 @@
 import importlib.util
 import pathlib
 
-import pytest
-
 import data_fixtures
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-requires_torch = pytest.mark.skipif(not HAS_TORCH,
-                                    reason="torch is not installed")
+requires_torch = pytest.mark.skipif(
+  not HAS_TORCH, reason="torch is not installed"
+)
 
 
 def _config_module(name):
   from stn_jax import config_args
+
   return config_args.load_config_module(str(REPO / "configs" / f"{name}.py"))
 
 
@@ -40,6 +41,7 @@ def tiny(config, tfds_dir, **overrides):
 def sampler_path(request, monkeypatch):
   """Runs a test with the CPU kernel backward pass and with the XLA one."""
   from stn_jax.ops import _cpu_kernel
+
   if request.param == "xla":
     monkeypatch.setattr(_cpu_kernel, "enabled", lambda dtype: False)
   elif not _cpu_kernel.enabled("float32"):
@@ -52,13 +54,17 @@ def tiny_tfds(tmp_path_factory):
   """Tiny distorted_mnist/{rts,plain} and gtsrb/32 built from synthetic
   sources; returns the TFDS directory."""
   from stn_jax.data import datasets
+
   root = tmp_path_factory.mktemp("tiny")
-  checksums, _ = data_fixtures.make_mnist(root / "src", sizes=(
-      ("train", 32), ("t10k", 16)))
+  checksums, _ = data_fixtures.make_mnist(
+    root / "src", sizes=(("train", 32), ("t10k", 16))
+  )
   for name in ("distorted_mnist/rts", "distorted_mnist/plain"):
-    datasets.build(name, tfds_dir=root / "tfds", source_dir=root / "src",
-                   checksums=checksums)
+    datasets.build(
+      name, tfds_dir=root / "tfds", source_dir=root / "src", checksums=checksums
+    )
   data_fixtures.make_gtsrb_npz(root / "src")
-  datasets.build("gtsrb/32", tfds_dir=root / "tfds", source_dir=root / "src",
-                 checksums=None)
+  datasets.build(
+    "gtsrb/32", tfds_dir=root / "tfds", source_dir=root / "src", checksums=None
+  )
   return root / "tfds"

@@ -58,8 +58,9 @@ def read(image, ys, xs):
   return np.where(inside[..., None], image[yc, xc], 0.0)
 
 
-def grid_sample(image, grid, mode="bilinear", padding_mode="zeros",
-                align_corners=False):
+def grid_sample(
+  image, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+):
   """image (N, H, W, C), grid (N, Ho, Wo, 2) -> (N, Ho, Wo, C), float64.
 
   Non-finite grid points read 0 (stn_jax's documented convention).

@@ -5,9 +5,14 @@ import inspect
 import stn_jax
 import stn_jax.ops
 
-
-OPTIONS = ("mode", "padding_mode", "align_corners", "source_points",
-           "fill_value", "regularization")
+OPTIONS = (
+  "mode",
+  "padding_mode",
+  "align_corners",
+  "source_points",
+  "fill_value",
+  "regularization",
+)
 
 
 def test_every_public_name_is_exported_and_documented():
@@ -21,19 +26,25 @@ def test_every_public_name_is_exported_and_documented():
 
 
 def test_options_are_keyword_only():
-  functions = [name for name in stn_jax.__all__
-               if inspect.isfunction(getattr(stn_jax, name))]
+  functions = [
+    name
+    for name in stn_jax.__all__
+    if inspect.isfunction(getattr(stn_jax, name))
+  ]
   assert len(functions) > 20
   for name in functions:
     parameters = inspect.signature(getattr(stn_jax, name)).parameters
     for option in OPTIONS:
       if option in parameters:
         assert parameters[option].kind is inspect.Parameter.KEYWORD_ONLY, (
-            name, option)
+          name,
+          option,
+        )
 
 
 def test_ops_layer_has_no_flax():
   import sys
+
   for module in list(sys.modules):
     if module.startswith("stn_jax.ops"):
       source = inspect.getsource(sys.modules[module])

@@ -2,10 +2,10 @@
 library, the CPU scale defined once."""
 
 import pytest
+from conftest import GTSRB, MNIST, REPO
 
 from stn_jax import TRANSFORMS, models, train
 from stn_jax.data import distortions
-from conftest import GTSRB, MNIST, REPO
 
 
 def test_config_lists_match_the_library():
@@ -15,9 +15,16 @@ def test_config_lists_match_the_library():
   assert set(GTSRB.MODELS) <= set(models.MODELS)
 
 
-@pytest.mark.parametrize("module,arg", [
-    (MNIST, ""), (MNIST, "small=true"), (MNIST, "on_the_fly=true,model=cnn"),
-    (GTSRB, ""), (GTSRB, "small=true,model=resnet")])
+@pytest.mark.parametrize(
+  "module,arg",
+  [
+    (MNIST, ""),
+    (MNIST, "small=true"),
+    (MNIST, "on_the_fly=true,model=cnn"),
+    (GTSRB, ""),
+    (GTSRB, "small=true,model=resnet"),
+  ],
+)
 def test_every_config_has_exactly_the_common_keys(module, arg):
   common = MNIST.common.base("")
   config = module.get_config(arg)
@@ -34,13 +41,15 @@ def test_the_cpu_scale_is_one_definition():
 
 
 def test_transforms_come_from_the_library():
-  with pytest.raises(ValueError, match="transform must be one of " +
-                     ", ".join(TRANSFORMS)):
+  with pytest.raises(
+    ValueError, match="transform must be one of " + ", ".join(TRANSFORMS)
+  ):
     MNIST.get_config("transform=shear")
 
 
 def test_config_files_import_common_from_anywhere(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   from stn_jax import config_args
+
   module = config_args.load_config_module(str(REPO / "configs" / "gtsrb.py"))
   assert module.get_config("").dataset == "gtsrb/32"

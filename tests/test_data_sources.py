@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from data_fixtures import write_idx
 
 from stn_jax.data import sources
-from data_fixtures import write_idx
 
 
 @pytest.fixture
@@ -16,8 +16,10 @@ def tiny_mnist(tmp_path):
     images = rng.integers(0, 256, size=(n, 28, 28))
     labels = rng.integers(0, 10, size=(n,))
     arrays[prefix] = (images, labels)
-    for kind, array in (("images-idx3-ubyte", images),
-                        ("labels-idx1-ubyte", labels)):
+    for kind, array in (
+      ("images-idx3-ubyte", images),
+      ("labels-idx1-ubyte", labels),
+    ):
       name = f"{prefix}-{kind}"
       checksums[name] = write_idx(tmp_path / "mnist" / name, array, compress)
   return tmp_path, checksums, arrays
@@ -26,8 +28,9 @@ def tiny_mnist(tmp_path):
 def test_reads_gzipped_and_raw_files(tiny_mnist):
   root, checksums, arrays = tiny_mnist
   for split, prefix in (("train", "train"), ("test", "t10k")):
-    images, labels = sources.load_mnist(split, data_dir=root,
-                                        checksums=checksums)
+    images, labels = sources.load_mnist(
+      split, data_dir=root, checksums=checksums
+    )
     np.testing.assert_array_equal(images, arrays[prefix][0])
     np.testing.assert_array_equal(labels, arrays[prefix][1])
     assert images.dtype == np.uint8 and images.shape[1:] == (28, 28)
@@ -36,8 +39,9 @@ def test_reads_gzipped_and_raw_files(tiny_mnist):
 def test_checksum_mismatch_names_the_file(tiny_mnist):
   root, checksums, _ = tiny_mnist
   checksums = dict(checksums, **{"t10k-labels-idx1-ubyte": "0" * 64})
-  with pytest.raises(sources.SourceError,
-                     match=r"Checksum mismatch for .*t10k-labels-idx1-ubyte"):
+  with pytest.raises(
+    sources.SourceError, match=r"Checksum mismatch for .*t10k-labels-idx1-ubyte"
+  ):
     sources.load_mnist("test", data_dir=root, checksums=checksums)
 
 
@@ -77,5 +81,6 @@ def test_real_mnist_matches_published_checksums_and_counts():
   images, labels = sources.load_mnist("test", data_dir=root)
   assert images.shape == (10000, 28, 28)
   np.testing.assert_array_equal(
-      np.bincount(labels, minlength=10),
-      [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    np.bincount(labels, minlength=10),
+    [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
+  )

@@ -55,11 +55,13 @@ def test_rts_parameters_are_within_the_protocol():
 
 
 def test_projective_and_tps_identity_parameters_reproduce_the_digit():
-  digits = np.random.default_rng(0).integers(0, 256, (3, 28, 28),
-                                             dtype=np.uint8)
+  digits = np.random.default_rng(0).integers(
+    0, 256, (3, 28, 28), dtype=np.uint8
+  )
   identity_h = {"homography": np.tile(np.eye(3, dtype=np.float32), (3, 1, 1))}
-  identity_tps = {"control_points": np.tile(stn_jax.tps_source_points(16),
-                                            (3, 1, 1))}
+  identity_tps = {
+    "control_points": np.tile(stn_jax.tps_source_points(16), (3, 1, 1))
+  }
   np.testing.assert_array_equal(D.render("p", digits, identity_h), digits)
   tps = D.render("e", digits, identity_tps).astype(int)
   assert np.abs(tps - digits).max() <= 1  # float64 TPS solve, then rounding
@@ -75,7 +77,8 @@ def test_p_and_e_perturbations_have_the_configured_size():
   assert scale.min() > 0.7 and scale.max() < 1.05
   assert 1.2 < noise_px.std() < 1.8  # sigma 1.5 px
   homographies = D.sample_batch_params("p", 0, "train", range(200))[
-      "homography"]
+    "homography"
+  ]
   assert np.all(homographies[:, 2, 2] == 1)
 
 
@@ -107,8 +110,9 @@ def test_tc_clutter_comes_from_other_digits_and_stays_on_the_canvas():
 
 @pytest.mark.parametrize("variant", D.VARIANTS)
 def test_render_shapes_and_dtype(variant):
-  digits = np.random.default_rng(1).integers(0, 256, (5, 28, 28),
-                                             dtype=np.uint8)
+  digits = np.random.default_rng(1).integers(
+    0, 256, (5, 28, 28), dtype=np.uint8
+  )
   params = D.sample_batch_params(variant, 0, "test", range(5), num_sources=5)
   images = D.render(variant, digits, params, clutter_sources=digits)
   size = D.IMAGE_SIZE[variant]
@@ -123,5 +127,8 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="split must be one of"):
     D.example_rng(0, "dev", 0)
   with pytest.raises(ValueError, match=r"digits must have shape \(B, 28, 28\)"):
-    D.render("r", np.zeros((2, 32, 32), np.uint8),
-             {"theta": np.zeros((2, 2, 3), np.float32)})
+    D.render(
+      "r",
+      np.zeros((2, 32, 32), np.uint8),
+      {"theta": np.zeros((2, 2, 3), np.float32)},
+    )

@@ -15,8 +15,11 @@ from stn_jax.normalization import Normalization
 
 def toy_arrays(n=50, size=28):
   rng = np.random.default_rng(0)
-  return {"image": rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8),
-          "label": np.arange(n) % 10, "index": np.arange(n)}
+  return {
+    "image": rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8),
+    "label": np.arange(n) % 10,
+    "index": np.arange(n),
+  }
 
 
 def take(iterator, count):
@@ -25,11 +28,16 @@ def take(iterator, count):
 
 def test_every_epoch_is_a_new_permutation_of_all_examples():
   arrays = toy_arrays(50)
-  batches = take(pipeline.InputPipeline(arrays, batch_size=10, seed=1,
-                                        drop_remainder=False,
-                                        sharding=False), 15)
-  epochs = [np.concatenate([b["index"] for b in batches[5 * e:5 * e + 5]])
-            for e in range(3)]
+  batches = take(
+    pipeline.InputPipeline(
+      arrays, batch_size=10, seed=1, drop_remainder=False, sharding=False
+    ),
+    15,
+  )
+  epochs = [
+    np.concatenate([b["index"] for b in batches[5 * e : 5 * e + 5]])
+    for e in range(3)
+  ]
   for e, order in enumerate(epochs):
     assert sorted(order) == list(range(50))
     assert np.all(batches[5 * e]["epoch"] == e)
@@ -39,31 +47,45 @@ def test_every_epoch_is_a_new_permutation_of_all_examples():
 
 def test_seeded_and_normalised():
   arrays = toy_arrays(40)
-  a = take(pipeline.InputPipeline(arrays, batch_size=8, seed=3,
-                                  sharding=False), 3)
-  b = take(pipeline.InputPipeline(arrays, batch_size=8, seed=3,
-                                  sharding=False), 3)
-  c = next(pipeline.InputPipeline(arrays, batch_size=8, seed=4,
-                                  sharding=False))
+  a = take(
+    pipeline.InputPipeline(arrays, batch_size=8, seed=3, sharding=False), 3
+  )
+  b = take(
+    pipeline.InputPipeline(arrays, batch_size=8, seed=3, sharding=False), 3
+  )
+  c = next(pipeline.InputPipeline(arrays, batch_size=8, seed=4, sharding=False))
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
   assert not np.array_equal(a[0]["index"], c["index"])
   batch = a[0]
   assert batch["image"].dtype == np.float32
-  np.testing.assert_allclose(batch["image"],
-                             arrays["image"][batch["index"]] / 255.0)
-  standardised = next(pipeline.InputPipeline(
-      arrays, batch_size=8, seed=3, normalization=Normalization(0.5, 0.25),
-      sharding=False))
-  np.testing.assert_allclose(standardised["image"],
-                             (batch["image"] - 0.5) / 0.25, atol=1e-6)
+  np.testing.assert_allclose(
+    batch["image"], arrays["image"][batch["index"]] / 255.0
+  )
+  standardised = next(
+    pipeline.InputPipeline(
+      arrays,
+      batch_size=8,
+      seed=3,
+      normalization=Normalization(0.5, 0.25),
+      sharding=False,
+    )
+  )
+  np.testing.assert_allclose(
+    standardised["image"], (batch["image"] - 0.5) / 0.25, atol=1e-6
+  )
 
 
 def test_evaluation_order_is_the_split_once():
   arrays = toy_arrays(23)
-  evaluation = pipeline.InputPipeline(arrays, batch_size=10, shuffle=False,
-                                      num_epochs=1, drop_remainder=False,
-                                      sharding=False)
+  evaluation = pipeline.InputPipeline(
+    arrays,
+    batch_size=10,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+    sharding=False,
+  )
   indices = np.concatenate([b["index"] for b in evaluation])
   np.testing.assert_array_equal(indices, np.arange(23))
 
@@ -72,13 +94,15 @@ def test_evaluation_order_is_the_split_once():
 def test_restored_state_continues_with_the_identical_batch(on_the_fly):
   arrays = toy_arrays(30)
   preprocess = on_the_fly and distortions.OnTheFly(on_the_fly)
-  first = pipeline.InputPipeline(arrays, batch_size=4, seed=0,
-                                 preprocess=preprocess, sharding=False)
+  first = pipeline.InputPipeline(
+    arrays, batch_size=4, seed=0, preprocess=preprocess, sharding=False
+  )
   take(first, 9)  # into the second epoch
   state = first.get_state()
   expected = take(first, 4)
-  resumed = pipeline.InputPipeline(arrays, batch_size=4, seed=0,
-                                   preprocess=preprocess, sharding=False)
+  resumed = pipeline.InputPipeline(
+    arrays, batch_size=4, seed=0, preprocess=preprocess, sharding=False
+  )
   resumed.set_state(state)
   for want, got in zip(expected, take(resumed, 4)):
     for key in want:
@@ -87,19 +111,27 @@ def test_restored_state_continues_with_the_identical_batch(on_the_fly):
 
 def test_on_the_fly_distortions_are_fresh_each_epoch():
   arrays = toy_arrays(8)
-  stream = pipeline.InputPipeline(arrays, batch_size=8, seed=0,
-                                  preprocess=distortions.OnTheFly("rts"),
-                                  shuffle=False,
-                                  sharding=False)
+  stream = pipeline.InputPipeline(
+    arrays,
+    batch_size=8,
+    seed=0,
+    preprocess=distortions.OnTheFly("rts"),
+    shuffle=False,
+    sharding=False,
+  )
   epoch0, epoch1 = take(stream, 2)
   assert epoch0["image"].shape == (8, 42, 42, 1)
   assert not np.allclose(epoch0["theta"], epoch1["theta"])
   want = distortions.sample_params(
-      "rts", distortions.example_rng(0, "train", 3, epoch=1))
+    "rts", distortions.example_rng(0, "train", 3, epoch=1)
+  )
   np.testing.assert_array_equal(epoch1["theta"][3], want["theta"])
   with pytest.raises(ValueError, match="needs 28x28x1 undistorted digits"):
-    pipeline.InputPipeline(toy_arrays(8, size=42), batch_size=4,
-                           preprocess=distortions.OnTheFly("rts"))
+    pipeline.InputPipeline(
+      toy_arrays(8, size=42),
+      batch_size=4,
+      preprocess=distortions.OnTheFly("rts"),
+    )
 
 
 def test_batches_land_on_the_devices():
@@ -126,11 +158,18 @@ def test_global_batch_is_split_over_four_devices():
         raise AssertionError("no error")
       print("ok")
   """)
-  env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", script], env=env,
-                          capture_output=True, text=True, timeout=300)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", script],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert "ok" in result.stdout
 

@@ -6,27 +6,31 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import MNIST, tiny
 
 import stn_jax
 from stn_jax import checkpointing, population, train
-from conftest import MNIST, tiny
 
 
 def member(tfds_dir, seed, learning_rate, **overrides):
-  config = tiny(MNIST.get_config(
-      f"model=st_cnn,small=true,seed={seed}"), tfds_dir,
-      **{"num_steps": 3, **overrides})
+  config = tiny(
+    MNIST.get_config(f"model=st_cnn,small=true,seed={seed}"),
+    tfds_dir,
+    **{"num_steps": 3, **overrides},
+  )
   config.learning_rate = learning_rate
   return config
 
 
 @pytest.mark.parametrize("method", ["vmap", "map"])
-def test_population_of_three_matches_three_separate_runs(tiny_tfds,
-                                                         tmp_path, method):
+def test_population_of_three_matches_three_separate_runs(
+  tiny_tfds, tmp_path, method
+):
   settings = [(0, 1e-3), (1, 2e-3), (2, 5e-4)]
   configs = [member(tiny_tfds, s, lr) for s, lr in settings]
-  results = population.train_population(configs, str(tmp_path / "pop"),
-                                        method=method, log=lambda *a: None)
+  results = population.train_population(
+    configs, str(tmp_path / "pop"), method=method, log=lambda *a: None
+  )
   for k, config in enumerate(configs):
     separate = train.train_and_evaluate(config, str(tmp_path / f"run{k}"))
     restored = stn_jax.restore(str(tmp_path / f"run{k}"))
@@ -65,21 +69,37 @@ def run_population(tfds_dir, workdir, kill_at=0):
   import pathlib
   import subprocess
   import sys
+
   tests = pathlib.Path(__file__).resolve().parent
   return subprocess.run(
-      [sys.executable, "-c", RUN_POPULATION, str(tests), str(tfds_dir),
-       str(workdir), str(kill_at)], capture_output=True, text=True,
-      timeout=600, cwd=tests.parent)
+    [
+      sys.executable,
+      "-c",
+      RUN_POPULATION,
+      str(tests),
+      str(tfds_dir),
+      str(workdir),
+      str(kill_at),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=tests.parent,
+  )
 
 
-def test_killed_population_resumes_to_the_uninterrupted_result(tiny_tfds,
-                                                               tmp_path):
+def test_killed_population_resumes_to_the_uninterrupted_result(
+  tiny_tfds, tmp_path
+):
   straight = run_population(tiny_tfds, tmp_path / "straight")
   assert straight.returncode == 0, straight.stderr[-2000:]
   killed = run_population(tiny_tfds, tmp_path / "killed", kill_at=5)
   assert killed.returncode == -9
-  assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints")
-                .iterdir() if p.name.isdigit()) == ["2", "4"]
+  assert sorted(
+    p.name
+    for p in (tmp_path / "killed" / "checkpoints").iterdir()
+    if p.name.isdigit()
+  ) == ["2", "4"]
   resumed = run_population(tiny_tfds, tmp_path / "killed")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed from step 4" in resumed.stdout
@@ -88,9 +108,12 @@ def test_killed_population_resumes_to_the_uninterrupted_result(tiny_tfds,
   for name in ("straight", "killed"):
     holder = checkpointing.Checkpoints(tmp_path / name)
     assert max(holder.all_steps()) == 6
-    states[name] = holder.manager.restore(6, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(),
-        opt_state=ocp.args.StandardRestore()))
+    states[name] = holder.manager.restore(
+      6,
+      args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(), opt_state=ocp.args.StandardRestore()
+      ),
+    )
   for part in ("model", "opt_state"):
     a, b = (jax.tree.leaves(states[n][part]) for n in ("straight", "killed"))
     assert len(a) == len(b) > 0
@@ -99,8 +122,9 @@ def test_killed_population_resumes_to_the_uninterrupted_result(tiny_tfds,
 
 
 def test_a_workdir_of_another_population_is_refused(tiny_tfds, tmp_path):
-  configs = [member(tiny_tfds, s, 1e-3, num_steps=2, checkpoint_every=2)
-             for s in (0, 1)]
+  configs = [
+    member(tiny_tfds, s, 1e-3, num_steps=2, checkpoint_every=2) for s in (0, 1)
+  ]
   population.train_population(configs, str(tmp_path), log=lambda *a: None)
   configs[1].seed = 5
   with pytest.raises(ValueError, match="holds a population of"):
@@ -110,14 +134,18 @@ def test_a_workdir_of_another_population_is_refused(tiny_tfds, tmp_path):
 def test_population_gets_the_single_run_hooks(tiny_tfds, tmp_path):
   """Per-member metrics.jsonl and TensorBoard, periodic evaluation and
   results, from the same loop and hooks as a single run."""
-  configs = [member(tiny_tfds, s, 1e-3, num_steps=4, eval_every=2,
-                    log_every=2) for s in (0, 1)]
+  configs = [
+    member(tiny_tfds, s, 1e-3, num_steps=4, eval_every=2, log_every=2)
+    for s in (0, 1)
+  ]
   lines = []
   population.train_population(configs, str(tmp_path), log=lines.append)
   for k in (0, 1):
     folder = tmp_path / f"member_{k}"
-    records = [json.loads(line) for line in
-               (folder / "metrics.jsonl").read_text().splitlines()]
+    records = [
+      json.loads(line)
+      for line in (folder / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in records if "train_loss" in r] == [2, 4]
     assert [r["step"] for r in records if "test_error" in r] == [2, 4]
     assert list((folder / "tensorboard").iterdir())
@@ -129,23 +157,30 @@ def test_population_gets_the_single_run_hooks(tiny_tfds, tmp_path):
 
 def test_sigterm_stops_a_population_with_a_checkpoint(tiny_tfds, tmp_path):
   import signal
+
   from stn_jax import hooks
+
   configs = [member(tiny_tfds, s, 1e-3, num_steps=6) for s in (0, 1)]
   results = population.train_population(
-      configs, str(tmp_path), log=lambda *a: None,
-      hooks=[hooks.SignalAtStep(3, signal.SIGTERM)])
+    configs,
+    str(tmp_path),
+    log=lambda *a: None,
+    hooks=[hooks.SignalAtStep(3, signal.SIGTERM)],
+  )
   assert results == [{"interrupted_at_step": 3}] * 2
   assert checkpointing.Checkpoints(tmp_path).all_steps() == [3]
   lines = []
-  results = population.train_population(configs, str(tmp_path),
-                                        log=lines.append)
+  results = population.train_population(
+    configs, str(tmp_path), log=lines.append
+  )
   assert "resumed from step 3" in lines
   assert all(0 <= r["test_error"] <= 1 for r in results)
 
 
 def test_a_diverging_member_stops_the_population(tiny_tfds, tmp_path):
-  configs = [member(tiny_tfds, s, lr, num_steps=6, optimizer="sgd",
-                    checkpoint_every=1)
-             for s, lr in ((0, 1e-3), (1, 1e38))]
+  configs = [
+    member(tiny_tfds, s, lr, num_steps=6, optimizer="sgd", checkpoint_every=1)
+    for s, lr in ((0, 1e-3), (1, 1e38))
+  ]
   with pytest.raises(train.TrainingDiverged, match=r"member\(s\) 1 is nan"):
     population.train_population(configs, str(tmp_path), log=lambda *a: None)

@@ -8,41 +8,54 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import MNIST
 from flax import nnx
 
 from stn_jax import checkpointing, hooks, models, steps, train
 from stn_jax.data import pipeline
-from conftest import MNIST
 
 
 def optimizer_config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      optimizer="sgd", learning_rate=0.1, lr_decay_every=1000,
-      lr_decay_factor=0.1, localisation_lr_multiplier=1.0,
-      grad_clip_norm=0.0))
+  config = ml_collections.ConfigDict(
+    dict(
+      optimizer="sgd",
+      learning_rate=0.1,
+      lr_decay_every=1000,
+      lr_decay_factor=0.1,
+      localisation_lr_multiplier=1.0,
+      grad_clip_norm=0.0,
+    )
+  )
   config.update(overrides)
   return config
 
 
 def st_cnn(seed=0):
-  return models.get_model("st_cnn", in_shape=(28, 28, 1), num_classes=10,
-                          rngs=nnx.Rngs(seed), channels=(4, 8),
-                          localisation_channels=(4, 4),
-                          localisation_hidden=8)
+  return models.get_model(
+    "st_cnn",
+    in_shape=(28, 28, 1),
+    num_classes=10,
+    rngs=nnx.Rngs(seed),
+    channels=(4, 8),
+    localisation_channels=(4, 4),
+    localisation_hidden=8,
+  )
 
 
 def fixed_batch(n=16, size=28, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": jnp.asarray(rng.uniform(0, 1, (n, size, size, 1)),
-                               jnp.float32),
-          "label": jnp.asarray(rng.integers(0, 10, n), jnp.int32)}
+  return {
+    "image": jnp.asarray(rng.uniform(0, 1, (n, size, size, 1)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, 10, n), jnp.int32),
+  }
 
 
 def one_step(model, config, batch):
   optimizer = steps.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
-  step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef,
-                                   optimizer=optimizer))
+  step = jax.jit(
+    functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer)
+  )
   new_state, metrics = step(state, batch)
   return state, new_state, metrics, graphdef
 
@@ -55,20 +68,29 @@ def updates_by_part(old, new):
   """{'localisation': [update arrays], 'other': [...]} of one step."""
   parts = {"localisation": [], "other": []}
   jax.tree_util.tree_map_with_path(
-      lambda path, a, b: parts["localisation" if is_localisation(path)
-                               else "other"].append(np.asarray(b - a)),
-      old.model, new.model)
+    lambda path, a, b: parts[
+      "localisation" if is_localisation(path) else "other"
+    ].append(np.asarray(b - a)),
+    old.model,
+    new.model,
+  )
   return parts
 
 
 def test_a_tiny_model_overfits_a_fixed_batch():
-  model = models.get_model("cnn", in_shape=(28, 28, 1), num_classes=10,
-                           rngs=nnx.Rngs(0), channels=(4, 8))
+  model = models.get_model(
+    "cnn",
+    in_shape=(28, 28, 1),
+    num_classes=10,
+    rngs=nnx.Rngs(0),
+    channels=(4, 8),
+  )
   config = optimizer_config(optimizer="adam", learning_rate=3e-3)
   optimizer = steps.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
-  step = jax.jit(functools.partial(steps.train_step, graphdef=graphdef,
-                                   optimizer=optimizer))
+  step = jax.jit(
+    functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer)
+  )
   batch = fixed_batch()  # random labels: only memorising can fit them
   losses = []
   for _ in range(150):
@@ -81,15 +103,22 @@ def test_a_tiny_model_overfits_a_fixed_batch():
 
 def test_the_step_is_pure_and_counts():
   model = st_cnn()
-  state, new_state, metrics, _ = one_step(model, optimizer_config(),
-                                          fixed_batch())
-  _, again, metrics_again, _ = one_step(st_cnn(), optimizer_config(),
-                                        fixed_batch())
+  state, new_state, metrics, _ = one_step(
+    model, optimizer_config(), fixed_batch()
+  )
+  _, again, metrics_again, _ = one_step(
+    st_cnn(), optimizer_config(), fixed_batch()
+  )
   assert int(state.step) == 0 and int(new_state.step) == 1
   for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
-  assert set(metrics) == {"loss", "error", "theta_scale",
-                          "theta_rotation_deg", "theta_translation"}
+  assert set(metrics) == {
+    "loss",
+    "error",
+    "theta_scale",
+    "theta_rotation_deg",
+    "theta_translation",
+  }
   # The transformer starts at the identity.
   np.testing.assert_allclose(metrics["theta_scale"], 1.0, atol=1e-6)
 
@@ -98,15 +127,18 @@ def test_localisation_learning_rate_multiplier():
   batch = fixed_batch()
   old, full, _, _ = one_step(st_cnn(), optimizer_config(), batch)
   _, half, _, _ = one_step(
-      st_cnn(), optimizer_config(localisation_lr_multiplier=0.5), batch)
+    st_cnn(), optimizer_config(localisation_lr_multiplier=0.5), batch
+  )
   _, frozen, _, _ = one_step(
-      st_cnn(), optimizer_config(localisation_lr_multiplier=0.0), batch)
+    st_cnn(), optimizer_config(localisation_lr_multiplier=0.0), batch
+  )
   full, half, frozen = (updates_by_part(old, s) for s in (full, half, frozen))
   assert len(full["localisation"]) == 8 and len(full["other"]) == 6
   # Plain SGD: the update is -rate * gradient, so it scales exactly.
   assert any(np.abs(u).max() > 0 for u in full["localisation"])
-  for f, h, z in zip(full["localisation"], half["localisation"],
-                     frozen["localisation"]):
+  for f, h, z in zip(
+    full["localisation"], half["localisation"], frozen["localisation"]
+  ):
     np.testing.assert_allclose(h, 0.5 * f, rtol=1e-5, atol=1e-9)
     np.testing.assert_array_equal(z, 0.0)
   for f, h in zip(full["other"], half["other"]):
@@ -121,24 +153,30 @@ def test_gradient_clipping_caps_the_global_norm():
   def loss(params):  # written again from the definition, not the step
     logits = nnx.merge(graphdef, params)(batch["image"])
     return optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["label"]).mean()
+      logits, batch["label"]
+    ).mean()
 
   grads = jax.grad(loss)(params)
   norm = float(optax.tree.norm(grads))
   clip = norm / 4
   old, new, _, _ = one_step(
-      model, optimizer_config(learning_rate=1.0, grad_clip_norm=clip), batch)
+    model, optimizer_config(learning_rate=1.0, grad_clip_norm=clip), batch
+  )
   updates = jax.tree.map(lambda a, b: b - a, old.model, new.model)
-  np.testing.assert_allclose(float(optax.tree.norm(updates)), clip,
-                             rtol=1e-4)
+  np.testing.assert_allclose(float(optax.tree.norm(updates)), clip, rtol=1e-4)
   for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
     np.testing.assert_allclose(u, -g * clip / norm, rtol=1e-3, atol=1e-7)
   # A bound above the norm changes nothing.
-  _, unclipped, _, _ = one_step(st_cnn(), optimizer_config(
-      learning_rate=1.0, grad_clip_norm=10 * norm), batch)
-  for g, a, b in zip(jax.tree.leaves(grads),
-                     jax.tree.leaves(unclipped.model),
-                     jax.tree.leaves(old.model)):
+  _, unclipped, _, _ = one_step(
+    st_cnn(),
+    optimizer_config(learning_rate=1.0, grad_clip_norm=10 * norm),
+    batch,
+  )
+  for g, a, b in zip(
+    jax.tree.leaves(grads),
+    jax.tree.leaves(unclipped.model),
+    jax.tree.leaves(old.model),
+  ):
     np.testing.assert_allclose(a - b, -g, rtol=1e-4, atol=1e-7)
 
 
@@ -147,13 +185,13 @@ def test_accumulate_flags_the_first_nonfinite_loss():
   shapes = jax.eval_shape(lambda: metrics)
   acc = steps.empty_accumulator(shapes)
   for step, loss in enumerate([1.0, np.nan, np.inf, 2.0], 1):
-    acc = steps.accumulate(acc, {**metrics, "loss": jnp.float32(loss)},
-                           jnp.int32(step))
+    acc = steps.accumulate(
+      acc, {**metrics, "loss": jnp.float32(loss)}, jnp.int32(step)
+    )
   assert int(acc["count"]) == 4
   assert int(acc["first_nonfinite_step"]) == 2
   with pytest.raises(hooks.TrainingDiverged, match="nan or inf at step 2"):
-    hooks._raise_if_diverged(np.atleast_1d(acc["first_nonfinite_step"]),
-                             "w")
+    hooks._raise_if_diverged(np.atleast_1d(acc["first_nonfinite_step"]), "w")
 
 
 class _Guard(hooks.Hook):
@@ -175,7 +213,8 @@ class _Guard(hooks.Hook):
   def _between(self):
     self.fetches["phase"] = "between"
     self.stack.enter_context(
-        jax.transfer_guard_device_to_host("disallow_explicit"))
+      jax.transfer_guard_device_to_host("disallow_explicit")
+    )
 
   def begin(self, context):
     if self.first:
@@ -203,12 +242,14 @@ class _Leak(hooks.Hook):
 
 
 @pytest.mark.parametrize("leak", [False, True])
-def test_the_loop_fetches_nothing_between_log_steps(tmp_path, monkeypatch,
-                                                    leak):
+def test_the_loop_fetches_nothing_between_log_steps(
+  tmp_path, monkeypatch, leak
+):
   import contextlib
+
   from jax._src import array
-  fetches = {"phase": "before", "between": 0, "log": 0, "after": 0,
-             "before": 0}
+
+  fetches = {"phase": "before", "between": 0, "log": 0, "after": 0, "before": 0}
   value = array.ArrayImpl._value
 
   def counted(self):
@@ -221,31 +262,47 @@ def test_the_loop_fetches_nothing_between_log_steps(tmp_path, monkeypatch,
   graphdef, state = steps.init_state(model, optimizer)
   rng = np.random.default_rng(0)
   stream = pipeline.InputPipeline(
-      {"image": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
-       "label": rng.integers(0, 10, 64)}, batch_size=8, seed=0)
-  batches = lambda: {k: v for k, v in next(stream).items()
-                     if k in ("image", "label")}
-  shapes = jax.eval_shape(lambda s, b: steps.train_step(
-      s, b, graphdef=graphdef, optimizer=optimizer)[1], state, batches())
+    {
+      "image": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
+      "label": rng.integers(0, 10, 64),
+    },
+    batch_size=8,
+    seed=0,
+  )
+  batches = lambda: {
+    k: v for k, v in next(stream).items() if k in ("image", "label")
+  }
+  shapes = jax.eval_shape(
+    lambda s, b: steps.train_step(s, b, graphdef=graphdef, optimizer=optimizer)[
+      1
+    ],
+    state,
+    batches(),
+  )
   context = hooks.LoopContext(
-      workdir=str(tmp_path), num_steps=20, step=0, state=state,
-      accumulator=steps.empty_accumulator(shapes), population=False,
-      data_state=stream.get_state)
+    workdir=str(tmp_path),
+    num_steps=20,
+    step=0,
+    state=state,
+    accumulator=steps.empty_accumulator(shapes),
+    population=False,
+    data_state=stream.get_state,
+  )
   writer = hooks.MetricWriter(str(tmp_path))
   every = 10
   saves = checkpointing.Checkpoints(str(tmp_path))
   stack = contextlib.ExitStack()
   evaluated = []
   loop_hooks = [
-      _Guard(every, True, stack, fetches),
-      hooks.LogMetrics(every, [writer], lambda s: [1e-3], 8,
-                       log=lambda *a: None),
-      hooks.Checkpoint(every, saves),
-      hooks.Preemption(),
-      hooks.Periodic(every, lambda c: evaluated.append(
-          float(c.accumulator["count"]))),
-      *([_Leak()] if leak else []),
-      _Guard(every, False, stack, fetches),
+    _Guard(every, True, stack, fetches),
+    hooks.LogMetrics(every, [writer], lambda s: [1e-3], 8, log=lambda *a: None),
+    hooks.Checkpoint(every, saves),
+    hooks.Preemption(),
+    hooks.Periodic(
+      every, lambda c: evaluated.append(float(c.accumulator["count"]))
+    ),
+    *([_Leak()] if leak else []),
+    _Guard(every, False, stack, fetches),
   ]
   step_fn = steps.make_train_step(graphdef, optimizer)
   monkeypatch.setattr(array.ArrayImpl, "_value", property(counted))

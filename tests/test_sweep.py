@@ -2,15 +2,17 @@
 
 import json
 import os
-import pathlib
 
 import pytest
-
-from stn_jax import sweep, train
 from conftest import REPO
 
-CONFIG_FILES = sorted(str(p) for p in (REPO / "configs").glob("*.py")
-                      if "def get_config" in p.read_text())
+from stn_jax import sweep, train
+
+CONFIG_FILES = sorted(
+  str(p)
+  for p in (REPO / "configs").glob("*.py")
+  if "def get_config" in p.read_text()
+)
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
@@ -34,10 +36,14 @@ def test_table1_has_every_row_column_and_seed():
 
 
 def test_dry_run_lists_points_without_training(tmp_path):
-  records = sweep.run_sweep(str(REPO / "configs" / "mnist.py"),
-                            "localisation_lr", str(tmp_path), dry_run=True,
-                            train_fn=lambda *a: pytest.fail("trained"),
-                            log=lambda *a: None)
+  records = sweep.run_sweep(
+    str(REPO / "configs" / "mnist.py"),
+    "localisation_lr",
+    str(tmp_path),
+    dry_run=True,
+    train_fn=lambda *a: pytest.fail("trained"),
+    log=lambda *a: None,
+  )
   assert [r["status"] for r in records] == ["ok"] * 3
   assert not (tmp_path / "results.jsonl").exists()
 
@@ -45,31 +51,53 @@ def test_dry_run_lists_points_without_training(tmp_path):
 def test_extra_arg_reaches_every_point_and_its_workdir_name(tmp_path):
   seen = []
   records = sweep.run_sweep(
-      str(REPO / "configs" / "mnist.py"), "tc", str(tmp_path),
-      extra_arg="small=true", select=lambda p: p["arg"].endswith("seed=0"),
-      train_fn=lambda config, workdir: seen.append(
-          (config.num_steps, os.path.basename(workdir))) or {
-              "test_error": 0.5}, log=lambda *a: None)
+    str(REPO / "configs" / "mnist.py"),
+    "tc",
+    str(tmp_path),
+    extra_arg="small=true",
+    select=lambda p: p["arg"].endswith("seed=0"),
+    train_fn=lambda config, workdir: (
+      seen.append((config.num_steps, os.path.basename(workdir)))
+      or {"test_error": 0.5}
+    ),
+    log=lambda *a: None,
+  )
   assert [r["status"] for r in records] == ["finished"] * 4
   assert [name for _, name in seen] == [
-      "000_distortion=tc,model=fcn,seed=0,small=true",
-      "003_distortion=tc,model=cnn,seed=0,small=true",
-      "006_distortion=tc,model=st_fcn,seed=0,small=true",
-      "009_distortion=tc,model=st_cnn,seed=0,small=true"]
+    "000_distortion=tc,model=fcn,seed=0,small=true",
+    "003_distortion=tc,model=cnn,seed=0,small=true",
+    "006_distortion=tc,model=st_fcn,seed=0,small=true",
+    "009_distortion=tc,model=st_cnn,seed=0,small=true",
+  ]
   assert {steps for steps, _ in seen} == {3000}  # the small config's
 
 
 def test_report_only_collects_finished_points_and_trains_nothing(tmp_path):
   config = str(REPO / "configs" / "mnist.py")
   select = lambda p: p["arg"].endswith("seed=0")
-  sweep.run_sweep(config, "tc", str(tmp_path), log=lambda *a: None,
-                  select=lambda p: "model=cnn," in p["arg"] and select(p),
-                  train_fn=lambda config, workdir: _finish(workdir))
-  records = sweep.run_sweep(config, "tc", str(tmp_path), select=select,
-                            report_only=True, log=lambda *a: None,
-                            train_fn=lambda *a: pytest.fail("trained"))
+  sweep.run_sweep(
+    config,
+    "tc",
+    str(tmp_path),
+    log=lambda *a: None,
+    select=lambda p: "model=cnn," in p["arg"] and select(p),
+    train_fn=lambda config, workdir: _finish(workdir),
+  )
+  records = sweep.run_sweep(
+    config,
+    "tc",
+    str(tmp_path),
+    select=select,
+    report_only=True,
+    log=lambda *a: None,
+    train_fn=lambda *a: pytest.fail("trained"),
+  )
   assert [r["status"] for r in records] == [
-      "pending", "skipped", "pending", "pending"]
+    "pending",
+    "skipped",
+    "pending",
+    "pending",
+  ]
   assert records[1]["results"]["test_error"] == 0.25
   assert records[1]["results"]["wall_seconds"] >= 0  # kept with the results
 
@@ -86,38 +114,52 @@ def test_sigterm_in_a_point_stops_the_sweep(tmp_path):
 
   def train_fn(config, workdir):
     trained.append(os.path.basename(workdir))
-    return ({"interrupted_at_step": 7} if len(trained) == 2
-            else {"test_error": 0.5})
+    return (
+      {"interrupted_at_step": 7} if len(trained) == 2 else {"test_error": 0.5}
+    )
 
-  records = sweep.run_sweep(str(REPO / "configs" / "mnist.py"), "tc",
-                            str(tmp_path), train_fn=train_fn,
-                            log=lambda *a: None)
+  records = sweep.run_sweep(
+    str(REPO / "configs" / "mnist.py"),
+    "tc",
+    str(tmp_path),
+    train_fn=train_fn,
+    log=lambda *a: None,
+  )
   assert [r["status"] for r in records] == ["finished", "interrupted"]
   assert len(trained) == 2  # the other 10 points were not started
-  saved = [json.loads(l) for l in (tmp_path / "results.jsonl").open()]
+  saved = [json.loads(line) for line in (tmp_path / "results.jsonl").open()]
   assert saved[-1]["status"] == "interrupted"
 
 
 def test_unknown_sweep_lists_the_valid_ones():
   with pytest.raises(ValueError, match="sweep must be one of localisation_lr"):
-    sweep.expand(sweep.load_config_module(str(REPO / "configs" / "mnist.py")),
-                 "table9")
+    sweep.expand(
+      sweep.load_config_module(str(REPO / "configs" / "mnist.py")), "table9"
+    )
 
 
 def test_runs_resumes_skips_and_reports_failures(tiny_tfds, tmp_path):
   config_file = tmp_path / "tiny_config.py"
   (tmp_path / "common.py").write_text(
-      (REPO / "configs" / "common.py").read_text())
+    (REPO / "configs" / "common.py").read_text()
+  )
   config_file.write_text(
-      (REPO / "configs" / "mnist.py").read_text() + '''
+    (REPO / "configs" / "mnist.py").read_text()
+    + """
 
 def sweep_tiny(add):
   add("distortion=rts,model=cnn,small=true", seed=0)
   add("distortion=rts,model=cnn,small=true", learning_rate=-1.0)
   add("distortion=rts,model=st_cnn,small=true", seed=1)
-''')
-  overrides = dict(tfds_dir=str(tiny_tfds), batch_size=8, eval_batch_size=8,
-                   num_steps=2, log_every=1)
+"""
+  )
+  overrides = dict(
+    tfds_dir=str(tiny_tfds),
+    batch_size=8,
+    eval_batch_size=8,
+    num_steps=2,
+    log_every=1,
+  )
   calls = []
 
   def counting_train(config, workdir):
@@ -125,9 +167,14 @@ def sweep_tiny(add):
     return train.train_and_evaluate(config, workdir)
 
   workdir = tmp_path / "sweep"
-  records = sweep.run_sweep(str(config_file), "tiny", str(workdir),
-                            overrides=overrides, train_fn=counting_train,
-                            log=lambda *a: None)
+  records = sweep.run_sweep(
+    str(config_file),
+    "tiny",
+    str(workdir),
+    overrides=overrides,
+    train_fn=counting_train,
+    log=lambda *a: None,
+  )
   assert [r["status"] for r in records] == ["finished", "failed", "finished"]
   assert "learning_rate must be > 0" in records[1]["error"]
   assert len(calls) == 2
@@ -135,27 +182,41 @@ def sweep_tiny(add):
   assert len(lines) == 3 and json.loads(lines[0])["results"]["test_error"] >= 0
   table = (workdir / "results.md").read_text()
   assert "test_error" in table and "failed: ValueError" in table
-  again = sweep.run_sweep(str(config_file), "tiny", str(workdir),
-                          overrides=overrides, train_fn=counting_train,
-                          log=lambda *a: None)
+  again = sweep.run_sweep(
+    str(config_file),
+    "tiny",
+    str(workdir),
+    overrides=overrides,
+    train_fn=counting_train,
+    log=lambda *a: None,
+  )
   assert [r["status"] for r in again] == ["skipped", "failed", "skipped"]
   assert len(calls) == 2  # nothing retrained
 
 
-def test_command_line_appends_the_config_arg_to_every_point(tmp_path,
-                                                            capsys):
-  status = sweep.main([f"--config={REPO / 'configs' / 'mnist.py'}:small=true",
-                       "--sweep=tc", f"--workdir={tmp_path}", "--dry_run"])
+def test_command_line_appends_the_config_arg_to_every_point(tmp_path, capsys):
+  status = sweep.main(
+    [
+      f"--config={REPO / 'configs' / 'mnist.py'}:small=true",
+      "--sweep=tc",
+      f"--workdir={tmp_path}",
+      "--dry_run",
+    ]
+  )
   out = capsys.readouterr().out
   assert status == 0
   assert "000_distortion=tc,model=fcn,seed=0,small=true: ok" in out
   assert "12 points, 0 failed" in out
 
 
-def test_command_line_errors_are_one_line_without_a_traceback(tmp_path,
-                                                              capsys):
-  status = sweep.main([f"--config={REPO / 'configs' / 'mnist.py'}",
-                       "--sweep=table9", f"--workdir={tmp_path}"])
+def test_command_line_errors_are_one_line_without_a_traceback(tmp_path, capsys):
+  status = sweep.main(
+    [
+      f"--config={REPO / 'configs' / 'mnist.py'}",
+      "--sweep=table9",
+      f"--workdir={tmp_path}",
+    ]
+  )
   err = capsys.readouterr().err
   assert status == 1
   assert "error: sweep must be one of localisation_lr" in err

@@ -1,57 +1,80 @@
 """The Table 1 script end to end on a tiny budget."""
 
-import pathlib
 import subprocess
 import sys
 
 from conftest import REPO
 
 
-
 def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   out = tmp_path / "table1.md"
-  command = [sys.executable, "experiments/table1_distorted_mnist.py",
-             "--scale=cpu", f"--workdir={tmp_path / 'runs'}", f"--out={out}",
-             "--seeds=2", "--distortions=rts", "--models=cnn,st_cnn",
-             "--no_tc", f"--set=tfds_dir={tiny_tfds}", "--set=num_steps=2",
-             "--set=batch_size=8", "--set=eval_batch_size=8",
-             "--set=log_every=1"]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+  command = [
+    sys.executable,
+    "experiments/table1_distorted_mnist.py",
+    "--scale=cpu",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--out={out}",
+    "--seeds=2",
+    "--distortions=rts",
+    "--models=cnn,st_cnn",
+    "--no_tc",
+    f"--set=tfds_dir={tiny_tfds}",
+    "--set=num_steps=2",
+    "--set=batch_size=8",
+    "--set=eval_batch_size=8",
+    "--set=log_every=1",
+  ]
+  result = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   table = out.read_text()
-  lines = [l for l in table.splitlines() if l.startswith("|")]
+  lines = [row for row in table.splitlines() if row.startswith("|")]
   assert lines[0] == "| model | RTS |"
   assert lines[1] == "|---|---|"
-  rows = {l.split("|")[1].strip(): l for l in lines[2:]}
+  rows = {row.split("|")[1].strip(): row for row in lines[2:]}
   assert set(rows) == {"CNN", "ST-CNN Aff", "ST-CNN Proj", "ST-CNN TPS"}
   assert "(paper 0.8" in rows["CNN"] and "n=2)" in rows["CNN"]
   assert "scale: **cpu**: 2 steps of batch 8" in table
   # Rerunning reuses every finished run.
-  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+  again = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert again.returncode == 0
   assert "(0 runs trained now" in out.read_text()
 
 
 def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   out = tmp_path / "gtsrb.md"
-  command = [sys.executable, "experiments/gtsrb.py", "--scale=cpu",
-             f"--workdir={tmp_path / 'runs'}", f"--out={out}", "--seeds=1",
-             "--models=gtsrb_cnn,resnet_stn", f"--set=tfds_dir={tiny_tfds}",
-             "--set=num_steps=2", "--set=batch_size=8",
-             "--set=eval_batch_size=8", "--set=log_every=1"]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+  command = [
+    sys.executable,
+    "experiments/gtsrb.py",
+    "--scale=cpu",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--out={out}",
+    "--seeds=1",
+    "--models=gtsrb_cnn,resnet_stn",
+    f"--set=tfds_dir={tiny_tfds}",
+    "--set=num_steps=2",
+    "--set=batch_size=8",
+    "--set=eval_batch_size=8",
+    "--set=log_every=1",
+  ]
+  result = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   table = out.read_text()
   ours = table.split("## Ours")[1].split("## Published")[0]
-  lines = [l for l in ours.splitlines() if l.startswith("|")]
-  assert lines[0] == ("| model | network | input | test accuracy | "
-                      "validation accuracy |")
-  rows = {l.split("|")[1].strip(): l.split("|") for l in lines[2:]}
-  assert set(rows) == {"CNN (Arcos-Garcia layout, no ST)",
-                       "ResNet-STN (ST on the input)"}
+  lines = [row for row in ours.splitlines() if row.startswith("|")]
+  assert lines[0] == (
+    "| model | network | input | test accuracy | validation accuracy |"
+  )
+  rows = {row.split("|")[1].strip(): row.split("|") for row in lines[2:]}
+  assert set(rows) == {
+    "CNN (Arcos-Garcia layout, no ST)",
+    "ResNet-STN (ST on the input)",
+  }
   for cells in rows.values():
     assert cells[3].strip() == "32x32"
     assert "n=1)" in cells[4] and "n=1)" in cells[5]

@@ -2,31 +2,27 @@
 checkpoints, SIGTERM, NaN, data parallelism, restore/predict."""
 
 import os
-import pathlib
-import shutil
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import GTSRB, MNIST, REPO, tiny
 
 import stn_jax
 from stn_jax import models, train
 from stn_jax.data import datasets
 
-from conftest import GTSRB, MNIST, REPO, tiny
-
-
 MODEL_CONFIGS = {
-    "fcn": lambda: MNIST.get_config("model=fcn,small=true"),
-    "cnn": lambda: MNIST.get_config("model=cnn,small=true"),
-    "st_fcn": lambda: MNIST.get_config("model=st_fcn,small=true"),
-    "st_cnn": lambda: MNIST.get_config("model=st_cnn,small=true"),
-    "resnet": lambda: MNIST.get_config("model=resnet,small=true"),
-    "resnet_stn": lambda: MNIST.get_config("model=resnet_stn,small=true"),
-    "gtsrb_cnn": lambda: GTSRB.get_config("model=gtsrb_cnn,small=true"),
-    "gtsrb_st_cnn": lambda: GTSRB.get_config("model=gtsrb_st_cnn,small=true"),
+  "fcn": lambda: MNIST.get_config("model=fcn,small=true"),
+  "cnn": lambda: MNIST.get_config("model=cnn,small=true"),
+  "st_fcn": lambda: MNIST.get_config("model=st_fcn,small=true"),
+  "st_cnn": lambda: MNIST.get_config("model=st_cnn,small=true"),
+  "resnet": lambda: MNIST.get_config("model=resnet,small=true"),
+  "resnet_stn": lambda: MNIST.get_config("model=resnet_stn,small=true"),
+  "gtsrb_cnn": lambda: GTSRB.get_config("model=gtsrb_cnn,small=true"),
+  "gtsrb_st_cnn": lambda: GTSRB.get_config("model=gtsrb_st_cnn,small=true"),
 }
 
 
@@ -55,41 +51,53 @@ def test_restore_predict_and_transform(tiny_tfds, tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   restored = stn_jax.restore(str(tmp_path))
   assert restored.config.model == "st_cnn" and restored.step == 2
-  images = datasets.load_arrays("distorted_mnist/rts", "test",
-                                tfds_dir=tiny_tfds)["image"][:5]
+  images = datasets.load_arrays(
+    "distorted_mnist/rts", "test", tfds_dir=tiny_tfds
+  )["image"][:5]
   logits = restored.predict(images)
   assert logits.shape == (5, 10)
-  np.testing.assert_allclose(restored.predict(images / 255.0), logits,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    restored.predict(images / 255.0), logits, atol=1e-5
+  )
   assert restored.transform(images).shape == (5, 42, 42, 1)
-  with pytest.raises(ValueError, match=r"images must have shape \(N, 42, 42, 1\)"):
+  with pytest.raises(
+    ValueError, match=r"images must have shape \(N, 42, 42, 1\)"
+  ):
     restored.predict(np.zeros((2, 28, 28, 1), np.uint8))
 
 
-@pytest.mark.parametrize("arg,match", [
+@pytest.mark.parametrize(
+  "arg,match",
+  [
     ("model=vit", "config argument model must be one of fcn, cnn"),
     ("distortion=shear", "config argument distortion must be one of plain"),
     ("color=red", "unknown config argument 'color'; valid keys: distortion"),
     ("small=maybe", "small must be a bool"),
-])
+  ],
+)
 def test_bad_config_arguments(arg, match):
   with pytest.raises(ValueError, match=match):
     MNIST.get_config(arg)
 
 
-@pytest.mark.parametrize("override,match", [
+@pytest.mark.parametrize(
+  "override,match",
+  [
     ({"learning_rate": -0.1}, "learning_rate must be > 0"),
     ({"model": "vit"}, "config.model must be one of"),
     ({"dataset": "distorted_mnist/shear"}, "has configs"),
     ({"num_steps": 0}, "num_steps must be a positive int"),
     ({"train_split": "test"}, "train_split 'test' is also in"),
     ({"snapshot_every": -1}, "snapshot_every must be an int >= 0"),
-    ({"train_split": "validation", "on_the_fly": "rts"},
-     "train_split must be 'train' with on_the_fly"),
-])
-def test_bad_config_values_fail_before_anything_is_built(override, match,
-                                                         tmp_path,
-                                                         monkeypatch):
+    (
+      {"train_split": "validation", "on_the_fly": "rts"},
+      "train_split must be 'train' with on_the_fly",
+    ),
+  ],
+)
+def test_bad_config_values_fail_before_anything_is_built(
+  override, match, tmp_path, monkeypatch
+):
   monkeypatch.setattr(train, "load_data", lambda *a: pytest.fail("loaded"))
   config = MNIST.get_config("small=true")
   for key, value in override.items():
@@ -101,21 +109,37 @@ def test_bad_config_values_fail_before_anything_is_built(override, match,
 def test_batch_not_divisible_by_devices(monkeypatch, tmp_path):
   monkeypatch.setattr(jax, "device_count", lambda: 3)
   config = MNIST.get_config("small=true")
-  with pytest.raises(ValueError, match=r"divisible by the number of devices \(3\)"):
+  with pytest.raises(
+    ValueError, match=r"divisible by the number of devices \(3\)"
+  ):
     train.train_and_evaluate(config, str(tmp_path))
 
 
 def run_main(workdir, tfds_dir, *extra, env=None, check=True):
   """``python -m stn_jax.main`` on the tiny data (through
   tests/train_with_signal.py, which adds --signal_at_step/--signal)."""
-  command = [sys.executable, str(REPO / "tests" / "train_with_signal.py"),
-             "--config=configs/mnist.py:distortion=rts,model=st_cnn,small=true",
-             f"--workdir={workdir}", f"--config.tfds_dir={tfds_dir}",
-             "--config.batch_size=8", "--config.eval_batch_size=8",
-             "--config.num_steps=10", "--config.checkpoint_every=4",
-             "--config.log_every=1", "--config.eval_every=1000", *extra]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+  command = [
+    sys.executable,
+    str(REPO / "tests" / "train_with_signal.py"),
+    "--config=configs/mnist.py:distortion=rts,model=st_cnn,small=true",
+    f"--workdir={workdir}",
+    f"--config.tfds_dir={tfds_dir}",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.num_steps=10",
+    "--config.checkpoint_every=4",
+    "--config.log_every=1",
+    "--config.eval_every=1000",
+    *extra,
+  ]
+  result = subprocess.run(
+    command,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env={**os.environ, **(env or {})},
+    timeout=600,
+  )
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
   return result
@@ -126,11 +150,15 @@ def final_params(workdir):
   return restored.step, jax.tree.leaves(restored.model)
 
 
-def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_tfds,
-                                                          tmp_path):
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_tfds, tmp_path):
   run_main(tmp_path / "straight", tiny_tfds)
-  killed = run_main(tmp_path / "killed", tiny_tfds, "--signal_at_step=6",
-                    "--signal=SIGKILL", check=False)
+  killed = run_main(
+    tmp_path / "killed",
+    tiny_tfds,
+    "--signal_at_step=6",
+    "--signal=SIGKILL",
+    check=False,
+  )
   assert killed.returncode == -9
   assert sorted(os.listdir(tmp_path / "killed" / "checkpoints")) == ["4"]
   resumed = run_main(tmp_path / "killed", tiny_tfds)
@@ -143,8 +171,9 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_tfds,
 
 
 def test_sigterm_saves_and_exits_then_resumes(tiny_tfds, tmp_path):
-  stopped = run_main(tmp_path, tiny_tfds, "--signal_at_step=5",
-                     "--signal=SIGTERM")
+  stopped = run_main(
+    tmp_path, tiny_tfds, "--signal_at_step=5", "--signal=SIGTERM"
+  )
   assert "SIGTERM: saved a checkpoint at step 5" in stopped.stdout
   assert "5" in os.listdir(tmp_path / "checkpoints")
   resumed = run_main(tmp_path, tiny_tfds)
@@ -152,10 +181,15 @@ def test_sigterm_saves_and_exits_then_resumes(tiny_tfds, tmp_path):
   assert final_params(tmp_path)[0] == 10
 
 
-def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tiny_tfds,
-                                                               tmp_path):
-  config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds,
-                num_steps=8, checkpoint_every=4)
+def test_corrupted_latest_checkpoint_falls_back_with_a_warning(
+  tiny_tfds, tmp_path
+):
+  config = tiny(
+    MNIST.get_config("model=st_cnn,small=true"),
+    tiny_tfds,
+    num_steps=8,
+    checkpoint_every=4,
+  )
   train.train_and_evaluate(config, str(tmp_path))
   latest = tmp_path / "checkpoints" / "8" / "model"
   assert latest.is_dir()
@@ -167,25 +201,35 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tiny_tfds,
   assert restored.step == 4
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_tfds,
-                                                           tmp_path):
-  config = tiny(MNIST.get_config("model=cnn,small=true"), tiny_tfds,
-                num_steps=20, checkpoint_every=1, optimizer="sgd",
-                learning_rate=1e38)  # weights overflow to inf at once
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_tfds, tmp_path):
+  config = tiny(
+    MNIST.get_config("model=cnn,small=true"),
+    tiny_tfds,
+    num_steps=20,
+    checkpoint_every=1,
+    optimizer="sgd",
+    learning_rate=1e38,
+  )  # weights overflow to inf at once
   with pytest.raises(train.TrainingDiverged, match="loss is (nan|inf)"):
     train.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
   assert steps  # the good steps before the divergence were kept
   restored = stn_jax.restore(str(tmp_path))
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.model)
-             if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating))
+  assert all(
+    np.all(np.isfinite(x))
+    for x in jax.tree.leaves(restored.model)
+    if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)
+  )
 
 
 def test_four_devices_match_one_device(tiny_tfds, tmp_path):
   one_run = run_main(tmp_path / "one", tiny_tfds, "--config.num_steps=3")
   four_run = run_main(
-      tmp_path / "four", tiny_tfds, "--config.num_steps=3",
-      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    tmp_path / "four",
+    tiny_tfds,
+    "--config.num_steps=3",
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  )
   assert "1 device(s)" in one_run.stdout
   assert "4 device(s)" in four_run.stdout
   _, one = final_params(tmp_path / "one")
@@ -196,9 +240,13 @@ def test_four_devices_match_one_device(tiny_tfds, tmp_path):
 
 def test_train_split_selects_the_split_trained_on(monkeypatch):
   calls = []
-  monkeypatch.setattr(train.datasets, "load_arrays",
-                      lambda name, split, **kw: calls.append(split) or {
-                          "image": np.zeros((4, 8, 8, 3), np.uint8)})
+  monkeypatch.setattr(
+    train.datasets,
+    "load_arrays",
+    lambda name, split, **kw: (
+      calls.append(split) or {"image": np.zeros((4, 8, 8, 3), np.uint8)}
+    ),
+  )
   config = GTSRB.get_config("small=true")
   train.load_data(config)
   assert calls == ["train_without_validation", "test", "validation"]
@@ -215,18 +263,25 @@ print(run.step, heavy)
 """
 
 
-def test_restore_needs_no_data_stack_and_no_optimizer(tiny_tfds, tmp_path,
-                                                      monkeypatch):
+def test_restore_needs_no_data_stack_and_no_optimizer(
+  tiny_tfds, tmp_path, monkeypatch
+):
   config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds)
   train.train_and_evaluate(config, str(tmp_path))
-  result = subprocess.run([sys.executable, "-c", RESTORE_ONLY,
-                           str(tmp_path)], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", RESTORE_ONLY, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split("\n")[-2] == "2 []"
   from stn_jax import steps
-  monkeypatch.setattr(steps, "make_optimizer",
-                      lambda *a: pytest.fail("built an optimiser"))
+
+  monkeypatch.setattr(
+    steps, "make_optimizer", lambda *a: pytest.fail("built an optimiser")
+  )
   assert stn_jax.restore(str(tmp_path)).step == 2
 
 
@@ -235,42 +290,57 @@ def write_format_1_checkpoint(workdir, config, in_shape, step):
   leaf lists of the parameters and optimiser state."""
   import orbax.checkpoint as ocp
   from flax import nnx
+
   from stn_jax import checkpointing, steps
+
   checkpointing.write_run_files(str(workdir), config, in_shape)
   model = models.from_config(config, in_shape)
   params = nnx.state(model)
   params = jax.tree.map(lambda x: x + 0.25, params)  # not the init values
   opt_state = steps.make_optimizer(config, params).init(params)
   manager = ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints"))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"params": jax.tree.leaves(params),
-                                   "opt_state": jax.tree.leaves(opt_state)}),
-      meta=ocp.args.JsonSave({"step": step, "data_state": None,
-                              "seed": config.seed})))
+  manager.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(
+        {
+          "params": jax.tree.leaves(params),
+          "opt_state": jax.tree.leaves(opt_state),
+        }
+      ),
+      meta=ocp.args.JsonSave(
+        {"step": step, "data_state": None, "seed": config.seed}
+      ),
+    ),
+  )
   manager.wait_until_finished()
   manager.close()
   return params
 
 
-def test_checkpoints_of_the_previous_format_still_restore(tiny_tfds,
-                                                          tmp_path):
+def test_checkpoints_of_the_previous_format_still_restore(tiny_tfds, tmp_path):
   config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds)
   params = write_format_1_checkpoint(tmp_path, config, (42, 42, 1), step=7)
   restored = stn_jax.restore(str(tmp_path))
   assert restored.step == 7
   from flax import nnx
-  for a, b in zip(jax.tree.leaves(nnx.state(restored.model)),
-                  jax.tree.leaves(params)):
+
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(restored.model)), jax.tree.leaves(params)
+  ):
     np.testing.assert_array_equal(a, b)
 
 
 def test_normalization_is_the_definition():
   from stn_jax.normalization import Normalization
-  images = np.random.default_rng(0).integers(0, 256, (4, 5, 5, 3),
-                                             dtype=np.uint8)
+
+  images = np.random.default_rng(0).integers(
+    0, 256, (4, 5, 5, 3), dtype=np.uint8
+  )
   norm = Normalization((0.3, 0.4, 0.5), (0.2, 0.25, 0.5))
   want = (images / 255.0 - np.array([0.3, 0.4, 0.5])) / np.array(
-      [0.2, 0.25, 0.5])
+    [0.2, 0.25, 0.5]
+  )
   np.testing.assert_allclose(norm(images), want, rtol=1e-6, atol=1e-6)
   assert norm(images).dtype == np.float32
   np.testing.assert_allclose(norm.from_unit(images / 255.0), want, atol=1e-6)

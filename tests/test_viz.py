@@ -1,30 +1,40 @@
 """Figures from workdirs: transformer grid, GIF, saliency, error plot."""
 
+from conftest import MNIST, tiny
 from PIL import Image
 
 from stn_jax import train, viz
-from conftest import MNIST, tiny
 
 
 def test_figures_from_an_st_run_and_a_baseline(tiny_tfds, tmp_path):
   runs = {}
   for model in ("st_cnn", "cnn"):
     config = tiny(
-        MNIST.get_config(f"model={model},small=true"), tiny_tfds,
-        num_steps=4, eval_every=2, snapshot_every=1)
+      MNIST.get_config(f"model={model},small=true"),
+      tiny_tfds,
+      num_steps=4,
+      eval_every=2,
+      snapshot_every=1,
+    )
     runs[model] = tmp_path / model
     train.train_and_evaluate(config, str(runs[model]))
-  paths = viz.make_figures(str(runs["st_cnn"]), str(tmp_path / "figures"),
-                           baseline=str(runs["cnn"]))
+  paths = viz.make_figures(
+    str(runs["st_cnn"]), str(tmp_path / "figures"), baseline=str(runs["cnn"])
+  )
   names = sorted(p.rsplit("/", 1)[1] for p in paths)
-  assert names == ["error_vs_steps_st_cnn.png", "saliency_st_cnn.png",
-                   "transformer_over_training_st_cnn.gif",
-                   "transformer_st_cnn.png"]
-  with Image.open(tmp_path / "figures" /
-                  "transformer_over_training_st_cnn.gif") as gif:
+  assert names == [
+    "error_vs_steps_st_cnn.png",
+    "saliency_st_cnn.png",
+    "transformer_over_training_st_cnn.gif",
+    "transformer_st_cnn.png",
+  ]
+  with Image.open(
+    tmp_path / "figures" / "transformer_over_training_st_cnn.gif"
+  ) as gif:
     assert gif.n_frames == 5  # steps 0 (identity) to 4
   assert sorted(p.name for p in (runs["st_cnn"] / "snapshots").iterdir()) == [
-      f"{step:08d}.npy" for step in range(5)]
+    f"{step:08d}.npy" for step in range(5)
+  ]
   assert not (runs["cnn"] / "snapshots").exists()  # no transformer
   for path in paths:
     with Image.open(path) as image:
@@ -32,11 +42,15 @@ def test_figures_from_an_st_run_and_a_baseline(tiny_tfds, tmp_path):
 
 
 def test_only_the_named_figures_with_a_chosen_name(tiny_tfds, tmp_path):
-  config = tiny(
-      MNIST.get_config("model=st_fcn,small=true"), tiny_tfds)
+  config = tiny(MNIST.get_config("model=st_fcn,small=true"), tiny_tfds)
   train.train_and_evaluate(config, str(tmp_path / "run"))
-  paths = viz.make_figures(str(tmp_path / "run"), str(tmp_path / "figures"),
-                           figures=("transformer",), name="rts")
+  paths = viz.make_figures(
+    str(tmp_path / "run"),
+    str(tmp_path / "figures"),
+    figures=("transformer",),
+    name="rts",
+  )
   assert [p.rsplit("/", 1)[1] for p in paths] == ["transformer_rts.png"]
   assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
-      "transformer_rts.png"]
+    "transformer_rts.png"
+  ]

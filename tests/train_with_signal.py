@@ -13,15 +13,20 @@ from absl import app, flags
 
 from stn_jax import hooks, main
 
-_STEP = flags.DEFINE_integer("signal_at_step", 0, "Step after which the "
-                             "signal is sent (0: never).")
-_SIGNAL = flags.DEFINE_enum("signal", "SIGKILL", ["SIGKILL", "SIGTERM",
-                                                  "SIGINT"], "The signal.")
+_STEP = flags.DEFINE_integer(
+  "signal_at_step", 0, "Step after which the signal is sent (0: never)."
+)
+_SIGNAL = flags.DEFINE_enum(
+  "signal", "SIGKILL", ["SIGKILL", "SIGTERM", "SIGINT"], "The signal."
+)
 
 
 def run(argv):
-  extra = ([hooks.SignalAtStep(_STEP.value, signal.Signals[_SIGNAL.value])]
-           if _STEP.value else [])
+  extra = (
+    [hooks.SignalAtStep(_STEP.value, signal.Signals[_SIGNAL.value])]
+    if _STEP.value
+    else []
+  )
   main.run(argv, hooks=extra)
 
 

@@ -11,9 +11,23 @@ Command line: ``python -m stn_jax.data {build,preview} ...``.
 
 from stn_jax.data.datasets import build, get_builder, load_arrays
 from stn_jax.data.pipeline import InputPipeline, data_sharding
-from stn_jax.data.sources import (MNIST_SHA256, SourceError, load_mnist,
-                                  read_idx, resolve_data_dir)
+from stn_jax.data.sources import (
+  MNIST_SHA256,
+  SourceError,
+  load_mnist,
+  read_idx,
+  resolve_data_dir,
+)
 
-__all__ = ["InputPipeline", "MNIST_SHA256", "SourceError", "build",
-           "data_sharding", "get_builder", "load_arrays", "load_mnist",
-           "read_idx", "resolve_data_dir"]
+__all__ = [
+  "InputPipeline",
+  "MNIST_SHA256",
+  "SourceError",
+  "build",
+  "data_sharding",
+  "get_builder",
+  "load_arrays",
+  "load_mnist",
+  "read_idx",
+  "resolve_data_dir",
+]

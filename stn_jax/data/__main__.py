@@ -29,21 +29,30 @@ COMMANDS = ("build", "preview")
 
 def _flags() -> flags.FlagValues:
   values = flags.FlagValues()
-  flags.DEFINE_string("config", None, "A config file (with :ARG) whose "
-                      "datasets to use, instead of DATASET.",
-                      flag_values=values)
-  flags.DEFINE_string("tfds_dir", None, "Where built datasets go.",
-                      flag_values=values)
-  flags.DEFINE_string("source_dir", None, "The data directory.",
-                      flag_values=values)
-  flags.DEFINE_string("out", None, "preview: the PNG file to write.",
-                      flag_values=values)
-  flags.DEFINE_string("split", "test", "preview: the split.",
-                      flag_values=values)
-  flags.DEFINE_integer("count", 32, "preview: how many examples.",
-                       flag_values=values)
-  flags.DEFINE_integer("columns", 8, "preview: examples per row.",
-                       flag_values=values)
+  flags.DEFINE_string(
+    "config",
+    None,
+    "A config file (with :ARG) whose datasets to use, instead of DATASET.",
+    flag_values=values,
+  )
+  flags.DEFINE_string(
+    "tfds_dir", None, "Where built datasets go.", flag_values=values
+  )
+  flags.DEFINE_string(
+    "source_dir", None, "The data directory.", flag_values=values
+  )
+  flags.DEFINE_string(
+    "out", None, "preview: the PNG file to write.", flag_values=values
+  )
+  flags.DEFINE_string(
+    "split", "test", "preview: the split.", flag_values=values
+  )
+  flags.DEFINE_integer(
+    "count", 32, "preview: how many examples.", flag_values=values
+  )
+  flags.DEFINE_integer(
+    "columns", 8, "preview: examples per row.", flag_values=values
+  )
   return values
 
 
@@ -58,11 +67,16 @@ def _datasets(values, names, command):
     train_name = config.get("train_dataset", "") or config.dataset
     if command == "build" and train_name != config.dataset:
       names.insert(0, train_name)
-    return (names, values.tfds_dir or config.tfds_dir or None,
-            values.source_dir or config.source_dir or None)
+    return (
+      names,
+      values.tfds_dir or config.tfds_dir or None,
+      values.source_dir or config.source_dir or None,
+    )
   if len(names) != 1:
-    raise ValueError(f"{command} takes one DATASET (e.g. "
-                     f"distorted_mnist/rts) or --config; got {names or 'none'}.")
+    raise ValueError(
+      f"{command} takes one DATASET (e.g. "
+      f"distorted_mnist/rts) or --config; got {names or 'none'}."
+    )
   return names, values.tfds_dir, values.source_dir
 
 
@@ -72,37 +86,43 @@ def main(argv=None) -> int:
 
   def body(positional):
     if not positional or positional[0] not in COMMANDS:
-      raise ValueError(f"the first argument must be one of "
-                       f"{', '.join(COMMANDS)}; got "
-                       f"{positional[0] if positional else 'nothing'}.")
+      raise ValueError(
+        f"the first argument must be one of "
+        f"{', '.join(COMMANDS)}; got "
+        f"{positional[0] if positional else 'nothing'}."
+      )
     command = positional[0]
     names, tfds_dir, source_dir = _datasets(values, positional[1:], command)
     start = time.perf_counter()
     if command == "build":
       for name in names:
-        builder = datasets.build(name, tfds_dir=tfds_dir,
-                                 source_dir=source_dir)
-        splits = ", ".join(f"{k} {v.num_examples}"
-                           for k, v in builder.info.splits.items())
-        print(f"{name}: {splits} in {builder.data_dir} "
-              f"({time.perf_counter() - start:.1f} s)")
+        builder = datasets.build(name, tfds_dir=tfds_dir, source_dir=source_dir)
+        splits = ", ".join(
+          f"{k} {v.num_examples}" for k, v in builder.info.splits.items()
+        )
+        print(
+          f"{name}: {splits} in {builder.data_dir} "
+          f"({time.perf_counter() - start:.1f} s)"
+        )
       return 0
     if not values.out:
       raise ValueError("preview needs --out=FILE.png.")
-    arrays = datasets.load_arrays(names[0], values.split, tfds_dir=tfds_dir,
-                                  source_dir=source_dir)
+    arrays = datasets.load_arrays(
+      names[0], values.split, tfds_dir=tfds_dir, source_dir=source_dir
+    )
     count = min(values.count, len(arrays["label"]))
     labels = arrays["label"][:count]
     image = preview.grid_image(
-        arrays["image"][:count], [str(int(label)) for label in labels],
-        columns=values.columns,
-        title=f"{names[0]} ({values.split}), first {count} examples")
+      arrays["image"][:count],
+      [str(int(label)) for label in labels],
+      columns=values.columns,
+      title=f"{names[0]} ({values.split}), first {count} examples",
+    )
     image.save(values.out)
     print(f"wrote {values.out}")
     return 0
 
-  return cli.run(body, values, argv, prog="python -m stn_jax.data",
-                 doc=__doc__)
+  return cli.run(body, values, argv, prog="python -m stn_jax.data", doc=__doc__)
 
 
 if __name__ == "__main__":

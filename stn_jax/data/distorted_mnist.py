@@ -21,15 +21,15 @@ import tensorflow_datasets as tfds
 from stn_jax.data import distortions, sources
 
 _DESCRIPTION = {
-    "plain": "MNIST digits, 28x28, undistorted.",
-    "r": "Rotated within +-90 degrees, 28x28.",
-    "rts": "Rotated +-45 degrees, scaled 0.7-1.2, placed at random in a "
-           "42x42 canvas.",
-    "p": "Projective: scale 0.75-1, corners moved by N(0, 5 px), 28x28.",
-    "e": "Elastic: thin plate spline, 4x4 control points moved by "
-         "N(0, 1.5 px) after a scale of 0.75-1, 28x28.",
-    "tc": "Translated in a 60x60 canvas with 6 random 6x6 crops of other "
-          "digits as clutter.",
+  "plain": "MNIST digits, 28x28, undistorted.",
+  "r": "Rotated within +-90 degrees, 28x28.",
+  "rts": "Rotated +-45 degrees, scaled 0.7-1.2, placed at random in a "
+  "42x42 canvas.",
+  "p": "Projective: scale 0.75-1, corners moved by N(0, 5 px), 28x28.",
+  "e": "Elastic: thin plate spline, 4x4 control points moved by "
+  "N(0, 1.5 px) after a scale of 0.75-1, 28x28.",
+  "tc": "Translated in a 60x60 canvas with 6 random 6x6 crops of other "
+  "digits as clutter.",
 }
 
 
@@ -38,8 +38,7 @@ class DistortedMnistConfig(tfds.core.BuilderConfig):
 
   def __init__(self, *, variant: str, seed: int = 0, **kwargs):
     distortions.check_variant(variant)
-    super().__init__(name=variant, description=_DESCRIPTION[variant],
-                     **kwargs)
+    super().__init__(name=variant, description=_DESCRIPTION[variant], **kwargs)
     self.variant = variant
     self.seed = seed
 
@@ -49,12 +48,14 @@ class DistortedMnist(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = [DistortedMnistConfig(variant=v)
-                     for v in distortions.VARIANTS]
+  BUILDER_CONFIGS = [
+    DistortedMnistConfig(variant=v) for v in distortions.VARIANTS
+  ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = sources.HOW_TO_GET_MNIST
 
-  def __init__(self, *, source_dir=None, checksums=sources.MNIST_SHA256,
-               **kwargs):
+  def __init__(
+    self, *, source_dir=None, checksums=sources.MNIST_SHA256, **kwargs
+  ):
     """``source_dir``: the data directory holding ``mnist/`` (see
     :func:`stn_jax.data.sources.resolve_data_dir`); ``checksums``: expected
     sha256 of the decompressed IDX files (None skips verification, for
@@ -68,41 +69,60 @@ class DistortedMnist(tfds.core.GeneratorBasedBuilder):
     variant = self.builder_config.variant
     size = distortions.IMAGE_SIZE[variant]
     params = {
-        name: tfds.features.Tensor(
-            shape=shape,
-            dtype=np.int32 if name == "clutter" else np.float32)
-        for name, shape in distortions.PARAM_SHAPES[variant].items()}
+      name: tfds.features.Tensor(
+        shape=shape, dtype=np.int32 if name == "clutter" else np.float32
+      )
+      for name, shape in distortions.PARAM_SHAPES[variant].items()
+    }
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.builder_config.description,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(size, size, 1),
-                                          dtype=np.uint8),
-            "label": tfds.features.ClassLabel(num_classes=10),
-            "index": tfds.features.Scalar(dtype=np.int64),
-            **params,
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://arxiv.org/abs/1506.02025",
+      builder=self,
+      description=self.builder_config.description,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(num_classes=10),
+          "index": tfds.features.Scalar(dtype=np.int64),
+          **params,
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://arxiv.org/abs/1506.02025",
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing is downloaded
     data_dir = sources.resolve_data_dir(self._source_dir)
     # Read and verify both splits before writing anything.
-    splits = {split: sources.load_mnist(split, data_dir=data_dir,
-                                        checksums=self._checksums)
-              for split in ("train", "test")}
-    return {split: self._generate_examples(split, *arrays)
-            for split, arrays in splits.items()}
+    splits = {
+      split: sources.load_mnist(
+        split, data_dir=data_dir, checksums=self._checksums
+      )
+      for split in ("train", "test")
+    }
+    return {
+      split: self._generate_examples(split, *arrays)
+      for split, arrays in splits.items()
+    }
 
   def _generate_examples(self, split, digits, labels):
     config = self.builder_config
     params = distortions.sample_batch_params(
-        config.variant, config.seed, split, range(len(digits)),
-        num_sources=len(digits))
-    images = distortions.render(config.variant, digits, params,
-                                clutter_sources=digits)
+      config.variant,
+      config.seed,
+      split,
+      range(len(digits)),
+      num_sources=len(digits),
+    )
+    images = distortions.render(
+      config.variant, digits, params, clutter_sources=digits
+    )
     for i in range(len(digits)):
-      yield i, {"image": images[i, :, :, None], "label": int(labels[i]),
-                "index": i, **{k: v[i] for k, v in params.items()}}
+      yield (
+        i,
+        {
+          "image": images[i, :, :, None],
+          "label": int(labels[i]),
+          "index": i,
+          **{k: v[i] for k, v in params.items()},
+        },
+      )

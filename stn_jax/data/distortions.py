@@ -41,12 +41,12 @@ from stn_jax.ops import grids, sampling
 VARIANTS = ("plain", "r", "rts", "p", "e", "tc")
 IMAGE_SIZE = {"plain": 28, "r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
 PARAM_SHAPES = {
-    "plain": {"theta": (2, 3)},
-    "r": {"theta": (2, 3)},
-    "rts": {"theta": (2, 3)},
-    "p": {"homography": (3, 3)},
-    "e": {"control_points": (16, 2)},
-    "tc": {"theta": (2, 3), "clutter": (6, 5)},
+  "plain": {"theta": (2, 3)},
+  "r": {"theta": (2, 3)},
+  "rts": {"theta": (2, 3)},
+  "p": {"homography": (3, 3)},
+  "e": {"control_points": (16, 2)},
+  "tc": {"theta": (2, 3), "clutter": (6, 5)},
 }
 SPLIT_CODES = {"train": 0, "test": 1, "validation": 2}
 DIGIT_SIZE = 28
@@ -66,21 +66,24 @@ DIGIT_EXTENT_PX = 24
 
 def check_variant(variant: str) -> str:
   if variant not in VARIANTS:
-    raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got "
-                     f"{variant!r}.")
+    raise ValueError(
+      f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}."
+    )
   return variant
 
 
-def example_rng(seed: int, split: str, index: int,
-                epoch: int | None = None) -> np.random.Generator:
+def example_rng(
+  seed: int, split: str, index: int, epoch: int | None = None
+) -> np.random.Generator:
   """The generator of one example's distortion.
 
   The fixed (built) dataset uses ``epoch=None``; on-the-fly training draws
   a fresh distortion per epoch with ``epoch=0, 1, ...``.
   """
   if split not in SPLIT_CODES:
-    raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}; got "
-                     f"{split!r}.")
+    raise ValueError(
+      f"split must be one of {sorted(SPLIT_CODES)}; got {split!r}."
+    )
   entropy = [int(seed), SPLIT_CODES[split], int(index)]
   if epoch is not None:
     entropy.append(int(epoch) + 1)
@@ -103,9 +106,13 @@ def _homography_from_points(source, target):
   return np.append(h, 1.0).reshape(3, 3)
 
 
-def sample_params(variant: str, rng: np.random.Generator, *,
-                  num_sources: int = 1, own_index: int = -1
-                  ) -> dict[str, np.ndarray]:
+def sample_params(
+  variant: str,
+  rng: np.random.Generator,
+  *,
+  num_sources: int = 1,
+  own_index: int = -1,
+) -> dict[str, np.ndarray]:
   """Draws one example's distortion parameters.
 
   Args:
@@ -124,8 +131,11 @@ def sample_params(variant: str, rng: np.random.Generator, *,
     return {"theta": np.eye(2, 3, dtype=np.float32)}
   if variant == "r":
     rotation = _rotation(rng.uniform(-ROTATION_R, ROTATION_R))
-    return {"theta": np.concatenate([rotation, np.zeros((2, 1))],
-                                    1).astype(np.float32)}
+    return {
+      "theta": np.concatenate([rotation, np.zeros((2, 1))], 1).astype(
+        np.float32
+      )
+    }
   if variant == "rts":
     canvas = IMAGE_SIZE["rts"]
     rotation = _rotation(rng.uniform(-ROTATION_RTS, ROTATION_RTS))
@@ -140,8 +150,9 @@ def sample_params(variant: str, rng: np.random.Generator, *,
     scale = rng.uniform(*SCALE_PE)
     corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
     moved = scale * corners + rng.normal(0, CORNER_SIGMA_PX * px, (4, 2))
-    return {"homography": _homography_from_points(moved, corners).astype(
-        np.float32)}
+    return {
+      "homography": _homography_from_points(moved, corners).astype(np.float32)
+    }
   if variant == "e":
     scale = rng.uniform(*SCALE_PE)
     source = grids.tps_source_points(16).astype(np.float64)
@@ -155,20 +166,30 @@ def sample_params(variant: str, rng: np.random.Generator, *,
   theta = np.array([[k, 0, -k * centre[0]], [0, k, -k * centre[1]]])
   sources = rng.integers(0, num_sources, size=NUM_CLUTTER)
   if num_sources > 1:  # never the digit's own strokes
-    sources = np.where(sources == own_index, (sources + 1) % num_sources,
-                       sources)
+    sources = np.where(
+      sources == own_index, (sources + 1) % num_sources, sources
+    )
   # crops from the digit's central region, where strokes are
-  crop = rng.integers(4, DIGIT_SIZE - 4 - CLUTTER_SIZE + 1,
-                      size=(NUM_CLUTTER, 2))
+  crop = rng.integers(
+    4, DIGIT_SIZE - 4 - CLUTTER_SIZE + 1, size=(NUM_CLUTTER, 2)
+  )
   place = rng.integers(0, canvas - CLUTTER_SIZE + 1, size=(NUM_CLUTTER, 2))
   clutter = np.concatenate([sources[:, None], crop, place], 1)
-  return {"theta": theta.astype(np.float32),
-          "clutter": clutter.astype(np.int32)}
+  return {
+    "theta": theta.astype(np.float32),
+    "clutter": clutter.astype(np.int32),
+  }
 
 
-def sample_batch_params(variant: str, seed: int, split: str, indices, *,
-                        epoch=None,
-                        num_sources: int = 1) -> dict[str, np.ndarray]:
+def sample_batch_params(
+  variant: str,
+  seed: int,
+  split: str,
+  indices,
+  *,
+  epoch=None,
+  num_sources: int = 1,
+) -> dict[str, np.ndarray]:
   """Parameters of many examples, stacked: each from its own generator.
 
   ``epoch`` is None (the built datasets), one epoch, or one per index.
@@ -177,11 +198,19 @@ def sample_batch_params(variant: str, seed: int, split: str, indices, *,
     epochs = [epoch] * len(indices)
   else:
     epochs = epoch
-  per_example = [sample_params(variant, example_rng(seed, split, i, e),
-                               num_sources=num_sources, own_index=int(i))
-                 for i, e in zip(indices, epochs)]
-  return {name: np.stack([p[name] for p in per_example])
-          for name in PARAM_SHAPES[check_variant(variant)]}
+  per_example = [
+    sample_params(
+      variant,
+      example_rng(seed, split, i, e),
+      num_sources=num_sources,
+      own_index=int(i),
+    )
+    for i, e in zip(indices, epochs)
+  ]
+  return {
+    name: np.stack([p[name] for p in per_example])
+    for name in PARAM_SHAPES[check_variant(variant)]
+  }
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -196,8 +225,15 @@ def _warp(variant, digits, params):
   return sampling.grid_sample(digits, grid)
 
 
-def render(variant: str, digits, params, *, clutter_sources=None,
-           batch_size: int = 1024, exact: bool = True) -> np.ndarray:
+def render(
+  variant: str,
+  digits,
+  params,
+  *,
+  clutter_sources=None,
+  batch_size: int = 1024,
+  exact: bool = True,
+) -> np.ndarray:
   """Distorts digits.
 
   Args:
@@ -217,20 +253,25 @@ def render(variant: str, digits, params, *, clutter_sources=None,
   check_variant(variant)
   digits = np.asarray(digits)
   if digits.ndim != 3 or digits.shape[1:] != (DIGIT_SIZE, DIGIT_SIZE):
-    raise ValueError(f"digits must have shape (B, 28, 28); got "
-                     f"{digits.shape}.")
+    raise ValueError(f"digits must have shape (B, 28, 28); got {digits.shape}.")
   out = []
   dtype = jnp.float64 if exact else jnp.float32
   with jax.enable_x64(exact):
     for start in range(0, len(digits), batch_size):
       chunk = slice(start, start + batch_size)
       images = jnp.asarray(digits[chunk, :, :, None], dtype)
-      chunk_params = {k: jnp.asarray(v[chunk], dtype)
-                      for k, v in params.items() if k != "clutter"}
+      chunk_params = {
+        k: jnp.asarray(v[chunk], dtype)
+        for k, v in params.items()
+        if k != "clutter"
+      }
       warped = np.asarray(_warp(variant, images, chunk_params))[..., 0]
       out.append(np.clip(np.rint(warped), 0, 255).astype(np.uint8))
-  images = np.concatenate(out) if out else np.zeros(
-      (0, IMAGE_SIZE[variant], IMAGE_SIZE[variant]), np.uint8)
+  images = (
+    np.concatenate(out)
+    if out
+    else np.zeros((0, IMAGE_SIZE[variant], IMAGE_SIZE[variant]), np.uint8)
+  )
   if variant == "tc":
     if clutter_sources is None:
       raise ValueError("clutter_sources is required for variant 'tc'.")
@@ -244,9 +285,12 @@ def _add_clutter(images, clutter, sources):
   c = CLUTTER_SIZE
   for b in range(len(images)):
     for source, crop_y, crop_x, y, x in clutter[b]:
-      patch = sources[source, crop_y:crop_y + c, crop_x:crop_x + c]
-      np.maximum(images[b, y:y + c, x:x + c], patch,
-                 out=images[b, y:y + c, x:x + c])
+      patch = sources[source, crop_y : crop_y + c, crop_x : crop_x + c]
+      np.maximum(
+        images[b, y : y + c, x : x + c],
+        patch,
+        out=images[b, y : y + c, x : x + c],
+      )
   return images
 
 
@@ -267,16 +311,28 @@ class OnTheFly:
     """The distorted image shape for input images of ``shape`` (which must
     be the 28x28x1 digits)."""
     if tuple(shape) != (DIGIT_SIZE, DIGIT_SIZE, 1):
-      raise ValueError(f"on-the-fly {self.variant!r} distortion needs "
-                       f"{DIGIT_SIZE}x{DIGIT_SIZE}x1 undistorted digits; got "
-                       f"images of shape {tuple(shape)}.")
+      raise ValueError(
+        f"on-the-fly {self.variant!r} distortion needs "
+        f"{DIGIT_SIZE}x{DIGIT_SIZE}x1 undistorted digits; got "
+        f"images of shape {tuple(shape)}."
+      )
     size = IMAGE_SIZE[self.variant]
     return (size, size, 1)
 
   def __call__(self, batch, *, arrays, indices, epochs, seed):
-    params = sample_batch_params(self.variant, seed, "train", indices,
-                                 epoch=epochs,
-                                 num_sources=len(arrays["image"]))
-    images = render(self.variant, batch["image"][..., 0], params,
-                    clutter_sources=arrays["image"][..., 0], exact=False)
+    params = sample_batch_params(
+      self.variant,
+      seed,
+      "train",
+      indices,
+      epoch=epochs,
+      num_sources=len(arrays["image"]),
+    )
+    images = render(
+      self.variant,
+      batch["image"][..., 0],
+      params,
+      clutter_sources=arrays["image"][..., 0],
+      exact=False,
+    )
     return {**batch, "image": images[..., None], **params}

@@ -24,11 +24,18 @@ class GtsrbConfig(tfds.core.BuilderConfig):
   """``image_size``: the side images are resized to; ``validation_seed``
   and ``validation_fraction`` choose the held-out tracks."""
 
-  def __init__(self, *, image_size: int, validation_fraction: float = 0.1,
-               validation_seed: int = 0, **kwargs):
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    validation_fraction: float = 0.1,
+    validation_seed: int = 0,
+    **kwargs,
+  ):
     kwargs.setdefault("name", str(image_size))
-    super().__init__(description=f"GTSRB resized to {image_size}x"
-                     f"{image_size}.", **kwargs)
+    super().__init__(
+      description=f"GTSRB resized to {image_size}x{image_size}.", **kwargs
+    )
     self.image_size = image_size
     self.validation_fraction = validation_fraction
     self.validation_seed = validation_seed
@@ -42,8 +49,9 @@ class Gtsrb(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [GtsrbConfig(image_size=32), GtsrbConfig(image_size=48)]
   MANUAL_DOWNLOAD_INSTRUCTIONS = gtsrb_source.HOW_TO_GET_GTSRB
 
-  def __init__(self, *, source_dir=None, checksums=gtsrb_source.NPZ_SHA256,
-               **kwargs):
+  def __init__(
+    self, *, source_dir=None, checksums=gtsrb_source.NPZ_SHA256, **kwargs
+  ):
     """``source_dir``: the data directory; ``checksums``: expected sha256 of
     the npz files (None skips verification, for synthetic test files)."""
     self._source_dir = source_dir
@@ -54,43 +62,63 @@ class Gtsrb(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.builder_config.description,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(size, size, 3),
-                                          dtype=np.uint8),
-            "label": tfds.features.ClassLabel(
-                num_classes=gtsrb_source.NUM_CLASSES),
-            "roi": tfds.features.Tensor(shape=(4,), dtype=np.int32),
-            "size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
-            "track": tfds.features.Scalar(dtype=np.int32),
-            "index": tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://benchmark.ini.rub.de/gtsrb_dataset.html",
+      builder=self,
+      description=self.builder_config.description,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(
+            num_classes=gtsrb_source.NUM_CLASSES
+          ),
+          "roi": tfds.features.Tensor(shape=(4,), dtype=np.int32),
+          "size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+          "track": tfds.features.Scalar(dtype=np.int32),
+          "index": tfds.features.Scalar(dtype=np.int64),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://benchmark.ini.rub.de/gtsrb_dataset.html",
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing is downloaded
     config = self.builder_config
-    data = {split: gtsrb_source.load_gtsrb(
-        split, image_size=config.image_size, data_dir=self._source_dir,
-        checksums=self._checksums) for split in ("train", "test")}
+    data = {
+      split: gtsrb_source.load_gtsrb(
+        split,
+        image_size=config.image_size,
+        data_dir=self._source_dir,
+        checksums=self._checksums,
+      )
+      for split in ("train", "test")
+    }
     train = data["train"]
     held_out = gtsrb_source.validation_tracks(
-        train["track"], train["labels"], fraction=config.validation_fraction,
-        seed=config.validation_seed)
+      train["track"],
+      train["labels"],
+      fraction=config.validation_fraction,
+      seed=config.validation_seed,
+    )
     everything = np.ones(len(train["labels"]), bool)
     return {
-        "train": self._generate_examples(train, everything),
-        "validation": self._generate_examples(train, held_out),
-        "train_without_validation": self._generate_examples(train, ~held_out),
-        "test": self._generate_examples(
-            data["test"], np.ones(len(data["test"]["labels"]), bool)),
+      "train": self._generate_examples(train, everything),
+      "validation": self._generate_examples(train, held_out),
+      "train_without_validation": self._generate_examples(train, ~held_out),
+      "test": self._generate_examples(
+        data["test"], np.ones(len(data["test"]["labels"]), bool)
+      ),
     }
 
   def _generate_examples(self, data, mask):
     for i in np.flatnonzero(mask):
-      yield int(i), {"image": data["images"][i], "label": int(data["labels"][i]),
-                     "roi": data["roi"][i], "size": data["size"][i],
-                     "track": int(data["track"][i]), "index": int(i)}
+      yield (
+        int(i),
+        {
+          "image": data["images"][i],
+          "label": int(data["labels"][i]),
+          "roi": data["roi"][i],
+          "size": data["size"][i],
+          "track": int(data["track"][i]),
+          "index": int(i),
+        },
+      )

@@ -27,20 +27,19 @@ from PIL import Image
 from stn_jax.data.sources import SourceError, resolve_data_dir
 
 NPZ_SHA256 = {
-    "train.npz":
-        "fd703f5856e18db99103f507fd6cc3c99bc20e2cc1b2f295797069f7532a0381",
-    "test.npz":
-        "e2bc788cba6f9901c1950ebe3f3bf087b2002344649ccce0f85d6722e0e8e860",
+  "train.npz": "fd703f5856e18db99103f507fd6cc3c99bc20e2cc1b2f295797069f7532a0381",
+  "test.npz": "e2bc788cba6f9901c1950ebe3f3bf087b2002344649ccce0f85d6722e0e8e860",
 }
 NUM_CLASSES = 43
 OFFICIAL_SIZES = {"train": 39209, "test": 12630}
 HOW_TO_GET_GTSRB = (
-    "Either put the 32x32 copy (train.npz, test.npz) in <data_dir>/gtsrb/, or "
-    "extract the official GTSRB_Final_Training_Images.zip, "
-    "GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip into "
-    "<data_dir>/gtsrb/ (giving Final_Training/Images/... and "
-    "Final_Test/Images/...); point the data directory at it with the "
-    "data_dir config value or $STN_DATA_DIR.")
+  "Either put the 32x32 copy (train.npz, test.npz) in <data_dir>/gtsrb/, or "
+  "extract the official GTSRB_Final_Training_Images.zip, "
+  "GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip into "
+  "<data_dir>/gtsrb/ (giving Final_Training/Images/... and "
+  "Final_Test/Images/...); point the data directory at it with the "
+  "data_dir config value or $STN_DATA_DIR."
+)
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -61,21 +60,26 @@ def find_layout(data_dir=None) -> tuple[str, pathlib.Path]:
       return "npz", folder
     if (folder / "Final_Training" / "Images").is_dir():
       return "official", folder
-  raise SourceError(f"No GTSRB sources: looked for train.npz or "
-                    f"Final_Training/Images in {', '.join(looked)}. "
-                    f"{HOW_TO_GET_GTSRB}")
+  raise SourceError(
+    f"No GTSRB sources: looked for train.npz or "
+    f"Final_Training/Images in {', '.join(looked)}. "
+    f"{HOW_TO_GET_GTSRB}"
+  )
 
 
 def _load_npz(folder: pathlib.Path, split: str, image_size: int, checksums):
   path = folder / f"{split}.npz"
   if not path.is_file():
-    raise SourceError(f"Missing GTSRB file {path.name}: looked in {folder}. "
-                      f"{HOW_TO_GET_GTSRB}")
+    raise SourceError(
+      f"Missing GTSRB file {path.name}: looked in {folder}. {HOW_TO_GET_GTSRB}"
+    )
   if checksums is not None:
     digest = _sha256(path)
     if digest != checksums[path.name]:
-      raise SourceError(f"Checksum mismatch for {path}: sha256 is {digest}, "
-                        f"expected {checksums[path.name]}. {HOW_TO_GET_GTSRB}")
+      raise SourceError(
+        f"Checksum mismatch for {path}: sha256 is {digest}, "
+        f"expected {checksums[path.name]}. {HOW_TO_GET_GTSRB}"
+      )
   with np.load(path) as data:
     images = data["images"]
     labels = data["labels"].astype(np.int64)
@@ -91,8 +95,9 @@ def _load_npz(folder: pathlib.Path, split: str, image_size: int, checksums):
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
-  return np.asarray(Image.fromarray(image).convert("RGB").resize(
-      (size, size), Image.BILINEAR))
+  return np.asarray(
+    Image.fromarray(image).convert("RGB").resize((size, size), Image.BILINEAR)
+  )
 
 
 def _read_csv(path: pathlib.Path):
@@ -106,32 +111,39 @@ def _official_rows(folder: pathlib.Path, split: str):
     images_dir = folder / "Final_Training" / "Images"
     class_dirs = sorted(p for p in images_dir.iterdir() if p.is_dir())
     if not class_dirs:
-      raise SourceError(f"No class folders in {images_dir}. "
-                        f"{HOW_TO_GET_GTSRB}")
+      raise SourceError(f"No class folders in {images_dir}. {HOW_TO_GET_GTSRB}")
     for class_dir in class_dirs:
       annotations = class_dir / f"GT-{class_dir.name}.csv"
       if not annotations.is_file():
-        raise SourceError(f"Missing GTSRB file {annotations.name}: looked in "
-                          f"{class_dir}. {HOW_TO_GET_GTSRB}")
+        raise SourceError(
+          f"Missing GTSRB file {annotations.name}: looked in "
+          f"{class_dir}. {HOW_TO_GET_GTSRB}"
+        )
       for row in _read_csv(annotations):
         label = int(row["ClassId"])
         track = label * 1000 + int(row["Filename"].split("_")[0])
         yield class_dir / row["Filename"], row, track
   else:
     images_dir = folder / "Final_Test" / "Images"
-    candidates = [images_dir / "GT-final_test.csv",
-                  folder / "Final_Test" / "GT-final_test.csv",
-                  folder / "GT-final_test.csv"]
+    candidates = [
+      images_dir / "GT-final_test.csv",
+      folder / "Final_Test" / "GT-final_test.csv",
+      folder / "GT-final_test.csv",
+    ]
     annotations = next((c for c in candidates if c.is_file()), None)
     if annotations is None:
-      raise SourceError("Missing GTSRB file GT-final_test.csv (the test labels "
-                        "from GTSRB_Final_Test_GT.zip): looked in "
-                        f"{', '.join(str(c.parent) for c in candidates)}. "
-                        f"{HOW_TO_GET_GTSRB}")
+      raise SourceError(
+        "Missing GTSRB file GT-final_test.csv (the test labels "
+        "from GTSRB_Final_Test_GT.zip): looked in "
+        f"{', '.join(str(c.parent) for c in candidates)}. "
+        f"{HOW_TO_GET_GTSRB}"
+      )
     for row in _read_csv(annotations):
       if "ClassId" not in row:
-        raise SourceError(f"{annotations} has no ClassId column: use "
-                          "GT-final_test.csv from GTSRB_Final_Test_GT.zip.")
+        raise SourceError(
+          f"{annotations} has no ClassId column: use "
+          "GT-final_test.csv from GTSRB_Final_Test_GT.zip."
+        )
       yield images_dir / row["Filename"], row, -1
 
 
@@ -139,24 +151,32 @@ def _load_official(folder: pathlib.Path, split: str, image_size: int):
   images, labels, roi, size, track = [], [], [], [], []
   for path, row, track_id in _official_rows(folder, split):
     if not path.is_file():
-      raise SourceError(f"Missing GTSRB image {path.name}: looked in "
-                        f"{path.parent}. {HOW_TO_GET_GTSRB}")
+      raise SourceError(
+        f"Missing GTSRB image {path.name}: looked in "
+        f"{path.parent}. {HOW_TO_GET_GTSRB}"
+      )
     with Image.open(path) as image:
-      images.append(np.asarray(image.convert("RGB").resize(
-          (image_size, image_size), Image.BILINEAR)))
+      images.append(
+        np.asarray(
+          image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+        )
+      )
     labels.append(int(row["ClassId"]))
-    roi.append([int(row[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2",
-                                      "Roi.Y2")])
+    roi.append([int(row[k]) for k in ("Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2")])
     size.append([int(row["Width"]), int(row["Height"])])
     track.append(track_id)
-  return dict(images=np.stack(images).astype(np.uint8),
-              labels=np.array(labels, np.int64),
-              roi=np.array(roi, np.int32), size=np.array(size, np.int32),
-              track=np.array(track, np.int32))
+  return dict(
+    images=np.stack(images).astype(np.uint8),
+    labels=np.array(labels, np.int64),
+    roi=np.array(roi, np.int32),
+    size=np.array(size, np.int32),
+    track=np.array(track, np.int32),
+  )
 
 
-def load_gtsrb(split: str, *, image_size: int = 32, data_dir=None,
-               checksums=NPZ_SHA256) -> dict[str, np.ndarray]:
+def load_gtsrb(
+  split: str, *, image_size: int = 32, data_dir=None, checksums=NPZ_SHA256
+) -> dict[str, np.ndarray]:
   """Reads one official GTSRB split ('train' or 'test') from either layout.
 
   Returns:
@@ -173,8 +193,9 @@ def load_gtsrb(split: str, *, image_size: int = 32, data_dir=None,
   return _load_official(folder, split, image_size)
 
 
-def validation_tracks(track: np.ndarray, labels: np.ndarray, *,
-                      fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+def validation_tracks(
+  track: np.ndarray, labels: np.ndarray, *, fraction: float = 0.1, seed: int = 0
+) -> np.ndarray:
   """Boolean mask of training images whose whole track is held out.
 
   In each class, ``ceil(fraction * tracks)`` tracks (at least one) are
@@ -186,6 +207,7 @@ def validation_tracks(track: np.ndarray, labels: np.ndarray, *,
   for label in np.unique(labels):
     tracks = np.unique(track[labels == label])
     count = max(1, int(np.ceil(fraction * len(tracks))))
-    held_out.extend(rng.choice(tracks, size=min(count, len(tracks)),
-                               replace=False))
+    held_out.extend(
+      rng.choice(tracks, size=min(count, len(tracks)), replace=False)
+    )
   return np.isin(track, held_out)

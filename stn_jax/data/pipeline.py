@@ -19,7 +19,6 @@ state. The default is the fixed, built dataset.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Mapping
 
 import grain
@@ -34,8 +33,9 @@ def data_sharding(devices=None) -> NamedSharding:
   """Sharding that splits the leading (batch) axis over ``devices``
   (default: every local device)."""
   devices = list(jax.local_devices() if devices is None else devices)
-  return NamedSharding(Mesh(np.array(devices), ("data",)),
-                       PartitionSpec("data"))
+  return NamedSharding(
+    Mesh(np.array(devices), ("data",)), PartitionSpec("data")
+  )
 
 
 class InputPipeline(Iterator):
@@ -62,30 +62,44 @@ class InputPipeline(Iterator):
     num_threads: grain threads preparing batches ahead (0: in the caller).
   """
 
-  def __init__(self, arrays: Mapping[str, np.ndarray], *, batch_size: int,
-               seed: int = 0, shuffle: bool = True,
-               num_epochs: int | None = None, drop_remainder: bool = True,
-               normalization: Normalization | None = None, preprocess=None,
-               sharding=None, num_threads: int = 2):
+  def __init__(
+    self,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    drop_remainder: bool = True,
+    normalization: Normalization | None = None,
+    preprocess=None,
+    sharding=None,
+    num_threads: int = 2,
+  ):
     if "image" not in arrays or "label" not in arrays:
-      raise ValueError("arrays must hold 'image' and 'label'; got keys "
-                       f"{sorted(arrays)}.")
+      raise ValueError(
+        f"arrays must hold 'image' and 'label'; got keys {sorted(arrays)}."
+      )
     self._arrays = dict(arrays)
     self._size = len(self._arrays["label"])
     if not isinstance(batch_size, int) or batch_size <= 0:
-      raise ValueError(f"batch_size must be a positive int; got "
-                       f"{batch_size!r}.")
+      raise ValueError(
+        f"batch_size must be a positive int; got {batch_size!r}."
+      )
     if self._size == 0:
       raise ValueError("arrays must not be empty.")
     self._sharding = data_sharding() if sharding is None else sharding
     if self._sharding is not False:
       devices = self._sharding.mesh.size
       if batch_size % devices:
-        raise ValueError(f"batch_size must be divisible by the number of "
-                         f"devices ({devices}); got {batch_size}.")
+        raise ValueError(
+          f"batch_size must be divisible by the number of "
+          f"devices ({devices}); got {batch_size}."
+        )
     if preprocess is not None:
       preprocess.output_shape(self._arrays["image"].shape[1:])  # checks
     self._preprocess = preprocess
+    self._orders = {}
     self._seed = seed
     self._shuffle = shuffle
     self._batch_size = batch_size
@@ -93,26 +107,39 @@ class InputPipeline(Iterator):
     if drop_remainder:
       self._batches_per_epoch = self._size // batch_size
       if self._batches_per_epoch == 0:
-        raise ValueError(f"batch_size ({batch_size}) is larger than the "
-                         f"split ({self._size}) and drop_remainder is set.")
+        raise ValueError(
+          f"batch_size ({batch_size}) is larger than the "
+          f"split ({self._size}) and drop_remainder is set."
+        )
     else:
       self._batches_per_epoch = -(-self._size // batch_size)
-    dataset = grain.MapDataset.range(self._batches_per_epoch).repeat(
-        num_epochs)
+    dataset = grain.MapDataset.range(self._batches_per_epoch).repeat(num_epochs)
     dataset = dataset.map_with_index(lambda k, _: self._batch_at(k))
-    self._iterator = iter(dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
+    self._iterator = iter(
+      dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
+      )
+    )
 
-  @functools.lru_cache(maxsize=2)
   def _order(self, epoch: int) -> np.ndarray:
-    if not self._shuffle:
-      return np.arange(self._size)
-    return np.random.default_rng([self._seed, epoch]).permutation(self._size)
+    """The permutation of ``epoch``, cached for it and the epoch before
+    (grain's threads may straddle an epoch boundary)."""
+    order = self._orders.get(epoch)
+    if order is None:
+      if self._shuffle:
+        rng = np.random.default_rng([self._seed, epoch])
+        order = rng.permutation(self._size)
+      else:
+        order = np.arange(self._size)
+      kept = {e: o for e, o in self._orders.items() if e == epoch - 1}
+      self._orders = {**kept, epoch: order}  # one atomic swap
+    return order
 
   def _batch_at(self, position: int) -> dict[str, np.ndarray]:
     epoch, batch = divmod(position, self._batches_per_epoch)
-    indices = self._order(epoch)[batch * self._batch_size:
-                                 (batch + 1) * self._batch_size]
+    indices = self._order(epoch)[
+      batch * self._batch_size : (batch + 1) * self._batch_size
+    ]
     return self.host_batch(np.full(len(indices), epoch), indices)
 
   def __len__(self) -> int:
@@ -131,8 +158,13 @@ class InputPipeline(Iterator):
     """The NumPy batch of the given examples (used by ``__next__``)."""
     batch = {k: v[indices] for k, v in self._arrays.items()}
     if self._preprocess is not None:
-      batch = self._preprocess(batch, arrays=self._arrays, indices=indices,
-                               epochs=epochs, seed=self._seed)
+      batch = self._preprocess(
+        batch,
+        arrays=self._arrays,
+        indices=indices,
+        epochs=epochs,
+        seed=self._seed,
+      )
     batch["image"] = self._normalization(batch["image"])
     batch["label"] = batch["label"].astype(np.int32)
     batch["epoch"] = np.asarray(epochs, np.int32)
@@ -142,5 +174,7 @@ class InputPipeline(Iterator):
     batch = next(self._iterator)
     if self._sharding is False:
       return batch
-    return {k: jax.make_array_from_process_local_data(self._sharding, v)
-            for k, v in batch.items()}
+    return {
+      k: jax.make_array_from_process_local_data(self._sharding, v)
+      for k, v in batch.items()
+    }

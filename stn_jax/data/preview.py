@@ -6,8 +6,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-def grid_image(images, labels, *, columns: int = 8, scale: int = 3,
-               title: str | None = None) -> Image.Image:
+def grid_image(
+  images, labels, *, columns: int = 8, scale: int = 3, title: str | None = None
+) -> Image.Image:
   """Tiles images with their labels.
 
   Args:
@@ -28,9 +29,14 @@ def grid_image(images, labels, *, columns: int = 8, scale: int = 3,
   tile_w, tile_h = w * scale, h * scale
   label_h, pad = 12, 4
   top = 16 if title else 0
-  canvas = Image.new("RGB", (columns * (tile_w + pad) + pad,
-                             top + rows * (tile_h + label_h + pad) + pad),
-                     "white")
+  canvas = Image.new(
+    "RGB",
+    (
+      columns * (tile_w + pad) + pad,
+      top + rows * (tile_h + label_h + pad) + pad,
+    ),
+    "white",
+  )
   draw = ImageDraw.Draw(canvas)
   if title:
     draw.text((pad, 2), title, fill="black")
@@ -38,8 +44,7 @@ def grid_image(images, labels, *, columns: int = 8, scale: int = 3,
     r, c = divmod(i, columns)
     x = pad + c * (tile_w + pad)
     y = top + pad + r * (tile_h + label_h + pad)
-    tile = Image.fromarray(images[i]).resize((tile_w, tile_h),
-                                             Image.NEAREST)
+    tile = Image.fromarray(images[i]).resize((tile_w, tile_h), Image.NEAREST)
     canvas.paste(tile.convert("RGB"), (x, y))
     draw.text((x, y + tile_h), str(labels[i]), fill="black")
   return canvas

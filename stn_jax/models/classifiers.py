@@ -24,8 +24,9 @@ def _pool(x, size=2):
 class FCN(nnx.Module):
   """Two hidden fully connected ReLU layers and a softmax classifier."""
 
-  def __init__(self, in_shape, num_classes, *, hidden: int = 128,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, in_shape, num_classes, *, hidden: int = 128, rngs: nnx.Rngs
+  ):
     self.fc1 = nnx.Linear(int(np.prod(in_shape)), hidden, rngs=rngs)
     self.fc2 = nnx.Linear(hidden, hidden, rngs=rngs)
     self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
@@ -38,13 +39,20 @@ class FCN(nnx.Module):
 class CNN(nnx.Module):
   """conv 9x9 -> max-pool 2 -> conv 7x7 -> max-pool 2 -> classifier."""
 
-  def __init__(self, in_shape, num_classes, *,
-               channels: Sequence[int] = (32, 32), rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_shape,
+    num_classes,
+    *,
+    channels: Sequence[int] = (32, 32),
+    rngs: nnx.Rngs,
+  ):
     height, width, in_channels = in_shape
     self.conv1 = nnx.Conv(in_channels, channels[0], (9, 9), rngs=rngs)
     self.conv2 = nnx.Conv(channels[0], channels[1], (7, 7), rngs=rngs)
-    self.out = nnx.Linear((height // 4) * (width // 4) * channels[1],
-                          num_classes, rngs=rngs)
+    self.out = nnx.Linear(
+      (height // 4) * (width // 4) * channels[1], num_classes, rngs=rngs
+    )
 
   def __call__(self, x):
     x = _pool(nnx.relu(self.conv1(x)))
@@ -59,22 +67,39 @@ class STClassifier(nnx.Module):
   does this for RTS and TC).
   """
 
-  def __init__(self, in_shape, num_classes, *, classifier: type,
-               classifier_kwargs=None, transform: str = "affine",
-               localisation: str = "conv", localisation_kwargs=None,
-               pool_output: bool = False, transformer_kwargs=None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_shape,
+    num_classes,
+    *,
+    classifier: type,
+    classifier_kwargs=None,
+    transform: str = "affine",
+    localisation: str = "conv",
+    localisation_kwargs=None,
+    pool_output: bool = False,
+    transformer_kwargs=None,
+    rngs: nnx.Rngs,
+  ):
     height, width, channels = in_shape
     self.transformer = SpatialTransformer(
-        in_shape, transform=transform, localisation=localisation,
-        localisation_kwargs=localisation_kwargs, rngs=rngs,
-        **(transformer_kwargs or {}))
+      in_shape,
+      transform=transform,
+      localisation=localisation,
+      localisation_kwargs=localisation_kwargs,
+      rngs=rngs,
+      **(transformer_kwargs or {}),
+    )
     self.pool_output = pool_output
     out_h, out_w = self.transformer.out_size
     if pool_output:
       out_h, out_w = out_h // 2, out_w // 2
-    self.classifier = classifier((out_h, out_w, channels), num_classes,
-                                 rngs=rngs, **(classifier_kwargs or {}))
+    self.classifier = classifier(
+      (out_h, out_w, channels),
+      num_classes,
+      rngs=rngs,
+      **(classifier_kwargs or {}),
+    )
 
   def __call__(self, x):
     x = self.transformer(x)
@@ -83,26 +108,56 @@ class STClassifier(nnx.Module):
     return self.classifier(x)
 
 
-def st_fcn(in_shape, num_classes, *, transform="affine", hidden=128,
-           localisation_hidden=(32, 32, 32), pool_output=False, rngs):
+def st_fcn(
+  in_shape,
+  num_classes,
+  *,
+  transform="affine",
+  hidden=128,
+  localisation_hidden=(32, 32, 32),
+  pool_output=False,
+  rngs,
+):
   """ST-FCN: FC localisation net (3 x 32 units) + FCN."""
-  return STClassifier(in_shape, num_classes, classifier=FCN,
-                      classifier_kwargs={"hidden": hidden},
-                      transform=transform, localisation="fc",
-                      localisation_kwargs={"hidden": localisation_hidden},
-                      pool_output=pool_output, rngs=rngs)
+  return STClassifier(
+    in_shape,
+    num_classes,
+    classifier=FCN,
+    classifier_kwargs={"hidden": hidden},
+    transform=transform,
+    localisation="fc",
+    localisation_kwargs={"hidden": localisation_hidden},
+    pool_output=pool_output,
+    rngs=rngs,
+  )
 
 
-def st_cnn(in_shape, num_classes, *, transform="affine", channels=(32, 32),
-           localisation_channels=(20, 20), localisation_hidden=20,
-           pool_output=False, rngs):
+def st_cnn(
+  in_shape,
+  num_classes,
+  *,
+  transform="affine",
+  channels=(32, 32),
+  localisation_channels=(20, 20),
+  localisation_hidden=20,
+  pool_output=False,
+  rngs,
+):
   """ST-CNN: conv localisation net + CNN."""
-  return STClassifier(in_shape, num_classes, classifier=CNN,
-                      classifier_kwargs={"channels": channels},
-                      transform=transform, localisation="conv",
-                      localisation_kwargs={"channels": localisation_channels,
-                                           "hidden": localisation_hidden},
-                      pool_output=pool_output, rngs=rngs)
+  return STClassifier(
+    in_shape,
+    num_classes,
+    classifier=CNN,
+    classifier_kwargs={"channels": channels},
+    transform=transform,
+    localisation="conv",
+    localisation_kwargs={
+      "channels": localisation_channels,
+      "hidden": localisation_hidden,
+    },
+    pool_output=pool_output,
+    rngs=rngs,
+  )
 
 
 class GtsrbCNN(nnx.Module):
@@ -114,9 +169,16 @@ class GtsrbCNN(nnx.Module):
   Localisation nets: max-pool 2 -> conv 5x5 -> conv 5x5 -> FC -> params.
   """
 
-  def __init__(self, in_shape, num_classes, *, num_transformers: int = 3,
-               width: float = 1.0, transform: str = "affine",
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_shape,
+    num_classes,
+    *,
+    num_transformers: int = 3,
+    width: float = 1.0,
+    transform: str = "affine",
+    rngs: nnx.Rngs,
+  ):
     scale = lambda c: max(4, int(round(c * width)))
     channels = [in_shape[2], scale(200), scale(250), scale(350)]
     kernels = [7, 4, 4]
@@ -125,13 +187,24 @@ class GtsrbCNN(nnx.Module):
     self.convs = nnx.List()
     for i in range(3):
       if i < num_transformers:
-        self.transformers.append(SpatialTransformer(
-            (h, w, channels[i]), transform=transform, localisation="conv",
-            localisation_kwargs={"channels": (scale(150), scale(200)),
-                                 "hidden": scale(300), "downsample": 2},
-            rngs=rngs))
-      self.convs.append(nnx.Conv(channels[i], channels[i + 1],
-                                 (kernels[i], kernels[i]), rngs=rngs))
+        self.transformers.append(
+          SpatialTransformer(
+            (h, w, channels[i]),
+            transform=transform,
+            localisation="conv",
+            localisation_kwargs={
+              "channels": (scale(150), scale(200)),
+              "hidden": scale(300),
+              "downsample": 2,
+            },
+            rngs=rngs,
+          )
+        )
+      self.convs.append(
+        nnx.Conv(
+          channels[i], channels[i + 1], (kernels[i], kernels[i]), rngs=rngs
+        )
+      )
       h, w = h // 2, w // 2
     self.fc = nnx.Linear(h * w * channels[3], scale(400), rngs=rngs)
     self.out = nnx.Linear(scale(400), num_classes, rngs=rngs)
@@ -150,16 +223,23 @@ class ResidualBlock(nnx.Module):
 
   def __init__(self, in_channels, out_channels, stride, *, rngs):
     groups = lambda c: min(8, c)
-    self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3),
-                          strides=(stride, stride), rngs=rngs)
-    self.norm1 = nnx.GroupNorm(out_channels, num_groups=groups(out_channels),
-                               rngs=rngs)
+    self.conv1 = nnx.Conv(
+      in_channels, out_channels, (3, 3), strides=(stride, stride), rngs=rngs
+    )
+    self.norm1 = nnx.GroupNorm(
+      out_channels, num_groups=groups(out_channels), rngs=rngs
+    )
     self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), rngs=rngs)
-    self.norm2 = nnx.GroupNorm(out_channels, num_groups=groups(out_channels),
-                               rngs=rngs)
-    self.shortcut = (nnx.Conv(in_channels, out_channels, (1, 1),
-                              strides=(stride, stride), rngs=rngs)
-                     if stride != 1 or in_channels != out_channels else None)
+    self.norm2 = nnx.GroupNorm(
+      out_channels, num_groups=groups(out_channels), rngs=rngs
+    )
+    self.shortcut = (
+      nnx.Conv(
+        in_channels, out_channels, (1, 1), strides=(stride, stride), rngs=rngs
+      )
+      if stride != 1 or in_channels != out_channels
+      else None
+    )
 
   def __call__(self, x):
     y = nnx.relu(self.norm1(self.conv1(x)))
@@ -176,15 +256,24 @@ class ResNet(nnx.Module):
   insert spatial transformers (ResNet-STN).
   """
 
-  def __init__(self, in_shape, num_classes, *,
-               widths: Sequence[int] = (16, 32, 64), blocks_per_stage: int = 2,
-               transformer_on_input: bool = False,
-               transformer_after_stage: int | None = None,
-               transform: str = "affine", rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_shape,
+    num_classes,
+    *,
+    widths: Sequence[int] = (16, 32, 64),
+    blocks_per_stage: int = 2,
+    transformer_on_input: bool = False,
+    transformer_after_stage: int | None = None,
+    transform: str = "affine",
+    rngs: nnx.Rngs,
+  ):
     h, w, c = in_shape
-    self.input_transformer = (SpatialTransformer(
-        in_shape, transform=transform, rngs=rngs)
-                              if transformer_on_input else None)
+    self.input_transformer = (
+      SpatialTransformer(in_shape, transform=transform, rngs=rngs)
+      if transformer_on_input
+      else None
+    )
     self.stem = nnx.Conv(c, widths[0], (3, 3), rngs=rngs)
     self.stages = nnx.List()
     stage_transformer = None
@@ -194,15 +283,19 @@ class ResNet(nnx.Module):
       stride = 1 if s == 0 else 2
       blocks = nnx.List()
       for b in range(blocks_per_stage):
-        blocks.append(ResidualBlock(channels, width, stride if b == 0 else 1,
-                                    rngs=rngs))
+        blocks.append(
+          ResidualBlock(channels, width, stride if b == 0 else 1, rngs=rngs)
+        )
         channels = width
       self.stages.append(blocks)
       h, w = -(-h // stride), -(-w // stride)
       if transformer_after_stage == s:
         stage_transformer = SpatialTransformer(
-            (h, w, channels), transform=transform,
-            localisation_kwargs={"downsample": 1}, rngs=rngs)
+          (h, w, channels),
+          transform=transform,
+          localisation_kwargs={"downsample": 1},
+          rngs=rngs,
+        )
     self.stage_transformer = stage_transformer
     self.out = nnx.Linear(channels, num_classes, rngs=rngs)
 
@@ -222,9 +315,15 @@ class ResNet(nnx.Module):
     return self.out(x.mean(axis=(1, 2)))
 
 
-def resnet_stn(in_shape, num_classes, *, transformer_after_stage=None,
-               **kwargs):
+def resnet_stn(
+  in_shape, num_classes, *, transformer_after_stage=None, **kwargs
+):
   """ResNet-STN: the ResNet with a transformer on its input (and
   optionally one after a stage)."""
-  return ResNet(in_shape, num_classes, transformer_on_input=True,
-                transformer_after_stage=transformer_after_stage, **kwargs)
+  return ResNet(
+    in_shape,
+    num_classes,
+    transformer_on_input=True,
+    transformer_after_stage=transformer_after_stage,
+    **kwargs,
+  )

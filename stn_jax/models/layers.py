@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -12,23 +11,35 @@ from flax import nnx
 from stn_jax import ops
 
 
-def regression_head(in_features: int, identity: np.ndarray,
-                    rngs: nnx.Rngs) -> nnx.Linear:
+def regression_head(
+  in_features: int, identity: np.ndarray, rngs: nnx.Rngs
+) -> nnx.Linear:
   """The last localisation layer: zero weights, bias = the identity
   transform, so training starts from the identity (the paper's init)."""
-  return nnx.Linear(in_features, len(identity),
-                    kernel_init=nnx.initializers.zeros_init(),
-                    bias_init=lambda *_: jnp.asarray(identity), rngs=rngs)
+  return nnx.Linear(
+    in_features,
+    len(identity),
+    kernel_init=nnx.initializers.zeros_init(),
+    bias_init=lambda *_: jnp.asarray(identity),
+    rngs=rngs,
+  )
 
 
 class FCLocalisation(nnx.Module):
   """Fully connected localisation net (ST-FCN: 3 layers of 32 units)."""
 
-  def __init__(self, in_shape: Sequence[int], identity: np.ndarray, *,
-               hidden: Sequence[int] = (32, 32, 32), rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    identity: np.ndarray,
+    *,
+    hidden: Sequence[int] = (32, 32, 32),
+    rngs: nnx.Rngs,
+  ):
     sizes = [int(np.prod(in_shape)), *hidden]
-    self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs)
-                            for a, b in zip(sizes[:-1], sizes[1:])])
+    self.hidden = nnx.List(
+      [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
+    )
     self.head = regression_head(sizes[-1], identity, rngs)
 
   def __call__(self, x):
@@ -42,9 +53,16 @@ class ConvLocalisation(nnx.Module):
   """Convolutional localisation net (ST-CNN): on a ``downsample``-times
   max-pooled input, conv 5x5 -> max-pool 2 -> conv 5x5 -> FC -> params."""
 
-  def __init__(self, in_shape: Sequence[int], identity: np.ndarray, *,
-               channels: Sequence[int] = (20, 20), hidden: int = 20,
-               downsample: int = 2, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    identity: np.ndarray,
+    *,
+    channels: Sequence[int] = (20, 20),
+    hidden: int = 20,
+    downsample: int = 2,
+    rngs: nnx.Rngs,
+  ):
     height, width, in_channels = in_shape
     self.downsample = downsample
     self.conv1 = nnx.Conv(in_channels, channels[0], (5, 5), rngs=rngs)
@@ -80,21 +98,31 @@ class SpatialTransformer(nnx.Module):
     num_control_points: K for ``tps``.
   """
 
-  def __init__(self, in_shape: Sequence[int], *, transform: str = "affine",
-               out_size: Sequence[int] | None = None,
-               localisation: str = "conv", localisation_kwargs=None,
-               mode: str = "bilinear", padding_mode: str = "zeros",
-               align_corners: bool = False, num_control_points: int = 16,
-               rngs: nnx.Rngs):
-    identity = ops.identity_params(transform,
-                                   num_control_points=num_control_points)
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    *,
+    transform: str = "affine",
+    out_size: Sequence[int] | None = None,
+    localisation: str = "conv",
+    localisation_kwargs=None,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+    num_control_points: int = 16,
+    rngs: nnx.Rngs,
+  ):
+    identity = ops.identity_params(
+      transform, num_control_points=num_control_points
+    )
     nets = {"conv": ConvLocalisation, "fc": FCLocalisation}
     if localisation not in nets:
-      raise ValueError(f"localisation must be one of {sorted(nets)}; got "
-                       f"{localisation!r}.")
-    self.localisation = nets[localisation](tuple(in_shape), identity,
-                                           rngs=rngs,
-                                           **(localisation_kwargs or {}))
+      raise ValueError(
+        f"localisation must be one of {sorted(nets)}; got {localisation!r}."
+      )
+    self.localisation = nets[localisation](
+      tuple(in_shape), identity, rngs=rngs, **(localisation_kwargs or {})
+    )
     self.transform = transform
     self.out_size = tuple(out_size or in_shape[:2])
     self.mode = mode
@@ -108,13 +136,22 @@ class SpatialTransformer(nnx.Module):
 
   def grid(self, x):
     """The sampling grid ``(N, H_out, W_out, 2)`` for input ``x``."""
-    return ops.params_to_grid(self.transform, self.localisation(x),
-                              self.out_size, align_corners=self.align_corners)
+    return ops.params_to_grid(
+      self.transform,
+      self.localisation(x),
+      self.out_size,
+      align_corners=self.align_corners,
+    )
 
   def __call__(self, x):
     params = self.localisation(x)
-    grid = ops.params_to_grid(self.transform, params, self.out_size,
-                              align_corners=self.align_corners)
-    return ops.grid_sample(x, grid, mode=self.mode,
-                           padding_mode=self.padding_mode,
-                           align_corners=self.align_corners)
+    grid = ops.params_to_grid(
+      self.transform, params, self.out_size, align_corners=self.align_corners
+    )
+    return ops.grid_sample(
+      x,
+      grid,
+      mode=self.mode,
+      padding_mode=self.padding_mode,
+      align_corners=self.align_corners,
+    )

@@ -5,32 +5,76 @@ No Flax here. See :mod:`stn_jax.ops.grids` for the normalised coordinate
 convention and :mod:`stn_jax.ops.geometry` for the pixel one.
 """
 
-from stn_jax.ops.fitting import (ThinPlateSpline, fit_tps,
-                                 get_affine_transform,
-                                 get_perspective_transform, rotation_matrix,
-                                 tps_warp_points)
-from stn_jax.ops.geometry import (crop_and_resize, denormalize_points,
-                                  invert_affine, normalize_points,
-                                  normalized_to_pixel_homography,
-                                  pixel_to_normalized_homography,
-                                  pixel_to_theta, theta_to_pixel, warp_affine,
-                                  warp_perspective)
-from stn_jax.ops.grids import (affine_grid, attention_theta, base_coordinates,
-                               projective_grid, tps_grid, tps_source_points)
-from stn_jax.ops.sampling import (ALL_PADDING_MODES, MODES, PADDING_MODES,
-                                  grid_sample)
-from stn_jax.ops.transforms import (TRANSFORMS, identity_params,
-                                    num_transform_params, params_to_grid)
+from stn_jax.ops.fitting import (
+  ThinPlateSpline,
+  fit_tps,
+  get_affine_transform,
+  get_perspective_transform,
+  rotation_matrix,
+  tps_warp_points,
+)
+from stn_jax.ops.geometry import (
+  crop_and_resize,
+  denormalize_points,
+  invert_affine,
+  normalize_points,
+  normalized_to_pixel_homography,
+  pixel_to_normalized_homography,
+  pixel_to_theta,
+  theta_to_pixel,
+  warp_affine,
+  warp_perspective,
+)
+from stn_jax.ops.grids import (
+  affine_grid,
+  attention_theta,
+  base_coordinates,
+  projective_grid,
+  tps_grid,
+  tps_source_points,
+)
+from stn_jax.ops.sampling import (
+  ALL_PADDING_MODES,
+  MODES,
+  PADDING_MODES,
+  grid_sample,
+)
+from stn_jax.ops.transforms import (
+  TRANSFORMS,
+  identity_params,
+  num_transform_params,
+  params_to_grid,
+)
 
 __all__ = [
-    "ALL_PADDING_MODES", "MODES", "PADDING_MODES", "TRANSFORMS",
-    "ThinPlateSpline", "affine_grid", "attention_theta", "base_coordinates",
-    "crop_and_resize", "denormalize_points", "fit_tps",
-    "get_affine_transform", "get_perspective_transform", "grid_sample",
-    "identity_params", "invert_affine", "normalize_points",
-    "normalized_to_pixel_homography", "num_transform_params",
-    "params_to_grid", "pixel_to_normalized_homography", "pixel_to_theta",
-    "projective_grid", "rotation_matrix", "theta_to_pixel",
-    "tps_grid", "tps_source_points", "tps_warp_points", "warp_affine",
-    "warp_perspective",
+  "ALL_PADDING_MODES",
+  "MODES",
+  "PADDING_MODES",
+  "TRANSFORMS",
+  "ThinPlateSpline",
+  "affine_grid",
+  "attention_theta",
+  "base_coordinates",
+  "crop_and_resize",
+  "denormalize_points",
+  "fit_tps",
+  "get_affine_transform",
+  "get_perspective_transform",
+  "grid_sample",
+  "identity_params",
+  "invert_affine",
+  "normalize_points",
+  "normalized_to_pixel_homography",
+  "num_transform_params",
+  "params_to_grid",
+  "pixel_to_normalized_homography",
+  "pixel_to_theta",
+  "projective_grid",
+  "rotation_matrix",
+  "theta_to_pixel",
+  "tps_grid",
+  "tps_source_points",
+  "tps_warp_points",
+  "warp_affine",
+  "warp_perspective",
 ]

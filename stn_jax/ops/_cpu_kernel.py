@@ -32,8 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "grid_sample_cpu.cc")
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared",
-          "-fPIC", "-pthread", "-w")
+_FLAGS = (
+  "-O3",
+  "-march=native",
+  "-fno-math-errno",
+  "-std=c++17",
+  "-shared",
+  "-fPIC",
+  "-pthread",
+  "-w",
+)
 _DTYPES = {jnp.dtype(jnp.float32): "F32", jnp.dtype(jnp.float64): "F64"}
 MODE_CODES = {"bilinear": 0, "nearest": 1, "bicubic": 2}
 PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
@@ -41,8 +49,9 @@ PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
 
 def _cache_dir() -> str:
   return os.environ.get("STN_JAX_CACHE_DIR") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-      "stn_jax")
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+    "stn_jax",
+  )
 
 
 def _cpu_identity() -> str:
@@ -62,9 +71,12 @@ def _build(compiler: str) -> str:
   with open(_SOURCE, "rb") as f:
     source = f.read()
   # -march=native: the build is only valid for this kind of CPU.
-  key = hashlib.sha256(source + jax.__version__.encode() +
-                       " ".join(_FLAGS).encode() +
-                       _cpu_identity().encode()).hexdigest()[:16]
+  key = hashlib.sha256(
+    source
+    + jax.__version__.encode()
+    + " ".join(_FLAGS).encode()
+    + _cpu_identity().encode()
+  ).hexdigest()[:16]
   path = os.path.join(_cache_dir(), f"grid_sample_cpu_{key}.so")
   if os.path.exists(path):
     return path
@@ -74,9 +86,13 @@ def _build(compiler: str) -> str:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
   os.close(fd)
   try:
-    subprocess.run([compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", _SOURCE,
-                    "-o", tmp], check=True, capture_output=True, text=True,
-                   timeout=600)
+    subprocess.run(
+      [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", _SOURCE, "-o", tmp],
+      check=True,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -92,20 +108,27 @@ def _target(dtype) -> str:
 def _load() -> bool:
   compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
   if compiler is None:
-    warnings.warn("stn_jax: no C++ compiler found, so grid_sample uses its "
-                  "slower XLA path on the CPU.", stacklevel=4)
+    warnings.warn(
+      "stn_jax: no C++ compiler found, so grid_sample uses its "
+      "slower XLA path on the CPU.",
+      stacklevel=4,
+    )
     return False
   try:
     library = ctypes.cdll.LoadLibrary(_build(compiler))
     for dtype, suffix in _DTYPES.items():
       symbol = getattr(library, f"StnGridSampleBackward{suffix}")
-      jax.ffi.register_ffi_target(_target(dtype), jax.ffi.pycapsule(symbol),
-                                  platform="cpu")
+      jax.ffi.register_ffi_target(
+        _target(dtype), jax.ffi.pycapsule(symbol), platform="cpu"
+      )
   except (OSError, subprocess.SubprocessError, AttributeError) as error:
     detail = getattr(error, "stderr", None) or str(error)
-    warnings.warn("stn_jax: building grid_sample's CPU kernel failed, so the "
-                  "slower XLA path is used on the CPU. Compiler output: "
-                  f"{detail[-2000:]}", stacklevel=4)
+    warnings.warn(
+      "stn_jax: building grid_sample's CPU kernel failed, so the "
+      "slower XLA path is used on the CPU. Compiler output: "
+      f"{detail[-2000:]}",
+      stacklevel=4,
+    )
     return False
   return True
 
@@ -116,15 +139,20 @@ def enabled(dtype) -> bool:
   True when the default backend is the CPU, the dtype is float32/float64,
   ``STN_JAX_CPU_KERNEL`` is not ``0`` and the kernel builds.
   """
-  return (os.environ.get("STN_JAX_CPU_KERNEL", "1") != "0"
-          and jax.default_backend() == "cpu"
-          and jnp.dtype(dtype) in _DTYPES and _load())
+  return (
+    os.environ.get("STN_JAX_CPU_KERNEL", "1") != "0"
+    and jax.default_backend() == "cpu"
+    and jnp.dtype(dtype) in _DTYPES
+    and _load()
+  )
 
 
 def _attributes(mode, padding_mode, align_corners):
-  return dict(mode=np.int32(MODE_CODES[mode]),
-              padding=np.int32(PADDING_CODES[padding_mode]),
-              align_corners=np.int32(align_corners))
+  return dict(
+    mode=np.int32(MODE_CODES[mode]),
+    padding=np.int32(PADDING_CODES[padding_mode]),
+    align_corners=np.int32(align_corners),
+  )
 
 
 def backward(image, grid, out_grad, mode, padding_mode, align_corners):
@@ -137,9 +165,10 @@ def backward(image, grid, out_grad, mode, padding_mode, align_corners):
   Returns:
     (image gradient (N, H, W, C), grid gradient (N, P, 2)).
   """
-  outs = (jax.ShapeDtypeStruct(image.shape, image.dtype),
-          jax.ShapeDtypeStruct(grid.shape, grid.dtype))
-  return jax.ffi.ffi_call(_target(image.dtype), outs,
-                          vmap_method="broadcast_all")(
-                              image, grid, out_grad,
-                              **_attributes(mode, padding_mode, align_corners))
+  outs = (
+    jax.ShapeDtypeStruct(image.shape, image.dtype),
+    jax.ShapeDtypeStruct(grid.shape, grid.dtype),
+  )
+  return jax.ffi.ffi_call(
+    _target(image.dtype), outs, vmap_method="broadcast_all"
+  )(image, grid, out_grad, **_attributes(mode, padding_mode, align_corners))

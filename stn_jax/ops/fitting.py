@@ -26,12 +26,12 @@ from stn_jax.ops import _validation as v
 from stn_jax.ops import grids
 
 __all__ = [
-    "get_perspective_transform",
-    "get_affine_transform",
-    "rotation_matrix",
-    "ThinPlateSpline",
-    "fit_tps",
-    "tps_warp_points",
+  "get_perspective_transform",
+  "get_affine_transform",
+  "rotation_matrix",
+  "ThinPlateSpline",
+  "fit_tps",
+  "tps_warp_points",
 ]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -43,18 +43,27 @@ def _check_pairs(src, dst, min_points, exact=None):
   src, src_batched = v.check_float_array("src", src, trailing, description)
   dst, dst_batched = v.check_float_array("dst", dst, trailing, description)
   if src.shape[1] < min_points:
-    raise ValueError(f"src must hold at least {min_points} points, shape "
-                     f"(N, K, 2) with K >= {min_points}; got shape "
-                     f"{tuple(src.shape[1:] if not src_batched else src.shape)}"
-                     ".")
-  v.check_same_batching(("src", "dst"), (src_batched, dst_batched),
-                        (src.shape, dst.shape))
+    raise ValueError(
+      f"src must hold at least {min_points} points, shape "
+      f"(N, K, 2) with K >= {min_points}; got shape "
+      f"{tuple(src.shape[1:] if not src_batched else src.shape)}"
+      "."
+    )
+  v.check_same_batching(
+    ("src", "dst"), (src_batched, dst_batched), (src.shape, dst.shape)
+  )
   if src.shape[1] != dst.shape[1]:
-    raise ValueError("dst must have as many points as src; got src shape "
-                     f"{tuple(src.shape)} and dst shape {tuple(dst.shape)}.")
+    raise ValueError(
+      "dst must have as many points as src; got src shape "
+      f"{tuple(src.shape)} and dst shape {tuple(dst.shape)}."
+    )
   dtype = v.compute_dtype(src.dtype, dst.dtype)
-  return src.astype(dtype), dst.astype(dtype), src_batched, jnp.result_type(
-      src.dtype, dst.dtype)
+  return (
+    src.astype(dtype),
+    dst.astype(dtype),
+    src_batched,
+    jnp.result_type(src.dtype, dst.dtype),
+  )
 
 
 def _similarity_normalization(points):
@@ -68,9 +77,14 @@ def _normalizing_matrix(centre, scale):
   """(N, 3, 3) matrices p -> (p - centre) / scale."""
   zero, one = jnp.zeros_like(scale), jnp.ones_like(scale)
   inv = 1 / scale
-  return jnp.stack([jnp.stack([inv, zero, -centre[:, 0] * inv], -1),
-                    jnp.stack([zero, inv, -centre[:, 1] * inv], -1),
-                    jnp.stack([zero, zero, one], -1)], axis=1)
+  return jnp.stack(
+    [
+      jnp.stack([inv, zero, -centre[:, 0] * inv], -1),
+      jnp.stack([zero, inv, -centre[:, 1] * inv], -1),
+      jnp.stack([zero, zero, one], -1),
+    ],
+    axis=1,
+  )
 
 
 def get_perspective_transform(src, dst):
@@ -106,11 +120,16 @@ def get_perspective_transform(src, dst):
   rhs = jnp.concatenate([u, w], axis=1)  # (N, 8)
   h = jnp.linalg.solve(system, rhs[..., None])[..., 0]
   normalized = jnp.concatenate([h, jnp.ones_like(h[:, :1])], 1).reshape(
-      -1, 3, 3)
+    -1, 3, 3
+  )
   to_dst = jnp.linalg.inv(_normalizing_matrix(dst_centre, dst_scale))
-  homography = jnp.einsum("nij,njk,nkl->nil", to_dst, normalized,
-                          _normalizing_matrix(src_centre, src_scale),
-                          precision=_HIGHEST)
+  homography = jnp.einsum(
+    "nij,njk,nkl->nil",
+    to_dst,
+    normalized,
+    _normalizing_matrix(src_centre, src_scale),
+    precision=_HIGHEST,
+  )
   homography = homography / homography[:, 2:, 2:]
   homography = homography.astype(dtype)
   return homography if batched else homography[0]
@@ -141,12 +160,20 @@ def get_affine_transform(src, dst):
   gram = jnp.einsum("nki,nkj->nij", s, s, precision=_HIGHEST)  # (N, 2, 2)
   cross = jnp.einsum("nki,nkj->nij", d, s, precision=_HIGHEST)
   det = gram[:, 0, 0] * gram[:, 1, 1] - gram[:, 0, 1] * gram[:, 1, 0]
-  inverse = jnp.stack([jnp.stack([gram[:, 1, 1], -gram[:, 0, 1]], -1),
-                       jnp.stack([-gram[:, 1, 0], gram[:, 0, 0]], -1)],
-                      1) / det[:, None, None]
+  inverse = (
+    jnp.stack(
+      [
+        jnp.stack([gram[:, 1, 1], -gram[:, 0, 1]], -1),
+        jnp.stack([-gram[:, 1, 0], gram[:, 0, 0]], -1),
+      ],
+      1,
+    )
+    / det[:, None, None]
+  )
   linear = jnp.einsum("nij,njk->nik", cross, inverse, precision=_HIGHEST)
-  shift = dst_centre - jnp.einsum("nij,nj->ni", linear, src_centre,
-                                  precision=_HIGHEST)
+  shift = dst_centre - jnp.einsum(
+    "nij,nj->ni", linear, src_centre, precision=_HIGHEST
+  )
   matrix = jnp.concatenate([linear, shift[..., None]], -1).astype(dtype)
   return matrix if batched else matrix[0]
 
@@ -169,23 +196,30 @@ def rotation_matrix(center, angle, scale=1.0):
   """
   center, batched = v.check_float_array("center", center, (2,), "(N, 2)")
   angle, angle_batched = v.check_float_array("angle", angle, (), "(N,)")
-  v.check_same_batching(("center", "angle"), (batched, angle_batched),
-                        (center.shape, angle.shape))
-  if isinstance(scale, (int, float, np.integer, np.floating)) and not \
-      isinstance(scale, bool):
+  v.check_same_batching(
+    ("center", "angle"), (batched, angle_batched), (center.shape, angle.shape)
+  )
+  if isinstance(
+    scale, (int, float, np.integer, np.floating)
+  ) and not isinstance(scale, bool):
     scale = jnp.full(angle.shape, float(scale), angle.dtype)
   else:
     scale, scale_batched = v.check_float_array("scale", scale, (), "(N,)")
-    v.check_same_batching(("angle", "scale"), (batched, scale_batched),
-                          (angle.shape, scale.shape))
+    v.check_same_batching(
+      ("angle", "scale"), (batched, scale_batched), (angle.shape, scale.shape)
+    )
   dtype = v.compute_dtype(center.dtype, angle.dtype, scale.dtype)
   radians = jnp.deg2rad(angle.astype(dtype))
   alpha = scale.astype(dtype) * jnp.cos(radians)
   beta = scale.astype(dtype) * jnp.sin(radians)
   cx, cy = center[:, 0].astype(dtype), center[:, 1].astype(dtype)
-  matrix = jnp.stack([
+  matrix = jnp.stack(
+    [
       jnp.stack([alpha, beta, (1 - alpha) * cx - beta * cy], -1),
-      jnp.stack([-beta, alpha, beta * cx + (1 - alpha) * cy], -1)], axis=1)
+      jnp.stack([-beta, alpha, beta * cx + (1 - alpha) * cy], -1),
+    ],
+    axis=1,
+  )
   matrix = matrix.astype(jnp.result_type(center.dtype, angle.dtype))
   return matrix if batched else matrix[0]
 
@@ -198,11 +232,12 @@ class ThinPlateSpline(NamedTuple):
   p'_y)`` and ``U(r) = r^2 log r^2``. Shapes carry a leading ``N`` when
   fitted from a batch.
   """
+
   source_points: jax.Array  # (N, K, 2) the points f was fitted at.
-  weights: jax.Array        # (N, K, 2) radial weights, normalised units.
-  affine: jax.Array         # (N, 3, 2) coefficients of (1, x', y').
-  center: jax.Array         # (N, 2) mean of source_points.
-  scale: jax.Array          # (N,) RMS distance of source_points to center.
+  weights: jax.Array  # (N, K, 2) radial weights, normalised units.
+  affine: jax.Array  # (N, 3, 2) coefficients of (1, x', y').
+  center: jax.Array  # (N, 2) mean of source_points.
+  scale: jax.Array  # (N,) RMS distance of source_points to center.
 
 
 def _solve_tps(source, target, regularization):
@@ -215,7 +250,7 @@ def _solve_tps(source, target, regularization):
   # U(c r) = c^2 U(r) + c^2 log(c^2) r^2, and the r^2 part is affine on the
   # solution space: the spline of the given units with regularisation lambda
   # is the spline of the normalised units with lambda / scale^2.
-  ridge = jnp.zeros(k + 3, s.dtype).at[:k].set(regularization / scale ** 2)
+  ridge = jnp.zeros(k + 3, s.dtype).at[:k].set(regularization / scale**2)
   system = system + jnp.diag(ridge)
   rhs = jnp.concatenate([target, jnp.zeros((3, 2), s.dtype)], 0)
   solution = jnp.linalg.solve(system, rhs)
@@ -250,19 +285,26 @@ def fit_tps(src, dst, *, regularization=0.0) -> ThinPlateSpline:
     the source points, for float32 accuracy) for :func:`tps_warp_points`.
   """
   src, dst, batched, dtype = _check_pairs(src, dst, 3)
-  if isinstance(regularization, (int, float, np.integer, np.floating)) and \
-      not isinstance(regularization, bool):
+  if isinstance(
+    regularization, (int, float, np.integer, np.floating)
+  ) and not isinstance(regularization, bool):
     if not regularization >= 0:
-      raise ValueError("regularization must be a non-negative number; got "
-                       f"{regularization!r}.")
-  elif not (hasattr(regularization, "shape") and
-            np.shape(regularization) == () and
-            jnp.issubdtype(jnp.result_type(regularization), jnp.floating)):
-    raise ValueError("regularization must be a non-negative number or a "
-                     f"float scalar array; got {regularization!r}.")
+      raise ValueError(
+        f"regularization must be a non-negative number; got {regularization!r}."
+      )
+  elif not (
+    hasattr(regularization, "shape")
+    and np.shape(regularization) == ()
+    and jnp.issubdtype(jnp.result_type(regularization), jnp.floating)
+  ):
+    raise ValueError(
+      "regularization must be a non-negative number or a "
+      f"float scalar array; got {regularization!r}."
+    )
   lam = jnp.asarray(regularization, src.dtype)
-  weights, affine, centre, scale = jax.vmap(
-      _solve_tps, in_axes=(0, 0, None))(src, dst, lam)
+  weights, affine, centre, scale = jax.vmap(_solve_tps, in_axes=(0, 0, None))(
+    src, dst, lam
+  )
   fields = (src, weights, affine, centre, scale)
   fields = tuple(f.astype(dtype) for f in fields)
   if not batched:
@@ -291,19 +333,24 @@ def tps_warp_points(tps: ThinPlateSpline, points):
     and to the spline's fields (so to the fitted ``src`` and ``dst``).
   """
   if not isinstance(tps, ThinPlateSpline):
-    raise ValueError("tps must be a ThinPlateSpline from fit_tps; got "
-                     f"{type(tps).__name__}.")
+    raise ValueError(
+      f"tps must be a ThinPlateSpline from fit_tps; got {type(tps).__name__}."
+    )
   spline_batched = np.ndim(tps.source_points) == 3
-  points, batched = v.check_float_array("points", points, (None, 2),
-                                        "(N, P, 2)")
+  points, batched = v.check_float_array(
+    "points", points, (None, 2), "(N, P, 2)"
+  )
   fields = tuple(jnp.asarray(f) for f in tps)
   if not spline_batched:
     fields = tuple(f[None] for f in fields)
-  v.check_same_batching(("tps.source_points", "points"),
-                        (spline_batched, batched),
-                        (fields[0].shape, points.shape))
+  v.check_same_batching(
+    ("tps.source_points", "points"),
+    (spline_batched, batched),
+    (fields[0].shape, points.shape),
+  )
   dtype = v.compute_dtype(points.dtype, fields[1].dtype)
-  out = jax.vmap(_evaluate_tps)(points.astype(dtype),
-                                *(f.astype(dtype) for f in fields))
+  out = jax.vmap(_evaluate_tps)(
+    points.astype(dtype), *(f.astype(dtype) for f in fields)
+  )
   out = out.astype(points.dtype)
   return out if batched else out[0]

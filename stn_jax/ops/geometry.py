@@ -32,20 +32,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from stn_jax.ops import _validation as v
-from stn_jax.ops import grids
-from stn_jax.ops import sampling
+from stn_jax.ops import grids, sampling
 
 __all__ = [
-    "invert_affine",
-    "pixel_to_theta",
-    "theta_to_pixel",
-    "pixel_to_normalized_homography",
-    "normalized_to_pixel_homography",
-    "normalize_points",
-    "denormalize_points",
-    "warp_affine",
-    "warp_perspective",
-    "crop_and_resize",
+  "invert_affine",
+  "pixel_to_theta",
+  "theta_to_pixel",
+  "pixel_to_normalized_homography",
+  "normalized_to_pixel_homography",
+  "normalize_points",
+  "denormalize_points",
+  "warp_affine",
+  "warp_perspective",
+  "crop_and_resize",
 ]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -86,22 +85,33 @@ def _invert_affine(matrix):
 
 def _conjugate(matrix, left, right):
   """left @ matrix @ right for (N, 3, 3) matrix and NumPy (3, 3) sides."""
-  return jnp.einsum("ij,njk,kl->nil", jnp.asarray(left, matrix.dtype), matrix,
-                    jnp.asarray(right, matrix.dtype), precision=_HIGHEST)
+  return jnp.einsum(
+    "ij,njk,kl->nil",
+    jnp.asarray(left, matrix.dtype),
+    matrix,
+    jnp.asarray(right, matrix.dtype),
+    precision=_HIGHEST,
+  )
 
 
 def _pixel_to_theta(matrix, in_size, out_size, align_corners):
   inverse = _homogeneous(_invert_affine(matrix))  # dst pixel -> src pixel
-  return _conjugate(inverse, _normalization(in_size, align_corners),
-                    np.linalg.inv(_normalization(out_size, align_corners)))[
-                        :, :2]
+  return _conjugate(
+    inverse,
+    _normalization(in_size, align_corners),
+    np.linalg.inv(_normalization(out_size, align_corners)),
+  )[:, :2]
 
 
-def _pixel_to_normalized_homography(homography, in_size, out_size,
-                                    align_corners):
+def _pixel_to_normalized_homography(
+  homography, in_size, out_size, align_corners
+):
   inverse = jnp.linalg.inv(homography)  # dst pixel -> src pixel
-  return _conjugate(inverse, _normalization(in_size, align_corners),
-                    np.linalg.inv(_normalization(out_size, align_corners)))
+  return _conjugate(
+    inverse,
+    _normalization(in_size, align_corners),
+    np.linalg.inv(_normalization(out_size, align_corners)),
+  )
 
 
 def _restore(array, batched):
@@ -114,11 +124,13 @@ def _check_matrix(name, value, shape):
   tail = tuple(np.shape(value)[-2:])
   if np.ndim(value) in (2, 3) and tail in ((2, 3), (3, 3)) and tail != shape:
     other = "warp_perspective" if rows == 2 else "warp_affine"
-    raise ValueError(f"{name} must have shape (N, {rows}, 3) (or the same "
-                     "without the batch axis); got shape "
-                     f"{tuple(np.shape(value))} (a "
-                     f"{'3 x 3 homography' if rows == 2 else '2 x 3 affine'}"
-                     f": use {other}).")
+    raise ValueError(
+      f"{name} must have shape (N, {rows}, 3) (or the same "
+      "without the batch axis); got shape "
+      f"{tuple(np.shape(value))} (a "
+      f"{'3 x 3 homography' if rows == 2 else '2 x 3 affine'}"
+      f": use {other})."
+    )
   return v.check_float_array(name, value, shape, f"(N, {rows}, 3)")
 
 
@@ -141,9 +153,11 @@ def invert_affine(matrix):
 
 
 def _sizes(in_size, out_size, align_corners):
-  return (v.check_out_shape("in_size", in_size),
-          v.check_out_shape("out_size", out_size),
-          v.check_bool("align_corners", align_corners))
+  return (
+    v.check_out_shape("in_size", in_size),
+    v.check_out_shape("out_size", out_size),
+    v.check_bool("align_corners", align_corners),
+  )
 
 
 def pixel_to_theta(matrix, in_size, out_size, *, align_corners: bool = False):
@@ -167,8 +181,9 @@ def pixel_to_theta(matrix, in_size, out_size, *, align_corners: bool = False):
   matrix, batched = v.check_float_array("matrix", matrix, (2, 3), "(N, 2, 3)")
   in_size, out_size, align_corners = _sizes(in_size, out_size, align_corners)
   dtype = v.compute_dtype(matrix.dtype)
-  theta = _pixel_to_theta(matrix.astype(dtype), in_size, out_size,
-                          align_corners)
+  theta = _pixel_to_theta(
+    matrix.astype(dtype), in_size, out_size, align_corners
+  )
   return _restore(theta.astype(matrix.dtype), batched)
 
 
@@ -191,15 +206,18 @@ def theta_to_pixel(theta, in_size, out_size, *, align_corners: bool = False):
   theta, batched = v.check_float_array("theta", theta, (2, 3), "(N, 2, 3)")
   in_size, out_size, align_corners = _sizes(in_size, out_size, align_corners)
   dtype = v.compute_dtype(theta.dtype)
-  backward = _conjugate(_homogeneous(theta.astype(dtype)),
-                        np.linalg.inv(_normalization(in_size, align_corners)),
-                        _normalization(out_size, align_corners))[:, :2]
+  backward = _conjugate(
+    _homogeneous(theta.astype(dtype)),
+    np.linalg.inv(_normalization(in_size, align_corners)),
+    _normalization(out_size, align_corners),
+  )[:, :2]
   matrix = _invert_affine(backward)
   return _restore(matrix.astype(theta.dtype), batched)
 
 
-def pixel_to_normalized_homography(homography, in_size, out_size, *,
-                                   align_corners: bool = False):
+def pixel_to_normalized_homography(
+  homography, in_size, out_size, *, align_corners: bool = False
+):
   """Pixel homography (source -> destination) to a :func:`projective_grid` one.
 
   Args:
@@ -214,17 +232,20 @@ def pixel_to_normalized_homography(homography, in_size, out_size, *,
     normalised output -> input. Not rescaled (a homography is defined up to
     scale). A singular homography gives ``inf``/``nan`` entries.
   """
-  homography, batched = v.check_float_array("homography", homography, (3, 3),
-                                            "(N, 3, 3)")
+  homography, batched = v.check_float_array(
+    "homography", homography, (3, 3), "(N, 3, 3)"
+  )
   in_size, out_size, align_corners = _sizes(in_size, out_size, align_corners)
   dtype = v.compute_dtype(homography.dtype)
-  out = _pixel_to_normalized_homography(homography.astype(dtype), in_size,
-                                        out_size, align_corners)
+  out = _pixel_to_normalized_homography(
+    homography.astype(dtype), in_size, out_size, align_corners
+  )
   return _restore(out.astype(homography.dtype), batched)
 
 
-def normalized_to_pixel_homography(homography, in_size, out_size, *,
-                                   align_corners: bool = False):
+def normalized_to_pixel_homography(
+  homography, in_size, out_size, *, align_corners: bool = False
+):
   """A :func:`projective_grid` homography to a pixel one (source -> dest).
 
   The inverse of :func:`pixel_to_normalized_homography` (same arguments).
@@ -233,13 +254,16 @@ def normalized_to_pixel_homography(homography, in_size, out_size, *,
     ``(N, 3, 3)`` (or ``(3, 3)``) ``inv(inv(N_in) @ homography @ N_out)``,
     source pixel -> destination pixel, not rescaled.
   """
-  homography, batched = v.check_float_array("homography", homography, (3, 3),
-                                            "(N, 3, 3)")
+  homography, batched = v.check_float_array(
+    "homography", homography, (3, 3), "(N, 3, 3)"
+  )
   in_size, out_size, align_corners = _sizes(in_size, out_size, align_corners)
   dtype = v.compute_dtype(homography.dtype)
-  backward = _conjugate(homography.astype(dtype),
-                        np.linalg.inv(_normalization(in_size, align_corners)),
-                        _normalization(out_size, align_corners))
+  backward = _conjugate(
+    homography.astype(dtype),
+    np.linalg.inv(_normalization(in_size, align_corners)),
+    _normalization(out_size, align_corners),
+  )
   out = jnp.linalg.inv(backward)
   return _restore(out.astype(homography.dtype), batched)
 
@@ -248,11 +272,15 @@ def _check_any_points(name, points):
   if not hasattr(points, "shape") or not hasattr(points, "dtype"):
     points = np.asarray(points)
   if not jnp.issubdtype(points.dtype, jnp.floating):
-    raise ValueError(f"{name} must have a floating dtype (float32, bfloat16, "
-                     f"float16 or float64); got dtype {points.dtype}.")
+    raise ValueError(
+      f"{name} must have a floating dtype (float32, bfloat16, "
+      f"float16 or float64); got dtype {points.dtype}."
+    )
   if points.ndim < 1 or points.shape[-1] != 2:
-    raise ValueError(f"{name} must have shape (..., 2) of (x, y) points; got "
-                     f"shape {tuple(points.shape)}.")
+    raise ValueError(
+      f"{name} must have shape (..., 2) of (x, y) points; got "
+      f"shape {tuple(points.shape)}."
+    )
   return jnp.asarray(points)
 
 
@@ -290,31 +318,38 @@ def denormalize_points(points, size, *, align_corners: bool = False):
   points = _check_any_points("points", points)
   size = v.check_out_shape("size", size)
   align_corners = v.check_bool("align_corners", align_corners)
-  return _map_points(points,
-                     np.linalg.inv(_normalization(size, align_corners)))
+  return _map_points(points, np.linalg.inv(_normalization(size, align_corners)))
 
 
 def _check_image_and(image, name, value, trailing, description):
-  image, image_batched = v.check_float_array("image", image,
-                                             (None, None, None),
-                                             "(N, H, W, C)")
+  image, image_batched = v.check_float_array(
+    "image", image, (None, None, None), "(N, H, W, C)"
+  )
   if name in ("matrix", "homography"):
     value, value_batched = _check_matrix(name, value, trailing)
   else:
-    value, value_batched = v.check_float_array(name, value, trailing,
-                                               description)
-  v.check_same_batching(("image", name), (image_batched, value_batched),
-                        (image.shape, value.shape))
+    value, value_batched = v.check_float_array(
+      name, value, trailing, description
+    )
+  v.check_same_batching(
+    ("image", name), (image_batched, value_batched), (image.shape, value.shape)
+  )
   if 0 in image.shape:
-    raise ValueError(f"image must not be empty; got shape "
-                     f"{tuple(image.shape)}.")
+    raise ValueError(
+      f"image must not be empty; got shape {tuple(image.shape)}."
+    )
   return image, value, image_batched
 
 
 def _sample(image, grid, mode, padding_mode, fill_value):
-  return sampling.grid_sample(image, grid, mode=mode,
-                              padding_mode=padding_mode, align_corners=False,
-                              fill_value=fill_value)
+  return sampling.grid_sample(
+    image,
+    grid,
+    mode=mode,
+    padding_mode=padding_mode,
+    align_corners=False,
+    fill_value=fill_value,
+  )
 
 
 _SAMPLING_ARGS = """\
@@ -329,126 +364,148 @@ _SAMPLING_ARGS = """\
       number or an array of shape ``()`` or ``(C,)``."""
 
 
-def warp_affine(image, matrix, out_size, *, mode: str = "bilinear",
-                padding_mode: str = "zeros", fill_value=0.0):
+def warp_affine(
+  image,
+  matrix,
+  out_size,
+  *,
+  mode: str = "bilinear",
+  padding_mode: str = "zeros",
+  fill_value=0.0,
+):
   """Warps images by pixel affine matrices (source -> destination).
 
-  Like ``cv2.warpAffine(image, matrix, dsize=(out_width, out_height))``:
-  destination pixel ``(x, y)`` reads the source at ``inv(matrix) @ (x, y,
-  1)``, both in pixel coordinates with pixel centres at integers (module
-  docstring). OpenCV quantises that point to 1/32 pixel; this does not.
+    Like ``cv2.warpAffine(image, matrix, dsize=(out_width, out_height))``:
+    destination pixel ``(x, y)`` reads the source at ``inv(matrix) @ (x, y,
+    1)``, both in pixel coordinates with pixel centres at integers (module
+    docstring). OpenCV quantises that point to 1/32 pixel; this does not.
 
-  Args:
-    image: ``(N, H, W, C)`` or ``(H, W, C)`` float array.
-    matrix: ``(N, 2, 3)`` or ``(2, 3)`` float array, batched like ``image``.
-    out_size: ``(height, width)`` of the output. Note the order: OpenCV's
-      ``dsize`` is ``(width, height)``.
-{sampling_args}
+    Args:
+      image: ``(N, H, W, C)`` or ``(H, W, C)`` float array.
+      matrix: ``(N, 2, 3)`` or ``(2, 3)`` float array, batched like ``image``.
+      out_size: ``(height, width)`` of the output. Note the order: OpenCV's
+        ``dsize`` is ``(width, height)``.
+  {sampling_args}
 
-  Returns:
-    ``(N, height, width, C)`` (or unbatched) array of ``image.dtype``.
-    Gradients flow to ``image``, ``matrix`` and ``fill_value``. A singular
-    matrix gives an output of zeros (undefined sample points read 0).
+    Returns:
+      ``(N, height, width, C)`` (or unbatched) array of ``image.dtype``.
+      Gradients flow to ``image``, ``matrix`` and ``fill_value``. A singular
+      matrix gives an output of zeros (undefined sample points read 0).
   """
-  image, matrix, batched = _check_image_and(image, "matrix", matrix, (2, 3),
-                                            "(N, 2, 3)")
+  image, matrix, batched = _check_image_and(
+    image, "matrix", matrix, (2, 3), "(N, 2, 3)"
+  )
   out_size = v.check_out_shape("out_size", out_size)
   dtype = v.compute_dtype(matrix.dtype)
-  theta = _pixel_to_theta(matrix.astype(dtype), image.shape[1:3], out_size,
-                          False)
+  theta = _pixel_to_theta(
+    matrix.astype(dtype), image.shape[1:3], out_size, False
+  )
   grid = grids.affine_grid(theta, out_size)
-  return _restore(_sample(image, grid, mode, padding_mode, fill_value),
-                  batched)
+  return _restore(_sample(image, grid, mode, padding_mode, fill_value), batched)
 
 
-def warp_perspective(image, homography, out_size, *, mode: str = "bilinear",
-                     padding_mode: str = "zeros", fill_value=0.0):
+def warp_perspective(
+  image,
+  homography,
+  out_size,
+  *,
+  mode: str = "bilinear",
+  padding_mode: str = "zeros",
+  fill_value=0.0,
+):
   """Warps images by pixel homographies (source -> destination).
 
-  Like ``cv2.warpPerspective(image, homography, dsize=(out_width,
-  out_height))``: destination pixel ``(x, y)`` reads the source at
-  ``(u / w, v / w)``, ``(u, v, w) = inv(homography) @ (x, y, 1)``, in pixel
-  coordinates (module docstring). OpenCV quantises that point to 1/32 pixel;
-  this does not. Points with ``w == 0`` read 0.
+    Like ``cv2.warpPerspective(image, homography, dsize=(out_width,
+    out_height))``: destination pixel ``(x, y)`` reads the source at
+    ``(u / w, v / w)``, ``(u, v, w) = inv(homography) @ (x, y, 1)``, in pixel
+    coordinates (module docstring). OpenCV quantises that point to 1/32 pixel;
+    this does not. Points with ``w == 0`` read 0.
 
-  Args:
-    image: ``(N, H, W, C)`` or ``(H, W, C)`` float array.
-    homography: ``(N, 3, 3)`` or ``(3, 3)`` float array, batched like
-      ``image``; any scale.
-    out_size: ``(height, width)`` of the output (OpenCV's ``dsize`` is
-      ``(width, height)``).
-{sampling_args}
+    Args:
+      image: ``(N, H, W, C)`` or ``(H, W, C)`` float array.
+      homography: ``(N, 3, 3)`` or ``(3, 3)`` float array, batched like
+        ``image``; any scale.
+      out_size: ``(height, width)`` of the output (OpenCV's ``dsize`` is
+        ``(width, height)``).
+  {sampling_args}
 
-  Returns:
-    ``(N, height, width, C)`` (or unbatched) array of ``image.dtype``.
-    Gradients flow to ``image``, ``homography`` and ``fill_value``.
+    Returns:
+      ``(N, height, width, C)`` (or unbatched) array of ``image.dtype``.
+      Gradients flow to ``image``, ``homography`` and ``fill_value``.
   """
   image, homography, batched = _check_image_and(
-      image, "homography", homography, (3, 3), "(N, 3, 3)")
+    image, "homography", homography, (3, 3), "(N, 3, 3)"
+  )
   out_size = v.check_out_shape("out_size", out_size)
   dtype = v.compute_dtype(homography.dtype)
-  normalized = _pixel_to_normalized_homography(homography.astype(dtype),
-                                               image.shape[1:3], out_size,
-                                               False)
+  normalized = _pixel_to_normalized_homography(
+    homography.astype(dtype), image.shape[1:3], out_size, False
+  )
   grid = grids.projective_grid(normalized, out_size)
-  return _restore(_sample(image, grid, mode, padding_mode, fill_value),
-                  batched)
+  return _restore(_sample(image, grid, mode, padding_mode, fill_value), batched)
 
 
 def _box_positions(low, high, count, align_corners):
   """(N, K) box edges -> (N, K, count) sample positions in pixels."""
   if align_corners:
-    steps = (np.full(1, 0.5) if count == 1 else
-             np.arange(count) / (count - 1))
+    steps = np.full(1, 0.5) if count == 1 else np.arange(count) / (count - 1)
   else:
     steps = (np.arange(count) + 0.5) / count
   steps = jnp.asarray(steps, low.dtype)
   return low[..., None] + (high - low)[..., None] * steps
 
 
-def crop_and_resize(image, boxes, out_size, *, mode: str = "bilinear",
-                    padding_mode: str = "zeros", fill_value=0.0,
-                    align_corners: bool = False):
+def crop_and_resize(
+  image,
+  boxes,
+  out_size,
+  *,
+  mode: str = "bilinear",
+  padding_mode: str = "zeros",
+  fill_value=0.0,
+  align_corners: bool = False,
+):
   """Crops boxes from images and resamples each to ``out_size``.
 
-  A box ``(x1, y1, x2, y2)`` is in continuous pixel coordinates (pixel
-  centres at integers, module docstring), so ``(-0.5, -0.5, W - 0.5, H -
-  0.5)`` is the whole image. Glimpse pixel ``(i, j)`` of an ``h x w`` output
-  reads the image at
+    A box ``(x1, y1, x2, y2)`` is in continuous pixel coordinates (pixel
+    centres at integers, module docstring), so ``(-0.5, -0.5, W - 0.5, H -
+    0.5)`` is the whole image. Glimpse pixel ``(i, j)`` of an ``h x w`` output
+    reads the image at
 
-  * ``align_corners=False`` (default): the centre of cell ``(i, j)`` of an
-    ``h x w`` subdivision of the box: ``x = x1 + (j + 0.5) (x2 - x1) / w``,
-    ``y = y1 + (i + 0.5) (y2 - y1) / h``. The whole-image box with ``out_size
-    = (H, W)`` reproduces the image. This equals torchvision's
-    ``roi_align(..., aligned=True, sampling_ratio=1)`` of the box shifted by
-    ``+0.5`` (its pixel centres are at ``i + 0.5``) wherever the samples lie
-    in ``[0, W - 1] x [0, H - 1]``; outside that, roi_align clamps or reads
-    0 instead of padding.
-  * ``align_corners=True``: the corner samples lie on the box corners:
-    ``x = x1 + j (x2 - x1) / (w - 1)`` (the box centre when ``w == 1``). This
-    equals ``tf.image.crop_and_resize`` (bilinear) with the normalised box
-    ``(y1 / (H - 1), x1 / (W - 1), y2 / (H - 1), x2 / (W - 1))`` (TF's
-    order is ``(y, x)``) wherever the samples lie in ``[0, W - 1] x [0, H -
-    1]``; TF reads ``extrapolation_value`` at any sample outside that, where
-    this blends with the padding.
+    * ``align_corners=False`` (default): the centre of cell ``(i, j)`` of an
+      ``h x w`` subdivision of the box: ``x = x1 + (j + 0.5) (x2 - x1) / w``,
+      ``y = y1 + (i + 0.5) (y2 - y1) / h``. The whole-image box with ``out_size
+      = (H, W)`` reproduces the image. This equals torchvision's
+      ``roi_align(..., aligned=True, sampling_ratio=1)`` of the box shifted by
+      ``+0.5`` (its pixel centres are at ``i + 0.5``) wherever the samples lie
+      in ``[0, W - 1] x [0, H - 1]``; outside that, roi_align clamps or reads
+      0 instead of padding.
+    * ``align_corners=True``: the corner samples lie on the box corners:
+      ``x = x1 + j (x2 - x1) / (w - 1)`` (the box centre when ``w == 1``). This
+      equals ``tf.image.crop_and_resize`` (bilinear) with the normalised box
+      ``(y1 / (H - 1), x1 / (W - 1), y2 / (H - 1), x2 / (W - 1))`` (TF's
+      order is ``(y, x)``) wherever the samples lie in ``[0, W - 1] x [0, H -
+      1]``; TF reads ``extrapolation_value`` at any sample outside that, where
+      this blends with the padding.
 
-  A box with ``x2 < x1`` (or ``y2 < y1``) gives a mirrored glimpse; parts of a
-  box outside the image (or a box wholly outside) read the padding.
+    A box with ``x2 < x1`` (or ``y2 < y1``) gives a mirrored glimpse; parts of a
+    box outside the image (or a box wholly outside) read the padding.
 
-  Args:
-    image: ``(N, H, W, C)`` or ``(H, W, C)`` float array.
-    boxes: ``(N, K, 4)`` or ``(K, 4)`` float array of ``(x1, y1, x2, y2)``,
-      K boxes per image, batched like ``image``.
-    out_size: ``(h, w)`` of each glimpse.
-{sampling_args}
-    align_corners: where the samples sit in the box (above).
+    Args:
+      image: ``(N, H, W, C)`` or ``(H, W, C)`` float array.
+      boxes: ``(N, K, 4)`` or ``(K, 4)`` float array of ``(x1, y1, x2, y2)``,
+        K boxes per image, batched like ``image``.
+      out_size: ``(h, w)`` of each glimpse.
+  {sampling_args}
+      align_corners: where the samples sit in the box (above).
 
-  Returns:
-    ``(N, K, h, w, C)`` (or ``(K, h, w, C)``) glimpses of ``image.dtype``;
-    gradients flow to ``image``, ``boxes`` and ``fill_value``.
+    Returns:
+      ``(N, K, h, w, C)`` (or ``(K, h, w, C)``) glimpses of ``image.dtype``;
+      gradients flow to ``image``, ``boxes`` and ``fill_value``.
   """
-  image, boxes, batched = _check_image_and(image, "boxes", boxes, (None, 4),
-                                           "(N, K, 4)")
+  image, boxes, batched = _check_image_and(
+    image, "boxes", boxes, (None, 4), "(N, K, 4)"
+  )
   out_size = v.check_out_shape("out_size", out_size)
   align_corners = v.check_bool("align_corners", align_corners)
   n, height, width, channels = image.shape
@@ -460,8 +517,9 @@ def crop_and_resize(image, boxes, out_size, *, mode: str = "bilinear",
   ys = _box_positions(b[..., 1], b[..., 3], out_height, align_corners)
   xs = (2 * xs + 1) / width - 1  # pixel -> normalised, align_corners=False
   ys = (2 * ys + 1) / height - 1
-  grid = jnp.stack(jnp.broadcast_arrays(xs[:, :, None, :], ys[..., None]),
-                   -1)  # (N, K, h, w, 2)
+  grid = jnp.stack(
+    jnp.broadcast_arrays(xs[:, :, None, :], ys[..., None]), -1
+  )  # (N, K, h, w, 2)
   grid = grid.reshape(n, num_boxes * out_height, out_width, 2)
   out = _sample(image, grid, mode, padding_mode, fill_value)
   out = out.reshape(n, num_boxes, out_height, out_width, channels)
@@ -469,6 +527,7 @@ def crop_and_resize(image, boxes, out_size, *, mode: str = "bilinear",
 
 
 for _function in (warp_affine, warp_perspective, crop_and_resize):
-  _function.__doc__ = _function.__doc__.replace("{sampling_args}",
-                                                _SAMPLING_ARGS)
+  _function.__doc__ = _function.__doc__.replace(
+    "{sampling_args}", _SAMPLING_ARGS
+  )
 del _function

@@ -31,12 +31,12 @@ import numpy as np
 from stn_jax.ops import _validation as v
 
 __all__ = [
-    "base_coordinates",
-    "affine_grid",
-    "projective_grid",
-    "tps_grid",
-    "tps_source_points",
-    "attention_theta",
+  "base_coordinates",
+  "affine_grid",
+  "projective_grid",
+  "tps_grid",
+  "tps_source_points",
+  "attention_theta",
 ]
 
 
@@ -98,8 +98,10 @@ def affine_grid(theta, out_shape, *, align_corners: bool = False):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _affine_grid(theta, out_shape, align_corners):
-  xs, ys = (jnp.asarray(a, theta.dtype)
-            for a in _output_points(out_shape, align_corners))
+  xs, ys = (
+    jnp.asarray(a, theta.dtype)
+    for a in _output_points(out_shape, align_corners)
+  )
   t = theta[:, :, :, None, None]  # (N, 2, 3, 1, 1)
   # Elementwise rather than a matmul: exact in float32 on every backend, and
   # fused into the sampler that consumes it.
@@ -116,10 +118,12 @@ def _affine_grid_bwd(out_shape, align_corners, _, grid_grad):
   # several times faster on the CPU than autodiff's broadcast reductions.
   xs, ys = _output_points(out_shape, align_corners)
   base = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], axis=-1)
-  theta_grad = jnp.einsum("npd,pk->ndk",
-                          grid_grad.reshape(grid_grad.shape[0], -1, 2),
-                          jnp.asarray(base, grid_grad.dtype),
-                          precision=jax.lax.Precision.HIGHEST)
+  theta_grad = jnp.einsum(
+    "npd,pk->ndk",
+    grid_grad.reshape(grid_grad.shape[0], -1, 2),
+    jnp.asarray(base, grid_grad.dtype),
+    precision=jax.lax.Precision.HIGHEST,
+  )
   return (theta_grad,)
 
 
@@ -147,13 +151,15 @@ def projective_grid(homography, out_shape, *, align_corners: bool = False):
   Returns:
     ``(N, H, W, 2)`` (or ``(H, W, 2)``) grid of input ``(x, y)`` points.
   """
-  homography, batched = v.check_float_array("homography", homography, (3, 3),
-                                            "(N, 3, 3)")
+  homography, batched = v.check_float_array(
+    "homography", homography, (3, 3), "(N, 3, 3)"
+  )
   out_shape = v.check_out_shape("out_shape", out_shape)
   align_corners = v.check_bool("align_corners", align_corners)
   dtype = v.compute_dtype(homography.dtype)
-  xs, ys = (jnp.asarray(a, dtype) for a in _output_points(out_shape,
-                                                          align_corners))
+  xs, ys = (
+    jnp.asarray(a, dtype) for a in _output_points(out_shape, align_corners)
+  )
   h = homography.astype(dtype)[:, :, :, None, None]  # (N, 3, 3, 1, 1)
   uvw = h[:, :, 0] * xs + h[:, :, 1] * ys + h[:, :, 2]  # (N, 3, H, W)
   w = uvw[:, 2:3]
@@ -176,11 +182,17 @@ def tps_source_points(num_control_points: int = 16) -> np.ndarray:
     point ``k = i * n + j`` is ``(x_j, y_i)`` with ``n = sqrt(K)`` and
     ``x_j = y_j = -1 + 2 j / (n - 1)``.
   """
-  n = math.isqrt(num_control_points) if isinstance(
-      num_control_points, (int, np.integer)) and num_control_points > 0 else 0
+  n = (
+    math.isqrt(num_control_points)
+    if isinstance(num_control_points, (int, np.integer))
+    and num_control_points > 0
+    else 0
+  )
   if n < 2 or n * n != num_control_points:
-    raise ValueError("num_control_points must be a perfect square >= 4 (the "
-                     f"paper uses 16); got {num_control_points!r}.")
+    raise ValueError(
+      "num_control_points must be a perfect square >= 4 (the "
+      f"paper uses 16); got {num_control_points!r}."
+    )
   lin = np.linspace(-1.0, 1.0, n)
   xs, ys = np.meshgrid(lin, lin, indexing="xy")
   return np.stack([xs.ravel(), ys.ravel()], axis=-1).astype(np.float32)
@@ -196,7 +208,7 @@ def _tps_system(source, xp):
   """The (K + 3, K + 3) TPS interpolation matrix for source points (K, 2)."""
   k = source.shape[0]
   diff = source[:, None, :] - source[None, :, :]
-  kernel = _tps_kernel((diff ** 2).sum(-1), xp)
+  kernel = _tps_kernel((diff**2).sum(-1), xp)
   affine = xp.concatenate([xp.ones((k, 1), source.dtype), source], axis=1)
   top = xp.concatenate([kernel, affine], axis=1)
   bottom = xp.concatenate([affine.T, xp.zeros((3, 3), source.dtype)], axis=1)
@@ -206,7 +218,7 @@ def _tps_system(source, xp):
 def _tps_features(points, source, xp):
   """[U(|p - s_k|)_k, 1, x, y] for points (P, 2): shape (P, K + 3)."""
   diff = points[:, None, :] - source[None, :, :]
-  kernel = _tps_kernel((diff ** 2).sum(-1), xp)
+  kernel = _tps_kernel((diff**2).sum(-1), xp)
   ones = xp.ones((points.shape[0], 1), points.dtype)
   return xp.concatenate([kernel, ones, points], axis=1)
 
@@ -217,15 +229,18 @@ def _tps_weights_numpy(source, out_shape, align_corners):
   points = np.stack([xs.ravel(), ys.ravel()], axis=-1)
   system = _tps_system(source, np)
   if abs(np.linalg.det(system)) < 1e-12:
-    raise ValueError("source_points must not be collinear or repeated: the "
-                     "thin plate spline system is singular.")
+    raise ValueError(
+      "source_points must not be collinear or repeated: the "
+      "thin plate spline system is singular."
+    )
   # Interpolant is linear in the control points: grid = F @ L^-1[:, :K] @ C.
-  inverse = np.linalg.inv(system)[:, :source.shape[0]]
+  inverse = np.linalg.inv(system)[:, : source.shape[0]]
   return _tps_features(points, source, np) @ inverse
 
 
-def tps_grid(control_points, out_shape, *, source_points=None,
-             align_corners: bool = False):
+def tps_grid(
+  control_points, out_shape, *, source_points=None, align_corners: bool = False
+):
   """Sampling grid of a thin plate spline (TPS) transformation.
 
   The spline ``f`` maps output coordinates to input coordinates with
@@ -248,7 +263,8 @@ def tps_grid(control_points, out_shape, *, source_points=None,
     ``(N, H, W, 2)`` (or ``(H, W, 2)``) grid of input ``(x, y)`` points.
   """
   control_points, batched = v.check_float_array(
-      "control_points", control_points, (None, 2), "(N, K, 2)")
+    "control_points", control_points, (None, 2), "(N, K, 2)"
+  )
   out_shape = v.check_out_shape("out_shape", out_shape)
   align_corners = v.check_bool("align_corners", align_corners)
   num_points = control_points.shape[1]
@@ -256,23 +272,31 @@ def tps_grid(control_points, out_shape, *, source_points=None,
   if source_points is None:
     source_points = tps_source_points(num_points)
   if tuple(np.shape(source_points)) != (num_points, 2):
-    raise ValueError(f"source_points must have shape ({num_points}, 2) to "
-                     "match control_points; got shape "
-                     f"{tuple(np.shape(source_points))}.")
+    raise ValueError(
+      f"source_points must have shape ({num_points}, 2) to "
+      "match control_points; got shape "
+      f"{tuple(np.shape(source_points))}."
+    )
   if isinstance(source_points, jax.Array):
     xs, ys = _output_points(out_shape, align_corners)
     points = jnp.asarray(np.stack([xs.ravel(), ys.ravel()], -1), dtype)
     source = source_points.astype(dtype)
     system = _tps_system(source, jnp)
     rhs = jnp.eye(num_points + 3, num_points, dtype=dtype)
-    weights = _tps_features(points, source, jnp) @ jnp.linalg.solve(system,
-                                                                     rhs)
+    weights = _tps_features(points, source, jnp) @ jnp.linalg.solve(system, rhs)
   else:
-    weights = jnp.asarray(_tps_weights_numpy(
-        np.asarray(source_points, np.float64), out_shape, align_corners),
-                          dtype)
-  grid = jnp.einsum("pk,nkd->npd", weights, control_points.astype(dtype),
-                    precision=jax.lax.Precision.HIGHEST)
+    weights = jnp.asarray(
+      _tps_weights_numpy(
+        np.asarray(source_points, np.float64), out_shape, align_corners
+      ),
+      dtype,
+    )
+  grid = jnp.einsum(
+    "pk,nkd->npd",
+    weights,
+    control_points.astype(dtype),
+    precision=jax.lax.Precision.HIGHEST,
+  )
   grid = grid.reshape(-1, *out_shape, 2).astype(control_points.dtype)
   return _restore_batch(grid, batched)
 
@@ -290,6 +314,7 @@ def attention_theta(params):
   params, batched = v.check_float_array("params", params, (3,), "(N, 3)")
   scale, tx, ty = params[:, 0], params[:, 1], params[:, 2]
   zero = jnp.zeros_like(scale)
-  theta = jnp.stack([jnp.stack([scale, zero, tx], -1),
-                     jnp.stack([zero, scale, ty], -1)], axis=1)
+  theta = jnp.stack(
+    [jnp.stack([scale, zero, tx], -1), jnp.stack([zero, scale, ty], -1)], axis=1
+  )
   return _restore_batch(theta, batched)

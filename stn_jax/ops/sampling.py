@@ -23,8 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from stn_jax.ops import _validation as v
 from stn_jax.ops import _cpu_kernel
+from stn_jax.ops import _validation as v
 
 __all__ = ["MODES", "PADDING_MODES", "ALL_PADDING_MODES", "grid_sample"]
 
@@ -41,9 +41,10 @@ class _Tap(NamedTuple):
 
   Each field has shape ``(N, P)`` for N images and P output points.
   """
-  index: jax.Array        # int32 pixel index y * W + x within the image.
-  valid: jax.Array        # bool: the tap reads a real pixel.
-  weight: jax.Array       # interpolation weight, zero where not valid.
+
+  index: jax.Array  # int32 pixel index y * W + x within the image.
+  valid: jax.Array  # bool: the tap reads a real pixel.
+  weight: jax.Array  # interpolation weight, zero where not valid.
   d_weight_dx: jax.Array  # d weight / d grid x (normalised units).
   d_weight_dy: jax.Array  # d weight / d grid y.
 
@@ -95,11 +96,15 @@ def _cubic_weights(t):
   a = _CUBIC_A
 
   def near(x):  # |x| <= 1
-    return ((a + 2) * x - (a + 3)) * x * x + 1, (3 * (a + 2) * x - 2 * (a + 3)) * x
+    return ((a + 2) * x - (a + 3)) * x * x + 1, (
+      3 * (a + 2) * x - 2 * (a + 3)
+    ) * x
 
   def far(x):  # 1 < |x| < 2
-    return (((a * x - 5 * a) * x + 8 * a) * x - 4 * a,
-            (3 * a * x - 10 * a) * x + 8 * a)
+    return (
+      ((a * x - 5 * a) * x + 8 * a) * x - 4 * a,
+      (3 * a * x - 10 * a) * x + 8 * a,
+    )
 
   w0, d0 = far(t + 1)
   w1, d1 = near(t)
@@ -122,8 +127,9 @@ def _axis_taps(coord, size, mode, padding_mode, align_corners):
   # Far-away points are outside either way; bounding them keeps the int32
   # conversion defined without changing any result or gradient. Not with
   # reflection, which mirrors every tap back inside (and bounds it itself).
-  if padding_mode == "zeros" or (mode == "bicubic" and
-                                 padding_mode != "reflection"):
+  if padding_mode == "zeros" or (
+    mode == "bicubic" and padding_mode != "reflection"
+  ):
     pixel = jnp.clip(pixel, -4.0, size + 3.0)
   if mode == "bicubic":
     # PyTorch pads each integer tap, not the continuous coordinate.
@@ -151,8 +157,7 @@ def _axis_taps(coord, size, mode, padding_mode, align_corners):
   return result
 
 
-def _taps(grid, height, width, mode, padding_mode,
-          align_corners) -> list[_Tap]:
+def _taps(grid, height, width, mode, padding_mode, align_corners) -> list[_Tap]:
   """The taps of a batch of grids (N, P, 2): 1, 4 or 16 of them."""
   gx, gy = grid[..., 0], grid[..., 1]
   defined = jnp.isfinite(gx) & jnp.isfinite(gy)
@@ -164,9 +169,15 @@ def _taps(grid, height, width, mode, padding_mode,
   for y, y_inside, wy, dwy in y_taps:
     for x, x_inside, wx, dwx in x_taps:
       valid = defined & x_inside & y_inside
-      taps.append(_Tap(y * width + x, valid, jnp.where(valid, wx * wy, 0),
-                       jnp.where(valid, dwx * wy, 0),
-                       jnp.where(valid, wx * dwy, 0)))
+      taps.append(
+        _Tap(
+          y * width + x,
+          valid,
+          jnp.where(valid, wx * wy, 0),
+          jnp.where(valid, dwx * wy, 0),
+          jnp.where(valid, wx * dwy, 0),
+        )
+      )
   return taps
 
 
@@ -202,7 +213,8 @@ def _xla_backward(image, grid, out_grad, mode, padding_mode, align_corners):
   grad_x = grad_y = jnp.zeros(grid.shape[:-1], grid.dtype)
   for tap in taps:  # One scatter per tap: cheaper than one concatenated.
     image_grad = image_grad.at[tap.index + offset].add(
-        tap.weight[..., None] * out_grad, mode="promise_in_bounds")
+      tap.weight[..., None] * out_grad, mode="promise_in_bounds"
+    )
     if mode != "nearest":
       # d out / d weight of this tap, contracted with the output gradient.
       dot = (_tap_values(image, tap) * out_grad).sum(-1)
@@ -230,16 +242,26 @@ def _sample_bwd(mode, padding_mode, align_corners, residuals, out_grad):
     return xla(image, grid, out_grad)
   # Both branches are traced; the platform being compiled for picks one.
   return jax.lax.platform_dependent(
-      image, grid, out_grad, default=xla,
-      cpu=lambda *args: _cpu_kernel.backward(*args, *options))
+    image,
+    grid,
+    out_grad,
+    default=xla,
+    cpu=lambda *args: _cpu_kernel.backward(*args, *options),
+  )
 
 
 _sample.defvjp(_sample_fwd, _sample_bwd)
 
 
-def grid_sample(image, grid, *, mode: str = "bilinear",
-                padding_mode: str = "zeros", align_corners: bool = False,
-                fill_value=0.0):
+def grid_sample(
+  image,
+  grid,
+  *,
+  mode: str = "bilinear",
+  padding_mode: str = "zeros",
+  align_corners: bool = False,
+  fill_value=0.0,
+):
   """Samples ``image`` at the normalised points of ``grid``.
 
   Equal to ``torch.nn.functional.grid_sample`` with the same options, with
@@ -279,21 +301,28 @@ def grid_sample(image, grid, *, mode: str = "bilinear",
   Gradients flow to ``image`` and ``grid`` (zero to ``grid`` for
   ``'nearest'``), equal to PyTorch's.
   """
-  image, image_batched = v.check_float_array("image", image,
-                                             (None, None, None),
-                                             "(N, H, W, C)")
-  grid, grid_batched = v.check_float_array("grid", grid, (None, None, 2),
-                                           "(N, H_out, W_out, 2)")
+  image, image_batched = v.check_float_array(
+    "image", image, (None, None, None), "(N, H, W, C)"
+  )
+  grid, grid_batched = v.check_float_array(
+    "grid", grid, (None, None, 2), "(N, H_out, W_out, 2)"
+  )
   if image_batched != grid_batched:
-    raise ValueError("image and grid must both have a batch axis or both lack "
-                     f"one; got image shape {tuple(image.shape[image_batched ^ 1:])}"
-                     f" and grid shape {tuple(grid.shape[grid_batched ^ 1:])}.")
+    raise ValueError(
+      "image and grid must both have a batch axis or both lack "
+      f"one; got image shape {tuple(image.shape[image_batched ^ 1 :])}"
+      f" and grid shape {tuple(grid.shape[grid_batched ^ 1 :])}."
+    )
   if image.shape[0] != grid.shape[0]:
-    raise ValueError("grid must have the batch size of image; got image "
-                     f"shape {tuple(image.shape)} and grid shape "
-                     f"{tuple(grid.shape)}.")
+    raise ValueError(
+      "grid must have the batch size of image; got image "
+      f"shape {tuple(image.shape)} and grid shape "
+      f"{tuple(grid.shape)}."
+    )
   if 0 in image.shape:
-    raise ValueError(f"image must not be empty; got shape {tuple(image.shape)}.")
+    raise ValueError(
+      f"image must not be empty; got shape {tuple(image.shape)}."
+    )
   v.check_choice("mode", mode, MODES)
   v.check_choice("padding_mode", padding_mode, ALL_PADDING_MODES)
   align_corners = v.check_bool("align_corners", align_corners)
@@ -309,7 +338,8 @@ def grid_sample(image, grid, *, mode: str = "bilinear",
     defined = jnp.isfinite(points).all(-1, keepdims=True)
     out = out + jnp.where(defined, fill_value.astype(dtype) * (1 - mass), 0)
   else:
-    out = _sample(image.astype(dtype), points, mode, padding_mode,
-                  align_corners)
+    out = _sample(
+      image.astype(dtype), points, mode, padding_mode, align_corners
+    )
   out = out.reshape(n, out_height, out_width, -1).astype(image.dtype)
   return out if image_batched else out[0]

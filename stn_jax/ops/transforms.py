@@ -16,20 +16,25 @@ attention  3      ``(scale, tx, ty)``
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 from stn_jax.ops import _validation as v
 from stn_jax.ops import grids
 
-__all__ = ["TRANSFORMS", "num_transform_params", "identity_params",
-           "params_to_grid"]
+__all__ = [
+  "TRANSFORMS",
+  "num_transform_params",
+  "identity_params",
+  "params_to_grid",
+]
 
 TRANSFORMS = ("affine", "projective", "tps", "attention")
 
 
-def num_transform_params(transform: str, *,
-                         num_control_points: int = 16) -> int:
+def num_transform_params(
+  transform: str, *, num_control_points: int = 16
+) -> int:
   """Length of the flat parameter vector of ``transform``."""
   v.check_choice("transform", transform, TRANSFORMS)
   if transform == "tps":
@@ -38,8 +43,9 @@ def num_transform_params(transform: str, *,
   return {"affine": 6, "projective": 8, "attention": 3}[transform]
 
 
-def identity_params(transform: str, *,
-                    num_control_points: int = 16) -> np.ndarray:
+def identity_params(
+  transform: str, *, num_control_points: int = 16
+) -> np.ndarray:
   """Flat float32 parameters of the identity transform of ``transform``.
 
   Returns:
@@ -56,8 +62,9 @@ def identity_params(transform: str, *,
   return grids.tps_source_points(num_control_points).reshape(-1)
 
 
-def params_to_grid(transform: str, params, out_shape, *,
-                   align_corners: bool = False):
+def params_to_grid(
+  transform: str, params, out_shape, *, align_corners: bool = False
+):
   """Sampling grid from flat parameters of a transformation family.
 
   Args:
@@ -75,26 +82,34 @@ def params_to_grid(transform: str, params, out_shape, *,
   size = params.shape[1]
   if transform == "tps":
     if size % 2:
-      raise ValueError("params for 'tps' must have an even length 2 K; got "
-                       f"shape {tuple(params.shape)}.")
+      raise ValueError(
+        "params for 'tps' must have an even length 2 K; got "
+        f"shape {tuple(params.shape)}."
+      )
     expected = size
   else:
     expected = num_transform_params(transform)
   if size != expected:
-    raise ValueError(f"params for {transform!r} must have shape (N, "
-                     f"{expected}); got shape {tuple(params.shape)}.")
+    raise ValueError(
+      f"params for {transform!r} must have shape (N, "
+      f"{expected}); got shape {tuple(params.shape)}."
+    )
   if transform == "affine":
-    grid = grids.affine_grid(params.reshape(-1, 2, 3), out_shape,
-                             align_corners=align_corners)
+    grid = grids.affine_grid(
+      params.reshape(-1, 2, 3), out_shape, align_corners=align_corners
+    )
   elif transform == "projective":
     ones = jnp.ones_like(params[:, :1])
     homography = jnp.concatenate([params, ones], axis=1).reshape(-1, 3, 3)
-    grid = grids.projective_grid(homography, out_shape,
-                                 align_corners=align_corners)
+    grid = grids.projective_grid(
+      homography, out_shape, align_corners=align_corners
+    )
   elif transform == "attention":
-    grid = grids.affine_grid(grids.attention_theta(params), out_shape,
-                             align_corners=align_corners)
+    grid = grids.affine_grid(
+      grids.attention_theta(params), out_shape, align_corners=align_corners
+    )
   else:
-    grid = grids.tps_grid(params.reshape(-1, size // 2, 2), out_shape,
-                          align_corners=align_corners)
+    grid = grids.tps_grid(
+      params.reshape(-1, size // 2, 2), out_shape, align_corners=align_corners
+    )
   return grid if batched else grid[0]
