@@ -9,7 +9,13 @@ Checkpoint layout (``workdir/checkpoints/<step>/``, format 2):
 - ``model``: the model's ``nnx.State`` (parameters, by module path);
 - ``opt_state``: the optax state (same structure as the optimiser's);
 - ``meta``: JSON ``{'format': 2, 'step': int, 'data_state': ...}``, where
-  ``data_state`` is the input pipeline's position (JSON).
+  ``data_state`` is the input pipeline's position (JSON);
+- ``stn_jax_sha256.json``: the sha256 of every file of the step, written
+  after orbax finished it and checked before it is read, so a damaged (e.g.
+  bit-flipped) checkpoint is unreadable rather than restored as garbage.
+
+A training run moves an unreadable checkpoint aside, to
+``workdir/checkpoints_unreadable/<step>``, and resumes from the one before.
 
 Format 1 (before the structured state: one ``state`` item of flat leaf
 lists) is still read: its leaves are put back into the current structure,
@@ -18,8 +24,11 @@ which is the same as long as the model and optimiser did not change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import time
 import warnings
 from typing import Any
 
@@ -28,6 +37,54 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 FORMAT = 2
+MANIFEST = "stn_jax_sha256.json"
+
+
+class CheckpointError(OSError):
+  """A checkpoint could not be written, or fails its checksums."""
+
+
+def _file_hashes(folder: str) -> dict[str, str]:
+  hashes = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      relative = os.path.relpath(path, folder)
+      if relative in (MANIFEST, MANIFEST + ".tmp"):
+        continue
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          digest.update(chunk)
+      hashes[relative] = digest.hexdigest()
+  return hashes
+
+
+def write_manifest(folder: str) -> None:
+  """Records the sha256 of every file under ``folder`` (atomically)."""
+  hashes = _file_hashes(folder)
+  temporary = os.path.join(folder, MANIFEST + ".tmp")
+  with open(temporary, "w") as f:
+    json.dump(hashes, f, indent=0, sort_keys=True)
+  os.replace(temporary, os.path.join(folder, MANIFEST))
+
+
+def verify_manifest(folder: str) -> None:
+  """Raises :class:`CheckpointError` if a file of ``folder`` is missing or
+  differs from its recorded sha256 (no manifest: nothing to check, as for
+  checkpoints of older versions)."""
+  path = os.path.join(folder, MANIFEST)
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    expected = json.load(f)
+  actual = _file_hashes(folder)
+  for name, digest in expected.items():
+    if actual.get(name) != digest:
+      raise CheckpointError(
+        f"{os.path.join(folder, name)} "
+        + ("is missing" if name not in actual else "fails its sha256 check")
+      )
 
 
 def write_run_files(workdir: str, config, in_shape) -> None:
@@ -86,21 +143,32 @@ class Checkpoints:
     """Saves a :class:`stn_jax.steps.TrainState` (possibly stacked over
     population members) and the data position; returns when written."""
     meta = {"format": FORMAT, "step": int(step), "data_state": data_state}
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        model=ocp.args.StandardSave(state.model),
-        opt_state=ocp.args.StandardSave(state.opt_state),
-        meta=ocp.args.JsonSave(meta),
-      ),
-      force=True,
-    )
-    self.manager.wait_until_finished()
+    try:
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          model=ocp.args.StandardSave(state.model),
+          opt_state=ocp.args.StandardSave(state.opt_state),
+          meta=ocp.args.JsonSave(meta),
+        ),
+        force=True,
+      )
+      self.manager.wait_until_finished()
+      write_manifest(os.path.join(self.directory, str(step)))
+    except OSError as error:
+      kept = [s for s in self.all_steps() if s != step]
+      raise CheckpointError(
+        f"could not write checkpoint {step} to {self.directory}: "
+        f"{error.strerror or error}. The earlier checkpoints "
+        f"({', '.join(map(str, kept)) or 'none'}) are intact; free space "
+        "and rerun the same command to resume."
+      ) from error
 
   def _read(self, step: int, model, opt_state):
     """Reads one checkpoint into the structures of ``model`` (and
     ``opt_state`` unless None); returns (model, opt_state, meta)."""
     folder = os.path.join(self.directory, str(step))
+    verify_manifest(folder)
     if os.path.isdir(os.path.join(folder, "state")):  # format 1: leaf lists
       restored = self.manager.restore(
         step,
@@ -124,9 +192,15 @@ class Checkpoints:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return (restored["model"], restored.get("opt_state"), restored["meta"])
 
-  def restore_latest(self, model, opt_state=None):
+  def restore_latest(self, model, opt_state=None, *, move_aside=False):
     """The newest readable checkpoint, read into the structures (and
     shapes) of ``model`` and ``opt_state`` (skipped when None).
+
+    Args:
+      model, opt_state: trees whose structure and shapes the checkpoint has.
+      move_aside: move an unreadable checkpoint to
+        ``workdir/checkpoints_unreadable/`` (training does, so that the
+        run can save that step again); else it is left in place.
 
     Returns:
       ``(model, opt_state, meta)``, or None when there is no checkpoint.
@@ -137,12 +211,26 @@ class Checkpoints:
       try:
         return self._read(step, model, opt_state)
       except Exception as error:  # noqa: BLE001 - any unreadable checkpoint
+        where = ""
+        if move_aside:
+          where = " It was moved to " + self._move_aside(step) + "."
         warnings.warn(
           f"checkpoint {step} could not be restored "
-          f"({error!r:.300}); falling back to the previous one.",
+          f"({error!r:.300}); falling back to the previous one.{where}",
           stacklevel=2,
         )
     return None
+
+  def _move_aside(self, step: int) -> str:
+    aside = os.path.join(
+      os.path.dirname(self.directory),
+      "checkpoints_unreadable",
+      f"{step}-{time.strftime('%Y%m%d-%H%M%S')}",
+    )
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    shutil.move(os.path.join(self.directory, str(step)), aside)
+    self.manager.reload()
+    return aside
 
   def close(self) -> None:
     self.manager.close()

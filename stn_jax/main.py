@@ -1,15 +1,26 @@
 """Train from a config file.
 
-  python -m stn_jax.main --config=configs/mnist.py:distortion=rts,model=st_cnn \
-      --workdir=DIR [--config.learning_rate=0.005 ...]
+  python -m stn_jax.main --config=configs/mnist.py:distortion=rts,model=st_cnn \\
+      --workdir=DIR [--config.learning_rate=0.005 ...] [--overwrite]
 
-Rerunning the same command resumes from the workdir's last checkpoint.
+Rerunning the same command resumes from the workdir's last checkpoint. A
+workdir holding a run of another config is refused (``--overwrite`` deletes
+that run first). SIGTERM and Ctrl-C (SIGINT) save a checkpoint and exit with
+status 143 and 130. Bad input (flags, config values, missing data, a busy
+or mismatched workdir, a full disk) ends in one line on stderr and status 1
+(2 for flag errors), without a traceback.
 """
 
-from absl import app, flags, logging
+from __future__ import annotations
+
+import signal
+import sys
+
+from absl import flags, logging
 from ml_collections import config_flags
 
-from stn_jax import train
+from stn_jax import checkpointing, hooks, train, workdir
+from stn_jax.data.sources import SourceError
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (with :ARG).", lock_config=True
@@ -17,17 +28,65 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Where checkpoints, metrics and TensorBoard events go."
 )
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "If the workdir holds a run of another config, delete it and start this one.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Errors that are the user's input, reported in one line.
+USER_ERRORS = (
+  ValueError,
+  FileNotFoundError,
+  SourceError,
+  hooks.TrainingDiverged,
+  checkpointing.CheckpointError,
+  workdir.WorkdirError,
+)
+EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
 
-def run(argv, hooks=()):
-  """The command's body; ``hooks`` are passed to ``train_and_evaluate``
-  (tests inject crash hooks through it)."""
+
+def run(argv, hooks=()) -> int:
+  """The command's body after flag parsing; returns the exit status.
+  ``hooks`` are passed to ``train_and_evaluate`` (tests inject crash hooks
+  through it)."""
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise ValueError(f"unexpected arguments {argv[1:]}.")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, hooks=hooks)
+  results = train.train_and_evaluate(
+    _CONFIG.value, _WORKDIR.value, hooks=hooks, overwrite=_OVERWRITE.value
+  )
+  if "interrupted_at_step" in results:
+    return EXIT_STATUS.get(results.get("signal"), 1)
+  return 0
+
+
+def main(argv=None, hooks=()) -> int:
+  """Parses flags, runs, and turns bad input into one line on stderr."""
+  argv = list(sys.argv if argv is None else argv)
+  prog = "python -m stn_jax.main"
+  try:
+    argv = flags.FLAGS(argv)
+  except Exception as error:  # noqa: BLE001 - flag and --config.x errors
+    message = str(error).strip().strip("\"'")
+    if isinstance(error, (AttributeError, KeyError)):  # --config.<unknown>
+      message = f"--config.{message}: no such config field"
+    elif "Traceback (most recent call last)" in message:  # get_config raised
+      lines = [line.strip() for line in message.splitlines() if line.strip()]
+      message = f"{lines[0]} {lines[-1]}"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    print("Pass --helpshort for the flags.", file=sys.stderr)
+    return 2
+  try:
+    return run(argv, hooks=hooks)
+  except USER_ERRORS as error:
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop
+    print(f"{prog}: interrupted (nothing to save yet).", file=sys.stderr)
+    return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
-  app.run(run)
+  sys.exit(main())

@@ -25,6 +25,8 @@ import ast
 import json
 import os
 import re
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -34,6 +36,7 @@ import ml_collections
 from absl import flags
 
 from stn_jax import cli, train
+from stn_jax import workdir as workdir_lib
 from stn_jax.config_args import load_config_module, split_config_spec
 
 
@@ -139,13 +142,73 @@ def run_sweep(
   Returns:
     one record per point: name, arg, overrides, status ('finished',
     'skipped' (finished earlier), 'failed', 'ok' (dry run), 'pending'
-    (report_only), 'interrupted' (SIGTERM: the sweep stops after it)),
+    (report_only), 'interrupted' (SIGTERM or SIGINT during a point, or
+    before the next one: the sweep stops there; ``signal`` names it)),
     results, error.
   """
   module = load_config_module(config_path)
   points = expand(module, name)
   records = []
   os.makedirs(workdir, exist_ok=True)
+  with _StopBetweenPoints() as stop:
+    _run_points(
+      module,
+      points,
+      workdir,
+      records,
+      stop,
+      dry_run=dry_run,
+      overrides=overrides,
+      train_fn=train_fn,
+      select=select,
+      extra_arg=extra_arg,
+      report_only=report_only,
+      log=log,
+    )
+  if dry_run:
+    for r in records:
+      log(
+        f"{r['name']}: {r['status']}"
+        + (f" {r['error'].splitlines()[-1]}" if r["error"] else "")
+      )
+  return records
+
+
+class _StopBetweenPoints:
+  """SIGTERM/SIGINT between points stop the sweep before the next point
+  (during a point, the training loop handles them and saves)."""
+
+  def __enter__(self):
+    self.signal = None
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for number in (signal.SIGTERM, signal.SIGINT):
+        self._previous[number] = signal.signal(number, self._handler)
+    return self
+
+  def _handler(self, number, _):
+    self.signal = signal.Signals(number).name
+
+  def __exit__(self, *exc):
+    for number, previous in self._previous.items():
+      signal.signal(number, previous)
+
+
+def _run_points(
+  module,
+  points,
+  workdir,
+  records,
+  stop,
+  *,
+  dry_run,
+  overrides,
+  train_fn,
+  select,
+  extra_arg,
+  report_only,
+  log,
+):
   for index, point in enumerate(points):
     if select is not None and not select(point):
       continue
@@ -162,12 +225,22 @@ def run_sweep(
     }
     point_dir = os.path.join(workdir, record["name"])
     results_path = os.path.join(point_dir, "results.json")
+    if stop.signal and not (dry_run or report_only):
+      record.update(status="interrupted", signal=stop.signal)
+      records.append(record)
+      _write_records(workdir, records)
+      log(
+        f"{stop.signal} between points: the sweep stopped before "
+        f"{record['name']}. Rerun the same command to continue."
+      )
+      return
     try:
       config = build_config(module, point, overrides)
       train.validate_config(config)
       if dry_run:
         record["status"] = "ok"
       elif os.path.isfile(results_path):
+        _check_same_config(point_dir, config)
         with open(results_path) as f:
           record["results"] = json.load(f)
         record["status"] = "skipped"
@@ -180,6 +253,7 @@ def run_sweep(
         record["results"]["wall_seconds"] = time.perf_counter() - start
         if "interrupted_at_step" in record["results"]:
           record["status"] = "interrupted"
+          record["signal"] = record["results"].get("signal", "SIGTERM")
         else:
           if os.path.isfile(results_path):  # keep the time with the results
             with open(results_path, "w") as f:
@@ -191,24 +265,37 @@ def run_sweep(
       log(f"point {record['name']} failed:\n{record['error']}")
     records.append(record)
     if not (dry_run or report_only):
-      with open(os.path.join(workdir, "results.jsonl"), "w") as f:
-        for r in records:
-          f.write(json.dumps(r) + "\n")
-      _write_table(workdir, records)
+      _write_records(workdir, records)
     if record["status"] == "interrupted":
       log(
-        f"point {record['name']} was stopped by SIGTERM at step "
+        f"point {record['name']} was stopped by {record['signal']} at step "
         f"{record['results']['interrupted_at_step']} (checkpoint saved); "
         "stopping the sweep. Rerun the same command to resume."
       )
-      break
-  if dry_run:
+      return
+
+
+def _write_records(workdir, records) -> None:
+  with open(os.path.join(workdir, "results.jsonl"), "w") as f:
     for r in records:
-      log(
-        f"{r['name']}: {r['status']}"
-        + (f" {r['error'].splitlines()[-1]}" if r["error"] else "")
-      )
-  return records
+      f.write(json.dumps(r) + "\n")
+  _write_table(workdir, records)
+
+
+def _check_same_config(point_dir: str, config) -> None:
+  """A finished point is reported as current only if it ran this config
+  (e.g. not before a change of ``--set``)."""
+  path = os.path.join(point_dir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    differences = workdir_lib.config_differences(json.load(f), config)
+  if differences:
+    raise workdir_lib.WorkdirError(
+      f"{point_dir} finished with another config ({'; '.join(differences)})"
+      "; its results are not this point's. Use a new --workdir for the "
+      "changed sweep, or delete that point's folder to rerun it."
+    )
 
 
 def parse_overrides(items) -> dict:
@@ -290,6 +377,9 @@ def main(argv=None) -> int:
       f"{len(records)} points, {len(failed)} failed"
       + ("" if values.dry_run else f"; results in {values.workdir}/results.md")
     )
+    stopped = [r["signal"] for r in records if r["status"] == "interrupted"]
+    if stopped:
+      return {"SIGINT": 130, "SIGTERM": 143}.get(stopped[0], 1)
     return 1 if failed else 0
 
   return cli.run(

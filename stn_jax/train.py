@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 
@@ -30,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from stn_jax import checkpointing, models, steps
 from stn_jax import hooks as hooks_lib
+from stn_jax import workdir as workdir_lib
 from stn_jax.data import datasets, distortions, pipeline, preview
 from stn_jax.hooks import TrainingDiverged  # noqa: F401 - re-exported
 from stn_jax.normalization import Normalization
@@ -61,15 +64,30 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   datasets.get_builder(train_dataset(config))
   if config.on_the_fly:
     distortions.check_variant(config.on_the_fly)
-  if not config.learning_rate > 0:
-    raise ValueError(
-      f"config.learning_rate must be > 0; got {config.learning_rate}."
+  # (name, lowest allowed, whether the lowest is allowed); all must be
+  # finite numbers.
+  for key, low, inclusive in (
+    ("learning_rate", 0.0, False),
+    ("localisation_lr_multiplier", 0.0, True),
+    ("lr_decay_factor", 0.0, False),
+    ("grad_clip_norm", 0.0, True),
+    ("std", 0.0, False),
+    ("mean", -math.inf, True),
+  ):
+    value = config.get(key, 1.0 if key == "std" else 0.0)
+    values = value if isinstance(value, (list, tuple)) else [value]
+    ok = all(
+      isinstance(v, (int, float))
+      and not isinstance(v, bool)
+      and math.isfinite(v)
+      and (v >= low if inclusive else v > low)
+      for v in values
     )
-  if not config.localisation_lr_multiplier >= 0:
-    raise ValueError(
-      "config.localisation_lr_multiplier must be >= 0; got "
-      f"{config.localisation_lr_multiplier}."
-    )
+    if not ok:
+      bound = f">= {low}" if inclusive else f"> {low}"
+      raise ValueError(
+        f"config.{key} must be a finite number {bound}; got {value!r}."
+      )
   if config.optimizer not in OPTIMIZERS:
     raise ValueError(
       f"config.optimizer must be one of {', '.join(OPTIMIZERS)}"
@@ -83,6 +101,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "checkpoint_every",
     "eval_batch_size",
     "lr_decay_every",
+    "max_checkpoints",
   ):
     if not isinstance(config[key], int) or config[key] <= 0:
       raise ValueError(
@@ -297,19 +316,30 @@ def fit(
   *,
   population_method: str | None = None,
   hooks: Sequence[hooks_lib.Hook] = (),
+  overwrite: bool = False,
   log=print,
 ) -> list[dict]:
   """Trains one config (``population_method=None``) or a population of K
   compatible configs in one loop; returns one results dict per member.
 
+  The workdir is locked for the run, and refused if it holds a run of
+  another config unless ``overwrite`` (see :mod:`stn_jax.workdir`).
   Use :func:`train_and_evaluate` or
   :func:`stn_jax.population.train_population` rather than this.
   """
   members = _Members(list(configs), population_method)
-  first = members.configs[0]
   for config in members.configs:
     validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.WorkdirLock(workdir) as lock:
+    if lock.stale_owner:
+      log(f"took over the lock of a run that is gone ({lock.stale_owner})")
+    for config, folder in zip(members.configs, members.folders(workdir)):
+      workdir_lib.check_config(folder, config, overwrite=overwrite)
+    return _fit(members, workdir, hooks, log)
+
+
+def _fit(members, workdir, hooks, log) -> list[dict]:
+  first = members.configs[0]
   train_arrays, evals, in_shape = load_data(first)
   for config, folder in zip(members.configs, members.folders(workdir)):
     checkpointing.write_run_files(folder, config, in_shape)
@@ -372,7 +402,9 @@ def fit(
 
   # Resume.
   checkpoints = checkpointing.Checkpoints(workdir, first.max_checkpoints)
-  restored = checkpoints.restore_latest(state.model, state.opt_state)
+  restored = checkpoints.restore_latest(
+    state.model, state.opt_state, move_aside=True
+  )
   step = 0
   if restored is not None:
     model_state, opt_state, meta = restored
@@ -481,7 +513,7 @@ def fit(
       first.log_every, writers, learning_rates, first.batch_size, log=log
     ),
     checkpoint_hook,
-    hooks_lib.Preemption(),
+    hooks_lib.Preemption(signals=(signal.SIGTERM, signal.SIGINT)),
     hooks_lib.Periodic(first.eval_every, evaluation),
   ]
   snapshot_every = first.get("snapshot_every", 0)
@@ -502,7 +534,11 @@ def fit(
         f"{context.stop_signal}: saved a checkpoint at step "
         f"{context.step} and stopped."
       )
-      return [{"interrupted_at_step": context.step} for _ in folders]
+      stopped = {
+        "interrupted_at_step": context.step,
+        "signal": context.stop_signal,
+      }
+      return [dict(stopped) for _ in folders]
     jax.block_until_ready(context.state)
     train_seconds = time.perf_counter() - start
     if context.step not in checkpoints.all_steps():
@@ -538,22 +574,31 @@ def train_and_evaluate(
   workdir: str,
   *,
   hooks: Sequence[hooks_lib.Hook] = (),
+  overwrite: bool = False,
 ) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
   Args:
     config: the run config (see ``configs/``).
     workdir: where checkpoints, metrics, TensorBoard events and results go.
+      It is locked while the run lasts.
     hooks: extra :class:`stn_jax.hooks.Hook` objects, called after every
       step before the built-in ones (tests use them to crash a run).
+    overwrite: if ``workdir`` holds a run of another config, delete it and
+      start this one (without it, that is a
+      :class:`stn_jax.workdir.WorkdirError`).
 
   Returns:
     the final evaluation metrics, e.g. ``{'test_error': 0.012, ...}``; or,
-    when SIGTERM stopped the run (after saving a checkpoint),
-    ``{'interrupted_at_step': step}``.
+    when SIGTERM or SIGINT stopped the run (after saving a checkpoint),
+    ``{'interrupted_at_step': step, 'signal': 'SIGTERM'}``.
   """
   results = fit(
-    [config], workdir, hooks=hooks, log=lambda text: print(text, flush=True)
+    [config],
+    workdir,
+    hooks=hooks,
+    overwrite=overwrite,
+    log=lambda text: print(text, flush=True),
   )[0]
   if "interrupted_at_step" not in results:
     first_split = config.eval_splits[0]

@@ -127,7 +127,7 @@ def test_a_workdir_of_another_population_is_refused(tiny_tfds, tmp_path):
   ]
   population.train_population(configs, str(tmp_path), log=lambda *a: None)
   configs[1].seed = 5
-  with pytest.raises(ValueError, match="holds a population of"):
+  with pytest.raises(ValueError, match="seed: 1 -> 5"):
     population.train_population(configs, str(tmp_path), log=lambda *a: None)
 
 
@@ -167,7 +167,7 @@ def test_sigterm_stops_a_population_with_a_checkpoint(tiny_tfds, tmp_path):
     log=lambda *a: None,
     hooks=[hooks.SignalAtStep(3, signal.SIGTERM)],
   )
-  assert results == [{"interrupted_at_step": 3}] * 2
+  assert results == [{"interrupted_at_step": 3, "signal": "SIGTERM"}] * 2
   assert checkpointing.Checkpoints(tmp_path).all_steps() == [3]
   lines = []
   results = population.train_population(

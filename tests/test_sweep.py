@@ -176,7 +176,7 @@ def sweep_tiny(add):
     log=lambda *a: None,
   )
   assert [r["status"] for r in records] == ["finished", "failed", "finished"]
-  assert "learning_rate must be > 0" in records[1]["error"]
+  assert "learning_rate must be a finite number > 0" in records[1]["error"]
   assert len(calls) == 2
   lines = (workdir / "results.jsonl").read_text().splitlines()
   assert len(lines) == 3 and json.loads(lines[0])["results"]["test_error"] >= 0

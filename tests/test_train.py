@@ -83,7 +83,7 @@ def test_bad_config_arguments(arg, match):
 @pytest.mark.parametrize(
   "override,match",
   [
-    ({"learning_rate": -0.1}, "learning_rate must be > 0"),
+    ({"learning_rate": -0.1}, "learning_rate must be a finite number > 0"),
     ({"model": "vit"}, "config.model must be one of"),
     ({"dataset": "distorted_mnist/shear"}, "has configs"),
     ({"num_steps": 0}, "num_steps must be a positive int"),
@@ -170,11 +170,15 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_tfds, tmp_path):
     np.testing.assert_array_equal(a, b)  # bitwise
 
 
-def test_sigterm_saves_and_exits_then_resumes(tiny_tfds, tmp_path):
+@pytest.mark.parametrize("name,status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_sigterm_and_sigint_save_and_exit_then_resume(
+  tiny_tfds, tmp_path, name, status
+):
   stopped = run_main(
-    tmp_path, tiny_tfds, "--signal_at_step=5", "--signal=SIGTERM"
+    tmp_path, tiny_tfds, "--signal_at_step=5", f"--signal={name}", check=False
   )
-  assert "SIGTERM: saved a checkpoint at step 5" in stopped.stdout
+  assert stopped.returncode == status, stopped.stderr[-2000:]
+  assert f"{name}: saved a checkpoint at step 5" in stopped.stdout
   assert "5" in os.listdir(tmp_path / "checkpoints")
   resumed = run_main(tmp_path, tiny_tfds)
   assert "resumed from step 5" in resumed.stdout

@@ -1,6 +1,6 @@
 """``python -m stn_jax.main`` with a signal sent to itself after a step.
 
-  python tests/train_with_signal.py --signal_at_step=6 --signal=SIGKILL \
+  python tests/train_with_signal.py --signal_at_step=6 --signal=SIGKILL \\
       --config=... --workdir=...
 
 Crash and preemption tests inject :class:`stn_jax.hooks.SignalAtStep` this
@@ -8,8 +8,9 @@ way; production code reads no test switches.
 """
 
 import signal
+import sys
 
-from absl import app, flags
+from absl import flags
 
 from stn_jax import hooks, main
 
@@ -21,14 +22,15 @@ _SIGNAL = flags.DEFINE_enum(
 )
 
 
-def run(argv):
-  extra = (
-    [hooks.SignalAtStep(_STEP.value, signal.Signals[_SIGNAL.value])]
-    if _STEP.value
-    else []
-  )
-  main.run(argv, hooks=extra)
+class _Deferred(hooks.Hook):
+  """The SignalAtStep of the parsed flags (flags are read after parsing)."""
+
+  def after_step(self, context):
+    if _STEP.value and context.step == _STEP.value:
+      hooks.SignalAtStep(_STEP.value, signal.Signals[_SIGNAL.value]).after_step(
+        context
+      )
 
 
 if __name__ == "__main__":
-  app.run(run)
+  sys.exit(main.main(hooks=[_Deferred()]))

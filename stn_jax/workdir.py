@@ -1,0 +1,185 @@
+"""A workdir belongs to one run: its config is checked on every rerun, and a
+lock keeps two processes out of it.
+
+- :func:`config_differences` / :func:`check_config`: rerunning a workdir with
+  a different config is refused with the differing fields listed, except for
+  fields that are safe to change (:data:`SAFE_TO_CHANGE`: the step budget to
+  extend a run, cadences, where data lives). ``overwrite=True`` clears the
+  old run's files instead (:func:`clear_run`).
+- :class:`WorkdirLock`: an exclusive ``fcntl`` lock on ``workdir/.lock``
+  for the whole run. The kernel releases it when its process dies, so a lock
+  file left by a killed run is stale and simply taken over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from typing import Any
+
+# Fields a rerun may change without making it another run.
+SAFE_TO_CHANGE = (
+  "arg",  # the get_config string: the fields it produces are compared
+  "num_steps",  # extend (or shorten) a run
+  "log_every",
+  "eval_every",
+  "checkpoint_every",
+  "snapshot_every",
+  "max_checkpoints",
+  "eval_batch_size",
+  "tfds_dir",
+  "source_dir",
+  "data_mirror",
+)
+# Values that fields not recorded by older versions of stn_jax had
+# implicitly; a saved config without the field is read with this value.
+IMPLICIT_DEFAULTS = {
+  "train_dataset": "",
+  "train_split": "train",
+  "mean": 0.0,
+  "std": 1.0,
+  "snapshot_every": 0,
+}
+# What a run writes into its workdir (removed by clear_run).
+RUN_FILES = (
+  "checkpoints",
+  "checkpoints_unreadable",
+  "tensorboard",
+  "snapshots",
+  "figures",
+  "metrics.jsonl",
+  "results.json",
+  "population.json",
+  "transformer.png",
+  "config.json",
+  "in_shape.json",
+)
+
+
+class WorkdirError(ValueError):
+  """The workdir holds another run, or another process is using it."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _as_json(config) -> dict:
+  """A ConfigDict as its JSON form (tuples become lists, as when saved)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def config_differences(saved: dict, config) -> list[str]:
+  """``'key: old -> new'`` for every field (dotted for nested ones) where
+  ``config`` differs from the ``saved`` config.json contents, ignoring
+  :data:`SAFE_TO_CHANGE`."""
+  old = _flatten(saved)
+  new = _flatten(_as_json(config))
+  missing = object()
+  lines = []
+  for key in sorted(set(old) | set(new)):
+    if key in SAFE_TO_CHANGE:
+      continue
+    before = old.get(key, IMPLICIT_DEFAULTS.get(key, missing))
+    after = new.get(key, missing)
+    if before != after:
+      show = lambda v: "(absent)" if v is missing else repr(v)
+      lines.append(f"{key}: {show(before)} -> {show(after)}")
+  return lines
+
+
+def clear_run(folder: str) -> None:
+  """Removes the files a run wrote into ``folder`` (see :data:`RUN_FILES`)
+  and its population members' folders."""
+  if not os.path.isdir(folder):
+    return
+  for name in os.listdir(folder):
+    path = os.path.join(folder, name)
+    if name in RUN_FILES or name.startswith("member_"):
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+
+
+def check_config(folder: str, config, *, overwrite: bool = False) -> None:
+  """Refuses ``folder`` if it holds a run of another config (see
+  :func:`config_differences`); with ``overwrite`` clears that run instead.
+
+  Raises:
+    WorkdirError: listing the differing fields and the two ways out.
+  """
+  path = os.path.join(folder, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  differences = config_differences(saved, config)
+  if not differences:
+    return
+  if overwrite:
+    clear_run(folder)
+    return
+  raise WorkdirError(
+    f"workdir {folder} holds a run with another config; refusing to mix "
+    f"them. Differing fields: {'; '.join(differences)}. Use a new "
+    "--workdir, or --overwrite to delete that run and start this one."
+  )
+
+
+class WorkdirLock:
+  """``with WorkdirLock(workdir):`` holds ``workdir/.lock`` exclusively.
+
+  Raises:
+    WorkdirError: another live process holds it (its pid, host and start
+      time are in the message).
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._file = None
+    self.stale_owner: str | None = None
+
+  def __enter__(self) -> WorkdirLock:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      owner = handle.read().strip() or "another process"
+      handle.close()
+      raise WorkdirError(
+        f"workdir {os.path.dirname(self.path)} is in use by {owner}; "
+        "wait for it to finish or stop it (a killed run's lock is released "
+        "by the system and taken over automatically)."
+      ) from None
+    handle.seek(0)
+    self.stale_owner = handle.read().strip() or None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+      f"pid {os.getpid()} on {socket.gethostname()} since "
+      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    )
+    handle.flush()
+    self._file = handle
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._file is not None:
+      self._file.seek(0)
+      self._file.truncate()
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
