@@ -54,3 +54,14 @@ def test_only_the_named_figures_with_a_chosen_name(tiny_tfds, tmp_path):
   assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
     "transformer_rts.png"
   ]
+
+
+def test_command_line_writes_into_the_workdir_by_default(
+  tiny_tfds, tmp_path, capsys
+):
+  config = tiny(MNIST.get_config("model=st_fcn,small=true"), tiny_tfds)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  status = viz.main([f"--workdir={tmp_path / 'run'}", "--figures=transformer"])
+  assert status == 0
+  assert (tmp_path / "run" / "figures" / "transformer_run.png").is_file()
+  assert viz.main(["--figures=transformer"]) == 2  # --workdir is required
