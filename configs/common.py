@@ -33,6 +33,9 @@ def base(arg: str) -> ml_collections.ConfigDict:
   config.source_dir = (
     ""  # data dir with mnist/, gtsrb/; "" = $STN_DATA_DIR or ../shared/data
   )
+  # Base URL for source downloads (holding mnist/, gtsrb/); "" =
+  # $STN_DATA_MIRROR or the official URLs.
+  config.data_mirror = ""
   config.tfds_dir = ""  # built datasets; "" = TFDS default
   config.mean = 0.0  # inputs are (pixels / 255 - mean) / std
   config.std = 1.0

@@ -20,10 +20,13 @@ def run(
   """Parses ``argv`` (default ``sys.argv[1:]``) into ``flag_values`` and
   calls ``main(positional arguments)``; returns the exit status.
 
-  A flag error prints the usage and returns 2; a ``ValueError`` or
-  ``FileNotFoundError`` from ``main`` (bad input) prints one line and
-  returns 1.
+  A flag error prints the usage and returns 2; a ``ValueError``,
+  ``FileNotFoundError`` or data error (``stn_jax.data.SourceError``: a
+  missing source, a failed download, a damaged dataset) from ``main``
+  prints one line and returns 1.
   """
+  from stn_jax.data.sources import SourceError  # light: numpy only
+
   argv = list(sys.argv[1:] if argv is None else argv)
   if "--help" in argv or "-h" in argv:
     print(doc.strip() + "\n\nFlags:\n" + flag_values.main_module_help())
@@ -35,6 +38,6 @@ def run(
     return 2
   try:
     return int(main(positional) or 0)
-  except (ValueError, FileNotFoundError) as error:
+  except (ValueError, FileNotFoundError, SourceError) as error:
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 1

@@ -146,7 +146,9 @@ def preprocessing(config):
 def load_data(config):
   """(train arrays, {split: eval arrays}, model input shape)."""
   kwargs = dict(
-    tfds_dir=config.tfds_dir or None, source_dir=config.source_dir or None
+    tfds_dir=config.tfds_dir or None,
+    source_dir=config.source_dir or None,
+    data_mirror=config.get("data_mirror", "") or None,
   )
   train = datasets.load_arrays(
     train_dataset(config), train_split(config), **kwargs

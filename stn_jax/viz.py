@@ -42,6 +42,7 @@ def _test_arrays(run):
     split,
     tfds_dir=config.tfds_dir or None,
     source_dir=config.source_dir or None,
+    data_mirror=config.get("data_mirror", "") or None,
   )
 
 

@@ -37,6 +37,21 @@ def tiny(config, tfds_dir, **overrides):
   return config
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_downloads(tmp_path_factory):
+  """No test downloads anything unless it asks to (tests/test_downloads.py
+  serves files from 127.0.0.1), and the download cache is an empty
+  temporary folder, never the user's."""
+  from stn_jax.data import download
+
+  cache = tmp_path_factory.mktemp("download_cache")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("STN_DATA_OFFLINE", "1")
+    patch.delenv("STN_DATA_MIRROR", raising=False)
+    patch.setattr(download, "cache_dir", lambda: cache)
+    yield
+
+
 @pytest.fixture(params=["kernel", "xla"])
 def sampler_path(request, monkeypatch):
   """Runs a test with the CPU kernel backward pass and with the XLA one."""

@@ -1,17 +1,26 @@
 """Command line for the datasets.
 
   python -m stn_jax.data build DATASET [--tfds_dir=DIR] [--source_dir=DIR]
+      [--data_mirror=URL] [--overwrite]
   python -m stn_jax.data build --config=configs/mnist.py:distortion=rts
   python -m stn_jax.data preview DATASET --out=rts.png [--split=test] [--count=32]
 
-DATASET is e.g. ``distorted_mnist/rts`` or ``gtsrb/32``. With
-``--config=file.py:ARG`` (as for ``stn_jax.main``), ``build`` builds every
-dataset that config trains and evaluates on, and ``preview`` shows its
-evaluation dataset. ``--source_dir`` is the data directory with ``mnist/``
-and ``gtsrb/`` (default: the config's, else ``$STN_DATA_DIR``, then
-``../shared/data`` next to the repo); ``--tfds_dir`` is where built datasets
-go (default: the config's, else TFDS's own, ``$TFDS_DATA_DIR`` or
-``~/tensorflow_datasets``).
+DATASET is e.g. ``distorted_mnist/rts``, ``gtsrb/32`` or ``gtsrb/<size>``
+(size in [8, 256]). With ``--config=file.py:ARG`` (as for ``stn_jax.main``),
+``build`` builds every dataset that config trains and evaluates on, and
+``preview`` shows its evaluation dataset. ``--source_dir`` is the data
+directory with ``mnist/`` and ``gtsrb/`` (default: the config's, else
+``$STN_DATA_DIR``, then ``../shared/data`` next to the repo); a source in
+none of these nor in the download cache is downloaded into the cache
+(``$STN_DATA_DIR``, else ``$XDG_CACHE_HOME/stn_jax/data`` or
+``~/.cache/stn_jax/data``) from ``--data_mirror`` (default: the config's,
+else ``$STN_DATA_MIRROR``, else the official URLs), verified, with a
+progress bar on stderr; ``STN_DATA_OFFLINE=1`` forbids downloads.
+``--tfds_dir`` is where built datasets go (default: the config's, else
+TFDS's own, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+``--overwrite`` deletes the built dataset and builds it again (the cure for
+a damaged shard). Errors (missing sources, bad arguments) are one line on
+stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -42,6 +51,18 @@ def _flags() -> flags.FlagValues:
     "source_dir", None, "The data directory.", flag_values=values
   )
   flags.DEFINE_string(
+    "data_mirror",
+    None,
+    "Base URL of a mirror holding mnist/ and gtsrb/ source files.",
+    flag_values=values,
+  )
+  flags.DEFINE_boolean(
+    "overwrite",
+    False,
+    "build: delete the built dataset and build it again.",
+    flag_values=values,
+  )
+  flags.DEFINE_string(
     "out", None, "preview: the PNG file to write.", flag_values=values
   )
   flags.DEFINE_string(
@@ -57,7 +78,8 @@ def _flags() -> flags.FlagValues:
 
 
 def _datasets(values, names, command):
-  """(dataset names, tfds_dir, source_dir) from DATASET or --config."""
+  """(dataset names, tfds_dir, source_dir, data_mirror) from DATASET or
+  --config."""
   if values.config and names:
     raise ValueError("give DATASET or --config, not both.")
   if values.config:
@@ -71,13 +93,14 @@ def _datasets(values, names, command):
       names,
       values.tfds_dir or config.tfds_dir or None,
       values.source_dir or config.source_dir or None,
+      values.data_mirror or config.get("data_mirror", "") or None,
     )
   if len(names) != 1:
     raise ValueError(
       f"{command} takes one DATASET (e.g. "
       f"distorted_mnist/rts) or --config; got {names or 'none'}."
     )
-  return names, values.tfds_dir, values.source_dir
+  return names, values.tfds_dir, values.source_dir, values.data_mirror
 
 
 def main(argv=None) -> int:
@@ -92,11 +115,14 @@ def main(argv=None) -> int:
         f"{positional[0] if positional else 'nothing'}."
       )
     command = positional[0]
-    names, tfds_dir, source_dir = _datasets(values, positional[1:], command)
+    names, tfds_dir, source_dir, mirror = _datasets(
+      values, positional[1:], command
+    )
+    dirs = dict(tfds_dir=tfds_dir, source_dir=source_dir, data_mirror=mirror)
     start = time.perf_counter()
     if command == "build":
       for name in names:
-        builder = datasets.build(name, tfds_dir=tfds_dir, source_dir=source_dir)
+        builder = datasets.build(name, overwrite=values.overwrite, **dirs)
         splits = ", ".join(
           f"{k} {v.num_examples}" for k, v in builder.info.splits.items()
         )
@@ -107,9 +133,13 @@ def main(argv=None) -> int:
       return 0
     if not values.out:
       raise ValueError("preview needs --out=FILE.png.")
-    arrays = datasets.load_arrays(
-      names[0], values.split, tfds_dir=tfds_dir, source_dir=source_dir
-    )
+    for flag in ("count", "columns"):
+      if values[flag].value <= 0:
+        raise ValueError(
+          f"--{flag} must be a positive number of examples; got "
+          f"{values[flag].value}."
+        )
+    arrays = datasets.load_arrays(names[0], values.split, **dirs)
     count = min(values.count, len(arrays["label"]))
     labels = arrays["label"][:count]
     image = preview.grid_image(

@@ -1,17 +1,32 @@
 """Dataset names -> built TFDS datasets -> in-memory arrays.
 
-``name`` is ``'distorted_mnist/<variant>'`` or ``'gtsrb/<size>'``. A dataset
-is built on first use (offline, from the verified sources) into the TFDS
-data directory (``tfds_dir``, default ``$TFDS_DATA_DIR`` or
-``~/tensorflow_datasets``) and read back through ``tfds.data_source``.
+``name`` is ``'distorted_mnist/<variant>'`` or ``'gtsrb/<size>'`` (size in
+[8, 256]). A dataset is built on first use (from the verified sources,
+downloaded when missing) into the TFDS data directory (``tfds_dir``, default
+``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) and read back through
+``tfds.data_source``.
+
+Builds of one dataset are serialised by a file lock (``.build.lock`` next to
+its version folders): a second concurrent build waits, then finds the
+dataset built. Leftover ``incomplete.*`` folders of interrupted builds are
+deleted by the next build.
 """
 
 from __future__ import annotations
 
+import pathlib
+import shutil
+
 import numpy as np
 import tensorflow_datasets as tfds
 
-from stn_jax.data import distorted_mnist, gtsrb
+from stn_jax.data import distorted_mnist, download, gtsrb, gtsrb_source
+from stn_jax.data.sources import SourceError
+
+
+class CorruptDatasetError(SourceError):
+  """A built dataset cannot be read back (e.g. a damaged shard)."""
+
 
 BUILDERS = {
   "distorted_mnist": distorted_mnist.DistortedMnist,
@@ -32,10 +47,17 @@ def get_builder(
     )
   configs = [c.name for c in BUILDERS[family].BUILDER_CONFIGS]
   if family == "gtsrb" and config.isdigit() and config not in configs:
-    # Any image size: gtsrb/64 resizes to 64x64.
-    config = gtsrb.GtsrbConfig(image_size=int(config))
+    # Any image size in [8, 256]: gtsrb/64 resizes to 64x64.
+    config = gtsrb.GtsrbConfig(
+      image_size=gtsrb_source.check_image_size(int(config))
+    )
   elif config not in configs:
-    extra = " or any image size, e.g. gtsrb/64" if family == "gtsrb" else ""
+    extra = (
+      f" or any image size in [{gtsrb_source.MIN_SIZE}, "
+      f"{gtsrb_source.MAX_SIZE}], e.g. gtsrb/64"
+      if family == "gtsrb"
+      else ""
+    )
     raise ValueError(
       f"dataset {family!r} has configs {', '.join(configs)}"
       f"{extra}; got {name!r}."
@@ -45,18 +67,52 @@ def get_builder(
   )
 
 
+def _config_dir(builder) -> pathlib.Path:
+  """``<tfds_dir>/<family>/<config>``: the parent of the version folders."""
+  return pathlib.Path(str(builder.data_dir)).parent
+
+
 def build(
-  name: str, *, tfds_dir=None, source_dir=None, **builder_kwargs
+  name: str,
+  *,
+  tfds_dir=None,
+  source_dir=None,
+  data_mirror=None,
+  overwrite: bool = False,
+  **builder_kwargs,
 ) -> tfds.core.DatasetBuilder:
   """Builds ``name`` unless it is already built; returns its builder.
 
   TFDS writes into an ``incomplete.*`` folder and renames it when every
-  split is written, so an interrupted build is never read as complete.
+  split is written, so an interrupted build is never read as complete;
+  such leftovers are deleted here. A file lock makes concurrent builds of
+  one dataset (other processes) wait for each other.
+
+  Args:
+    name: ``'family/config'``.
+    tfds_dir: where built datasets go (None: TFDS's default).
+    source_dir: the data directory (see :mod:`stn_jax.data.sources`).
+    data_mirror: base URL for source downloads (None: ``$STN_DATA_MIRROR``
+      or the defaults).
+    overwrite: delete this dataset's built version first and rebuild it.
+    **builder_kwargs: passed to the builder (e.g. ``checksums``).
   """
-  builder = get_builder(
-    name, tfds_dir=tfds_dir, source_dir=source_dir, **builder_kwargs
+  kwargs = dict(
+    tfds_dir=tfds_dir,
+    source_dir=source_dir,
+    data_mirror=data_mirror,
+    **builder_kwargs,
   )
-  builder.download_and_prepare()
+  config_dir = _config_dir(get_builder(name, **kwargs))
+  with download.file_lock(config_dir / ".build.lock"):
+    for leftover in config_dir.glob("incomplete.*"):
+      shutil.rmtree(leftover, ignore_errors=True)
+    if overwrite:
+      builder = get_builder(name, **kwargs)
+      shutil.rmtree(str(builder.data_dir), ignore_errors=True)
+    # Built (again) under the lock: a build that waited sees the result.
+    builder = get_builder(name, **kwargs)
+    builder.download_and_prepare()
   return builder
 
 
@@ -66,6 +122,7 @@ def load_arrays(
   *,
   tfds_dir=None,
   source_dir=None,
+  data_mirror=None,
   chunk: int = 4096,
   **builder_kwargs,
 ) -> dict[str, np.ndarray]:
@@ -73,21 +130,40 @@ def load_arrays(
 
   Returns:
     dict of stacked NumPy arrays, one per feature.
+
+  Raises:
+    CorruptDatasetError: the built dataset cannot be read; the message
+      gives its folder and the command that rebuilds it.
   """
   builder = build(
-    name, tfds_dir=tfds_dir, source_dir=source_dir, **builder_kwargs
+    name,
+    tfds_dir=tfds_dir,
+    source_dir=source_dir,
+    data_mirror=data_mirror,
+    **builder_kwargs,
   )
   if split not in builder.info.splits:
     raise ValueError(
       f"split must be one of {sorted(builder.info.splits)} "
       f"for {name!r}; got {split!r}."
     )
-  source = builder.as_data_source(split=split)  # what tfds.data_source uses
-  records = []
-  for start in range(0, len(source), chunk):
-    records.extend(
-      source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-    )
+  try:
+    source = builder.as_data_source(split=split)  # what tfds.data_source uses
+    records = []
+    for start in range(0, len(source), chunk):
+      records.extend(
+        source.__getitems__(list(range(start, min(start + chunk, len(source)))))
+      )
+  except Exception as error:  # array_record and TFDS raise various types
+    rebuild = f"python -m stn_jax.data build {name} --overwrite"
+    if tfds_dir:
+      rebuild += f" --tfds_dir={tfds_dir}"
+    raise CorruptDatasetError(
+      f"Cannot read split {split!r} of the built dataset {name} in "
+      f"{builder.data_dir} (a damaged shard?): {type(error).__name__}: "
+      f"{error}. Rebuild it with `{rebuild}`, or delete {builder.data_dir} "
+      "and build again."
+    ) from error
   arrays = {key: np.stack([r[key] for r in records]) for key in records[0]}
   order = np.argsort(arrays["index"], kind="stable")
   return {key: value[order] for key, value in arrays.items()}

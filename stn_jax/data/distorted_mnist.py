@@ -1,6 +1,7 @@
 """TFDS builder of distorted MNIST: ``distorted_mnist/{plain,r,rts,p,e,tc}``.
 
-Built offline from the MNIST IDX files (verified by sha256), with stn_jax's
+Built from the MNIST IDX files (found in the data directory or the download
+cache, else downloaded; verified by sha256), with stn_jax's
 own grids and sampler (see :mod:`stn_jax.data.distortions`). Stored as
 array_record, so neither building nor reading needs TensorFlow::
 
@@ -54,14 +55,21 @@ class DistortedMnist(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = sources.HOW_TO_GET_MNIST
 
   def __init__(
-    self, *, source_dir=None, checksums=sources.MNIST_SHA256, **kwargs
+    self,
+    *,
+    source_dir=None,
+    checksums=sources.MNIST_SHA256,
+    data_mirror=None,
+    **kwargs,
   ):
     """``source_dir``: the data directory holding ``mnist/`` (see
     :func:`stn_jax.data.sources.resolve_data_dir`); ``checksums``: expected
     sha256 of the decompressed IDX files (None skips verification, for
-    synthetic test files)."""
+    synthetic test files); ``data_mirror``: base URL for downloads (see
+    :mod:`stn_jax.data.download`)."""
     self._source_dir = source_dir
     self._checksums = checksums
+    self._data_mirror = data_mirror
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
@@ -90,12 +98,14 @@ class DistortedMnist(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    del dl_manager  # nothing is downloaded
-    data_dir = sources.resolve_data_dir(self._source_dir)
+    del dl_manager  # sources.load_mnist downloads what is missing
     # Read and verify both splits before writing anything.
     splits = {
       split: sources.load_mnist(
-        split, data_dir=data_dir, checksums=self._checksums
+        split,
+        data_dir=self._source_dir,
+        checksums=self._checksums,
+        mirror=self._data_mirror,
       )
       for split in ("train", "test")
     }

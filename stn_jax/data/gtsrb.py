@@ -8,8 +8,11 @@ Features: ``image`` uint8 (S, S, 3) (whole frame, resized), ``label``
 (43 classes), ``roi`` [x1, y1, x2, y2] and ``size`` (width, height) in the
 original image's pixels, ``track`` (``class * 1000 + track``; -1 for test).
 
-With the 32x32 offline copy, ``gtsrb/48`` is upsampled from 32x32: results
-on it are 32x32-resolution results. Official archives give true 48x48.
+Any size in [8, 256] (``gtsrb/<size>``). With the 32x32 offline copy,
+``gtsrb/48`` is upsampled from 32x32: results on it are 32x32-resolution
+results. The official archives (found in the data directory or the cache, or
+downloaded) give true 48x48, the size of the published numbers; sizes above
+32 use them whenever they are found.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class GtsrbConfig(tfds.core.BuilderConfig):
     validation_seed: int = 0,
     **kwargs,
   ):
+    gtsrb_source.check_image_size(image_size)
     kwargs.setdefault("name", str(image_size))
     super().__init__(
       description=f"GTSRB resized to {image_size}x{image_size}.", **kwargs
@@ -50,12 +54,22 @@ class Gtsrb(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = gtsrb_source.HOW_TO_GET_GTSRB
 
   def __init__(
-    self, *, source_dir=None, checksums=gtsrb_source.NPZ_SHA256, **kwargs
+    self,
+    *,
+    source_dir=None,
+    checksums=gtsrb_source.NPZ_SHA256,
+    data_mirror=None,
+    archive_md5=gtsrb_source.ARCHIVE_MD5,
+    **kwargs,
   ):
     """``source_dir``: the data directory; ``checksums``: expected sha256 of
-    the npz files (None skips verification, for synthetic test files)."""
+    the npz files (None skips verification, for synthetic test files);
+    ``data_mirror``: base URL for downloads; ``archive_md5``: expected md5
+    of the official archives when downloaded (None: not checked)."""
     self._source_dir = source_dir
     self._checksums = checksums
+    self._data_mirror = data_mirror
+    self._archive_md5 = archive_md5
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
@@ -81,7 +95,7 @@ class Gtsrb(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    del dl_manager  # nothing is downloaded
+    del dl_manager  # gtsrb_source downloads the archives when missing
     config = self.builder_config
     data = {
       split: gtsrb_source.load_gtsrb(
@@ -89,6 +103,8 @@ class Gtsrb(tfds.core.GeneratorBasedBuilder):
         image_size=config.image_size,
         data_dir=self._source_dir,
         checksums=self._checksums,
+        mirror=self._data_mirror,
+        archive_md5=self._archive_md5,
       )
       for split in ("train", "test")
     }
