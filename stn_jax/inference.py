@@ -112,7 +112,9 @@ class Restored:
       or not isinstance(batch_size, (int, np.integer))
       or batch_size < 1
     ):
-      raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+      raise ValueError(
+        f"batch_size must be a positive int; got {batch_size!r}."
+      )
     images = self._check(images)
     count = len(images)
     out = np.empty((count, *spec.shape[1:]), spec.dtype)
