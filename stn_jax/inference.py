@@ -2,16 +2,28 @@
 
 Needs only the model code and the checkpoint (:mod:`stn_jax.checkpointing`):
 no input pipeline, no TFDS/grain/array_record import, no optimiser.
+
+:meth:`Restored.predict` and :meth:`Restored.transform` take NHWC images at
+the dataset's size, uint8 in 0-255 or float in [0, 1] exactly (no
+tolerance: clip first if your floats overshoot); NaN/inf or out-of-range
+floats raise ``ValueError``. An empty batch returns an empty result without
+running the model. Inputs are processed ``batch_size`` images at a time
+(the last partial batch padded to that size, so one shape is compiled) and
+normalised batch by batch, so memory beyond the input and the result stays
+bounded by the batch.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from stn_jax import checkpointing, models
 from stn_jax.normalization import Normalization
+
+DEFAULT_BATCH_SIZE = 256
 
 
 class Restored:
@@ -31,12 +43,21 @@ class Restored:
     self.normalization = Normalization.from_config(config)
     self._in_shape = tuple(in_shape)
     graphdef, state = nnx.split(model)
-    self._logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-    transformers = models.transformers(model)
-    self._transformer = transformers[0] if transformers else None
     self._state = state
+    self._logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    example = jax.ShapeDtypeStruct((1, *self._in_shape), jnp.float32)
+    # Output shapes and dtypes, from tracing alone: what an empty batch gets.
+    self._logits_spec = jax.eval_shape(self._logits, state, example)
+    if models.transformers(model):
+      self._warp = jax.jit(
+        lambda s, x: models.transformers(nnx.merge(graphdef, s))[0](x)
+      )
+      self._warp_spec = jax.eval_shape(self._warp, state, example)
+    else:
+      self._warp = self._warp_spec = None
 
-  def _prepare(self, images) -> np.ndarray:
+  def _check(self, images) -> np.ndarray:
+    """Checks shape, dtype and range of the whole input; returns NumPy."""
     images = np.asarray(images)
     if images.shape[1:] != self._in_shape:
       raise ValueError(
@@ -45,28 +66,116 @@ class Restored:
         f"dataset's image size); got {images.shape}."
       )
     if images.dtype == np.uint8:
-      return self.normalization(images)
+      return images
     if not np.issubdtype(images.dtype, np.floating):
       raise ValueError(
         "images must be uint8 (0-255) or float in [0, 1]; got "
         f"dtype {images.dtype}."
       )
+    if images.size == 0:
+      return images
+    # Two reductions, no temporaries of the input's size (NaN propagates).
+    low, high = images.min(), images.max()
+    if not (np.isfinite(low) and np.isfinite(high)):
+      finite = images[np.isfinite(images)]
+      found = (
+        f"finite values in [{finite.min():.4g}, {finite.max():.4g}]"
+        if finite.size
+        else "no finite values"
+      )
+      raise ValueError(
+        "images must be finite, uint8 (0-255) or float in [0, 1]; got "
+        f"{int(np.isnan(images).sum())} nan and "
+        f"{int(np.isinf(images).sum())} inf values ({found})."
+      )
+    if low < 0 or high > 1:
+      hint = (
+        " Float images in 0-255 must be divided by 255 (or cast to uint8)."
+        if high > 1 and low >= 0 and high <= 255
+        else " Clip them to [0, 1] if the excess is rounding."
+      )
+      raise ValueError(
+        "images must be uint8 (0-255) or float in [0, 1]; got "
+        f"{images.dtype} values in [{low:.4g}, {high:.4g}].{hint}"
+      )
+    return images
+
+  def _normalize(self, images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+      return self.normalization(images)
     return self.normalization.from_unit(images)
 
-  def predict(self, images) -> np.ndarray:
-    """Logits ``(N, num_classes)`` for NHWC uint8 (0-255) or float [0, 1]
-    images at the dataset's image size."""
-    return np.asarray(self._logits(self._state, self._prepare(images)))
+  def _batched(self, function, spec, images, batch_size, post=None):
+    """Runs ``function(state, x)`` over batches of checked ``images``."""
+    if (
+      isinstance(batch_size, (bool, np.bool_))
+      or not isinstance(batch_size, (int, np.integer))
+      or batch_size < 1
+    ):
+      raise ValueError(
+        f"batch_size must be a positive int; got {batch_size!r}."
+      )
+    images = self._check(images)
+    count = len(images)
+    out = np.empty((count, *spec.shape[1:]), spec.dtype)
+    if count == 0:
+      return out  # The model is not run.
+    size = min(int(batch_size), count)
+    for start in range(0, count, size):
+      chunk = self._normalize(images[start : start + size])
+      used = len(chunk)
+      if used < size:  # Pad: one compiled shape for every batch.
+        padding = np.zeros((size - used, *chunk.shape[1:]), chunk.dtype)
+        chunk = np.concatenate([chunk, padding])
+      result = np.asarray(function(self._state, chunk))[:used]
+      out[start : start + used] = result if post is None else post(result)
+    return out
 
-  def transform(self, images) -> np.ndarray:
-    """What the (first) spatial transformer makes of the images, in the
-    input's [0, 1] scale: ``(N, H_out, W_out, C)``."""
-    if self._transformer is None:
+  def predict(self, images, *, batch_size: int = DEFAULT_BATCH_SIZE):
+    """Logits of the model.
+
+    Args:
+      images: ``(N, H, W, C)`` at the dataset's image size, uint8 in 0-255
+        or float in [0, 1] (exactly; NaN/inf raise). NumPy or JAX.
+      batch_size: images per model call; the last partial batch is padded
+        to ``min(batch_size, N)``, so one shape is compiled.
+
+    Returns:
+      float32 NumPy ``(N, num_classes)``; ``(0, num_classes)`` for ``N = 0``
+      (without running the model).
+
+    Raises:
+      ValueError: wrong shape or dtype, out-of-range or non-finite values,
+        or a ``batch_size`` that is not a positive int.
+    """
+    return self._batched(self._logits, self._logits_spec, images, batch_size)
+
+  def transform(self, images, *, batch_size: int = DEFAULT_BATCH_SIZE):
+    """What the (first) spatial transformer makes of the images.
+
+    Args:
+      images: as for :meth:`predict`.
+      batch_size: as for :meth:`predict`.
+
+    Returns:
+      float32 NumPy ``(N, H_out, W_out, C)`` in the input's [0, 1] scale
+      (not clipped); ``(0, H_out, W_out, C)`` for ``N = 0``.
+
+    Raises:
+      ValueError: as :meth:`predict`, or if the model has no spatial
+        transformer.
+    """
+    if self._warp is None:
       raise ValueError(
         f"model {self.config.model!r} has no spatial transformer."
       )
-    out = np.asarray(self._transformer(self._prepare(images)))
-    return self.normalization.to_unit(out)
+    return self._batched(
+      self._warp,
+      self._warp_spec,
+      images,
+      batch_size,
+      post=self.normalization.to_unit,
+    )
 
 
 def restore(workdir: str) -> Restored:

@@ -2,18 +2,71 @@
 
 Every check raises ``ValueError`` whose message names the argument, what was
 expected and what was given, so that a wrong call fails before tracing.
+Arguments that fix a shape or a code path (``out_shape``, ``align_corners``,
+``mode``, ``num_control_points``) must be static: a traced value gets a
+message saying so and how to keep it static.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+def is_traced(value) -> bool:
+  """Whether ``value`` is a JAX tracer (its value is unknown at trace time)."""
+  return isinstance(value, jax.core.Tracer)
+
+
+def concrete_value(value) -> np.ndarray | None:
+  """``value`` as a NumPy array, or None if it is traced (not concrete)."""
+  if is_traced(value):
+    return None
+  try:
+    return np.asarray(value)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    return None
+
+
+def raise_if_traced(name: str, value, expected: str):
+  """Raises the "must be static" error if ``value`` is (or holds) a tracer.
+
+  Args:
+    name: argument name used in the message.
+    value: the value, or a tuple/list of values.
+    expected: what a static value is, e.g. ``"a Python bool"``.
+  """
+  items = value if isinstance(value, (tuple, list)) else (value,)
+  if any(is_traced(item) for item in items):
+    raise ValueError(
+      f"{name} must be static ({expected}), not a traced value: it fixes "
+      "a shape or a code path when the function is traced. Pass it as a "
+      "static argument (jax.jit(f, static_argnums=...) or "
+      "static_argnames=...) or bind it with functools.partial; got "
+      f"{value!r}."
+    )
+
+
+def _is_int(value) -> bool:
+  """A Python/NumPy int, or a concrete 0-d integer array (not a bool)."""
+  if isinstance(value, (bool, np.bool_)):
+    return False
+  if isinstance(value, (int, np.integer)):
+    return True
+  return (
+    isinstance(value, jax.Array)
+    and not is_traced(value)
+    and value.shape == ()
+    and jnp.issubdtype(value.dtype, jnp.integer)
+  )
+
+
 def check_choice(name: str, value, choices: Sequence[str]) -> str:
   """Returns ``value`` if it is one of ``choices``; raises otherwise."""
+  raise_if_traced(name, value, "a Python str")
   if not isinstance(value, str) or value not in choices:
     raise ValueError(
       f"{name} must be one of {', '.join(repr(c) for c in choices)}; "
@@ -23,7 +76,15 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
 
 
 def check_bool(name: str, value) -> bool:
-  """Returns ``value`` if it is a Python or NumPy bool; raises otherwise."""
+  """Returns ``value`` as a bool if it is a Python, NumPy or concrete JAX
+  bool (a 0-d bool array); raises otherwise, saying so if it is traced."""
+  raise_if_traced(name, value, "a Python bool")
+  if (
+    isinstance(value, jax.Array)
+    and value.shape == ()
+    and value.dtype == jnp.bool_
+  ):
+    return bool(value)
   if not isinstance(value, (bool, np.bool_)):
     raise ValueError(
       f"{name} must be a bool; got {value!r} of type {type(value).__name__}."
@@ -32,23 +93,38 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_out_shape(name: str, value) -> tuple[int, int]:
-  """Returns ``value`` as a ``(height, width)`` tuple of positive ints."""
+  """Returns ``value`` as a ``(height, width)`` tuple of positive ints.
+
+  Python and NumPy ints are accepted, and concrete (untraced) JAX integer
+  scalars; a traced value raises the "must be static" error, and a zero
+  size (an empty grid) the usual one.
+  """
+  raise_if_traced(name, value, "a (height, width) pair of Python ints")
   try:
     shape = tuple(value)
   except TypeError:
     shape = None
+  if shape is not None:
+    raise_if_traced(name, shape, "a (height, width) pair of Python ints")
   if (
     shape is None
     or len(shape) != 2
-    or not all(
-      isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
-      for s in shape
-    )
+    or not all(_is_int(s) and s > 0 for s in shape)
   ):
     raise ValueError(
-      f"{name} must be a (height, width) pair of positive ints; got {value!r}."
+      f"{name} must be a (height, width) pair of positive ints (a zero "
+      f"size would give an empty grid); got {value!r}."
     )
   return int(shape[0]), int(shape[1])
+
+
+def check_not_empty(name: str, array, description: str):
+  """Raises unless every dimension of ``array`` is positive (N included)."""
+  if 0 in tuple(array.shape):
+    raise ValueError(
+      f"{name} must not be empty: shape {description} with every size > 0 "
+      f"(the batch N included); got shape {tuple(array.shape)}."
+    )
 
 
 def check_float_array(
@@ -176,3 +252,59 @@ def check_points(
       f"{tuple(np.shape(value))}."
     )
   return points, batched
+
+
+# Relative tolerance of the degenerate point checks: points closer than this
+# times the RMS spread of the set coincide, and a set whose spread across its
+# main direction is below this times the spread along it lies on a line.
+DEGENERATE_RTOL = 1e-6
+
+
+def _point(p) -> str:
+  return f"({p[0]:.6g}, {p[1]:.6g})"
+
+
+def check_tps_points(name: str, points, *, allow_duplicates: bool = False):
+  """Raises unless concrete ``(K, 2)`` points can anchor a thin plate spline.
+
+  The thin plate spline system is singular when two points coincide or all
+  points lie on one line (its affine part is then undetermined): the solve
+  gives ``nan`` or meaningless values. Both are checked with the relative
+  tolerance ``DEGENERATE_RTOL``. O(K^2) time and memory, like the system.
+
+  Args:
+    name: argument name used in the message (e.g. ``"src[3]"``).
+    points: ``(K, 2)`` NumPy array (concrete values).
+    allow_duplicates: skip the coincidence check (a regularised fit, whose
+      system stays invertible with repeated points).
+  """
+  points = np.asarray(points, np.float64)
+  if not np.isfinite(points).all():
+    raise ValueError(
+      f"{name} must be finite; got {int((~np.isfinite(points)).sum())} "
+      "nan/inf coordinates."
+    )
+  centred = points - points.mean(0)
+  spread = np.sqrt((centred**2).sum(-1).mean())
+  tol = DEGENERATE_RTOL * spread
+  if not allow_duplicates:
+    squared = ((points[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+    squared[np.diag_indices(len(points))] = np.inf
+    i, j = np.unravel_index(np.argmin(squared), squared.shape)
+    if np.sqrt(squared[i, j]) <= tol:
+      i, j = sorted((int(i), int(j)))
+      raise ValueError(
+        f"{name} must be distinct points (the thin plate spline system is "
+        f"singular otherwise); got points {i} and {j} at distance "
+        f"{np.sqrt(squared[i, j]):.3g} (<= {DEGENERATE_RTOL:g} x the RMS "
+        f"spread {spread:.3g}): {_point(points[i])} and {_point(points[j])}."
+      )
+  singular = np.linalg.svd(centred, compute_uv=False)
+  if len(singular) < 2 or singular[1] <= DEGENERATE_RTOL * singular[0]:
+    across = singular[1] if len(singular) > 1 else 0.0
+    raise ValueError(
+      f"{name} must not all lie on one line (the thin plate spline system "
+      f"is singular otherwise); got {len(points)} points whose spread "
+      f"across their main direction is {across:.3g}, along it "
+      f"{singular[0]:.3g}."
+    )

@@ -10,8 +10,10 @@ takes a batch (leading ``N``) or a single example and works under
 Degenerate point sets (e.g. three collinear points for an affine fit, or
 coincident points) cannot be detected without looking at the values, which
 ``jax.jit`` does not allow: they give ``inf``/``nan`` or meaningless (huge)
-entries instead of raising. Wrong shapes, too few points and non-float
-dtypes raise ``ValueError``.
+entries instead of raising. The exception is :func:`fit_tps`, which checks
+its ``src`` when the values are concrete (NumPy or untraced JAX arrays, not
+under ``jit``/``vmap``/``grad``) and raises ``ValueError``. Wrong shapes,
+too few points and non-float dtypes raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -276,7 +278,12 @@ def fit_tps(src, dst, *, regularization=0.0) -> ThinPlateSpline:
 
   Args:
     src: ``(N, K, 2)`` or ``(K, 2)`` float array, ``K >= 3`` points not all
-      collinear (else the system is singular: non-finite results).
+      on one line and, without regularisation, distinct (else the system is
+      singular). Concrete values are checked (``ValueError`` naming
+      ``src[n]``, with the tolerance ``DEGENERATE_RTOL = 1e-6`` relative to
+      the points' RMS spread); traced ones cannot be, and give non-finite or
+      meaningless splines. Repeated points are allowed with a positive
+      concrete ``regularization``; with a traced one they are not checked.
     dst: the same shape: the values of ``f`` at ``src``.
     regularization: a non-negative number or a float scalar (may be traced).
 
@@ -284,6 +291,7 @@ def fit_tps(src, dst, *, regularization=0.0) -> ThinPlateSpline:
     a :class:`ThinPlateSpline` (solved in coordinates centred and scaled by
     the source points, for float32 accuracy) for :func:`tps_warp_points`.
   """
+  raw_src = src
   src, dst, batched, dtype = _check_pairs(src, dst, 3)
   if isinstance(
     regularization, (int, float, np.integer, np.floating)
@@ -301,6 +309,7 @@ def fit_tps(src, dst, *, regularization=0.0) -> ThinPlateSpline:
       "regularization must be a non-negative number or a "
       f"float scalar array; got {regularization!r}."
     )
+  _check_tps_sources(raw_src, regularization, batched)
   lam = jnp.asarray(regularization, src.dtype)
   weights, affine, centre, scale = jax.vmap(_solve_tps, in_axes=(0, 0, None))(
     src, dst, lam
@@ -310,6 +319,21 @@ def fit_tps(src, dst, *, regularization=0.0) -> ThinPlateSpline:
   if not batched:
     fields = tuple(f[0] for f in fields)
   return ThinPlateSpline(*fields)
+
+
+def _check_tps_sources(src, regularization, batched):
+  """Raises if concrete ``src`` would make a fit_tps system singular."""
+  points = v.concrete_value(src)
+  if points is None:
+    return  # Traced: the values cannot be looked at (documented).
+  lam = v.concrete_value(regularization)
+  # Coincident points are fine with a positive regularisation (the ridge
+  # keeps the system invertible); unknown (traced) ones are not checked.
+  allow_duplicates = lam is None or float(lam) > 0
+  points = points if batched else points[None]
+  for n, example in enumerate(points):
+    name = f"src[{n}]" if batched else "src"
+    v.check_tps_points(name, example, allow_duplicates=allow_duplicates)
 
 
 def _evaluate_tps(points, source, weights, affine, centre, scale):

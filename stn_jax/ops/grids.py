@@ -17,6 +17,12 @@ Every function takes a batch (leading ``N`` axis) or a single example (no
 batch axis; the output then has none either), so it can be used directly and
 under ``jax.vmap``. Output dtype equals the parameters' dtype; arithmetic on
 bfloat16/float16 inputs is done in float32.
+
+``out_shape`` and ``align_corners`` must be static (Python values): under
+``jax.jit`` pass them with ``static_argnums``/``static_argnames`` or
+``functools.partial``; a traced one raises ``ValueError`` saying so. An empty
+grid (a zero in ``out_shape``) or an empty batch (``N = 0``) raises
+``ValueError`` too.
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ def affine_grid(theta, out_shape, *, align_corners: bool = False):
   whose sampling with :func:`grid_sample` reproduces the image exactly.
   """
   theta, batched = v.check_float_array("theta", theta, (2, 3), "(N, 2, 3)")
+  v.check_not_empty("theta", theta, "(N, 2, 3)")
   out_shape = v.check_out_shape("out_shape", out_shape)
   align_corners = v.check_bool("align_corners", align_corners)
   dtype = v.compute_dtype(theta.dtype)
@@ -154,6 +161,7 @@ def projective_grid(homography, out_shape, *, align_corners: bool = False):
   homography, batched = v.check_float_array(
     "homography", homography, (3, 3), "(N, 3, 3)"
   )
+  v.check_not_empty("homography", homography, "(N, 3, 3)")
   out_shape = v.check_out_shape("out_shape", out_shape)
   align_corners = v.check_bool("align_corners", align_corners)
   dtype = v.compute_dtype(homography.dtype)
@@ -182,6 +190,7 @@ def tps_source_points(num_control_points: int = 16) -> np.ndarray:
     point ``k = i * n + j`` is ``(x_j, y_i)`` with ``n = sqrt(K)`` and
     ``x_j = y_j = -1 + 2 j / (n - 1)``.
   """
+  v.raise_if_traced("num_control_points", num_control_points, "a Python int")
   n = (
     math.isqrt(num_control_points)
     if isinstance(num_control_points, (int, np.integer))
@@ -228,11 +237,6 @@ def _tps_weights_numpy(source, out_shape, align_corners):
   xs, ys = _output_points(out_shape, align_corners)
   points = np.stack([xs.ravel(), ys.ravel()], axis=-1)
   system = _tps_system(source, np)
-  if abs(np.linalg.det(system)) < 1e-12:
-    raise ValueError(
-      "source_points must not be collinear or repeated: the "
-      "thin plate spline system is singular."
-    )
   # Interpolant is linear in the control points: grid = F @ L^-1[:, :K] @ C.
   inverse = np.linalg.inv(system)[:, : source.shape[0]]
   return _tps_features(points, source, np) @ inverse
@@ -256,7 +260,11 @@ def tps_grid(
     source_points: ``(K, 2)`` points in output coordinates; default
       :func:`tps_source_points` (K must then be a perfect square). A NumPy
       array (or None) is solved once in float64 at trace time; a JAX array is
-      solved in the graph, so it may be learned.
+      solved in the graph, so it may be learned. Points that coincide or all
+      lie on one line make the spline undefined: concrete points (NumPy or
+      an untraced JAX array) raise ``ValueError``; traced ones (under
+      ``jit``/``grad``) cannot be looked at and give meaningless or
+      non-finite grids.
     align_corners: see the module docstring.
 
   Returns:
@@ -265,6 +273,7 @@ def tps_grid(
   control_points, batched = v.check_float_array(
     "control_points", control_points, (None, 2), "(N, K, 2)"
   )
+  v.check_not_empty("control_points", control_points, "(N, K, 2)")
   out_shape = v.check_out_shape("out_shape", out_shape)
   align_corners = v.check_bool("align_corners", align_corners)
   num_points = control_points.shape[1]
@@ -277,6 +286,9 @@ def tps_grid(
       "match control_points; got shape "
       f"{tuple(np.shape(source_points))}."
     )
+  concrete = v.concrete_value(source_points)
+  if concrete is not None:
+    v.check_tps_points("source_points", concrete)
   if isinstance(source_points, jax.Array):
     xs, ys = _output_points(out_shape, align_corners)
     points = jnp.asarray(np.stack([xs.ravel(), ys.ravel()], -1), dtype)

@@ -286,7 +286,10 @@ def grid_sample(
       image, one whose taps are all outside reads ``fill_value``, and one
       at the border blends the two with the interpolation weights (as
       OpenCV's ``BORDER_CONSTANT`` with a constant ``borderValue``).
-    align_corners: see above.
+    align_corners: see above. ``mode``, ``padding_mode`` and
+      ``align_corners`` must be static (Python values; under ``jax.jit`` use
+      ``static_argnames`` or ``functools.partial``): a traced one raises
+      ``ValueError``.
     fill_value: used only with ``padding_mode='fill'``: a number or a float
       array of shape ``()`` or ``(C,)`` (one value per channel). It may be
       traced; gradients flow to it.
@@ -300,6 +303,11 @@ def grid_sample(
 
   Gradients flow to ``image`` and ``grid`` (zero to ``grid`` for
   ``'nearest'``), equal to PyTorch's.
+
+  Raises:
+    ValueError: on a wrong rank, shape or dtype, an unknown mode, a traced
+      option, or an empty ``image`` or ``grid`` (any size 0, ``N = 0``
+      included).
   """
   image, image_batched = v.check_float_array(
     "image", image, (None, None, None), "(N, H, W, C)"
@@ -319,10 +327,8 @@ def grid_sample(
       f"shape {tuple(image.shape)} and grid shape "
       f"{tuple(grid.shape)}."
     )
-  if 0 in image.shape:
-    raise ValueError(
-      f"image must not be empty; got shape {tuple(image.shape)}."
-    )
+  v.check_not_empty("image", image, "(N, H, W, C)")
+  v.check_not_empty("grid", grid, "(N, H_out, W_out, 2)")
   v.check_choice("mode", mode, MODES)
   v.check_choice("padding_mode", padding_mode, ALL_PADDING_MODES)
   align_corners = v.check_bool("align_corners", align_corners)

@@ -79,6 +79,7 @@ def params_to_grid(
   """
   v.check_choice("transform", transform, TRANSFORMS)
   params, batched = v.check_float_array("params", params, (None,), "(N, P)")
+  v.check_not_empty("params", params, "(N, P)")
   size = params.shape[1]
   if transform == "tps":
     if size % 2:
