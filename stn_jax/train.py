@@ -396,9 +396,10 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
       return streams[0].get_state()
     return {"members": identity, "streams": [s.get_state() for s in streams]}
 
-  def next_batch():
+  def next_batch():  # only what the step reads
     if not members.population:
-      return next(streams[0])
+      batch = next(streams[0])
+      return {"image": batch["image"], "label": batch["label"]}
     batches = [next(s) for s in streams]
     return {k: jnp.stack([b[k] for b in batches]) for k in ("image", "label")}
 
