@@ -52,6 +52,20 @@ def _no_downloads(tmp_path_factory):
     yield
 
 
+def write_mnist_config_with_sweep(folder, sweep_source: str):
+  """``folder/tiny_config.py``: configs/mnist.py plus ``sweep_source`` (a
+  ``def sweep_tiny(add): ...``), with the common.py it imports beside it;
+  returns its path."""
+  (folder / "common.py").write_text(
+    (REPO / "configs" / "common.py").read_text()
+  )
+  path = folder / "tiny_config.py"
+  path.write_text(
+    (REPO / "configs" / "mnist.py").read_text() + "\n\n" + sweep_source
+  )
+  return path
+
+
 @pytest.fixture(params=["kernel", "xla"])
 def sampler_path(request, monkeypatch):
   """Runs a test with the CPU kernel backward pass and with the XLA one."""

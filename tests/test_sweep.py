@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import REPO
+from conftest import REPO, write_mnist_config_with_sweep
 
 from stn_jax import sweep, train
 
@@ -139,19 +139,13 @@ def test_unknown_sweep_lists_the_valid_ones():
 
 
 def test_runs_resumes_skips_and_reports_failures(tiny_tfds, tmp_path):
-  config_file = tmp_path / "tiny_config.py"
-  (tmp_path / "common.py").write_text(
-    (REPO / "configs" / "common.py").read_text()
-  )
-  config_file.write_text(
-    (REPO / "configs" / "mnist.py").read_text()
-    + """
-
-def sweep_tiny(add):
+  config_file = write_mnist_config_with_sweep(
+    tmp_path,
+    """def sweep_tiny(add):
   add("distortion=rts,model=cnn,small=true", seed=0)
   add("distortion=rts,model=cnn,small=true", learning_rate=-1.0)
   add("distortion=rts,model=st_cnn,small=true", seed=1)
-"""
+""",
   )
   overrides = dict(
     tfds_dir=str(tiny_tfds),

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MNIST, REPO, tiny
+from conftest import MNIST, REPO, tiny, write_mnist_config_with_sweep
 
 import stn_jax
 from stn_jax import checkpointing, sweep, train, workdir
@@ -199,13 +199,8 @@ def test_command_line_errors_are_one_line(tmp_path, args, status, message):
 
 
 def test_a_changed_set_never_reports_old_results(tiny_tfds, tmp_path):
-  config_file = tmp_path / "tiny_config.py"
-  (tmp_path / "common.py").write_text(
-    (REPO / "configs" / "common.py").read_text()
-  )
-  config_file.write_text(
-    (REPO / "configs" / "mnist.py").read_text()
-    + '\n\ndef sweep_tiny(add):\n  add("model=cnn,small=true")\n'
+  config_file = write_mnist_config_with_sweep(
+    tmp_path, 'def sweep_tiny(add):\n  add("model=cnn,small=true")\n'
   )
   overrides = dict(
     tfds_dir=str(tiny_tfds), batch_size=8, eval_batch_size=8, num_steps=2

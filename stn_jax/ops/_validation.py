@@ -127,6 +127,19 @@ def check_not_empty(name: str, array, description: str):
     )
 
 
+def as_float_array(name: str, value):
+  """``value`` as an array (NumPy if it has no dtype yet); raises unless
+  its dtype is floating."""
+  if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+    value = np.asarray(value)
+  if not jnp.issubdtype(value.dtype, jnp.floating):
+    raise ValueError(
+      f"{name} must have a floating dtype (float32, bfloat16, "
+      f"float16 or float64); got dtype {value.dtype}."
+    )
+  return value
+
+
 def check_float_array(
   name: str, value, trailing_shape: tuple[int | None, ...], description: str
 ) -> tuple[jnp.ndarray, bool]:
@@ -142,13 +155,7 @@ def check_float_array(
     ``(array, batched)``: the array with a leading batch axis (added if the
     input was unbatched) and whether the input already had one.
   """
-  if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-    value = np.asarray(value)
-  if not jnp.issubdtype(value.dtype, jnp.floating):
-    raise ValueError(
-      f"{name} must have a floating dtype (float32, bfloat16, "
-      f"float16 or float64); got dtype {value.dtype}."
-    )
+  value = as_float_array(name, value)
   rank = len(trailing_shape)
   if value.ndim not in (rank, rank + 1):
     raise ValueError(

@@ -269,13 +269,7 @@ def normalized_to_pixel_homography(
 
 
 def _check_any_points(name, points):
-  if not hasattr(points, "shape") or not hasattr(points, "dtype"):
-    points = np.asarray(points)
-  if not jnp.issubdtype(points.dtype, jnp.floating):
-    raise ValueError(
-      f"{name} must have a floating dtype (float32, bfloat16, "
-      f"float16 or float64); got dtype {points.dtype}."
-    )
+  points = v.as_float_array(name, points)
   if points.ndim < 1 or points.shape[-1] != 2:
     raise ValueError(
       f"{name} must have shape (..., 2) of (x, y) points; got "
