@@ -7,23 +7,34 @@ import argparse
 import os
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 from bench_sampler import commit_description, machine_description
 
 from stn_jax import sweep
 
-# The config arg each --scale adds to every run: `cpu` uses the configs'
-# `small=true` networks, `paper` the full ones.
-SCALE_ARGS = {"paper": "", "cpu": "small=true"}
+
+class Scale(NamedTuple):
+  """What a ``--scale`` changes in every run of a table.
+
+  ``arg`` is appended to every point's config arg (e.g. ``'small=true'``
+  for the configs' narrow CPU networks); ``overrides`` are config keys set
+  on every point (e.g. the step budget).
+  """
+
+  arg: str
+  overrides: Mapping[str, object]
 
 
-def table_parser(doc: str, out: str) -> argparse.ArgumentParser:
+def table_parser(
+  doc: str, out: str, scales: Mapping[str, Scale]
+) -> argparse.ArgumentParser:
   """The arguments every paper-table script takes (scale, workdir, out,
   seeds, --set, --report_only); scripts add their own."""
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-  parser.add_argument("--scale", choices=sorted(SCALE_ARGS), required=True)
+  parser.add_argument("--scale", choices=sorted(scales), required=True)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", default=out)
   parser.add_argument("--seeds", type=int, default=3)

@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _tables import (  # noqa: E402
   DONE,
-  SCALE_ARGS,
+  Scale,
   header_lines,
   mean_std_cell,
   parse_arg,
@@ -86,8 +86,13 @@ def describe(config) -> str:
   )
 
 
+# paper: the configs' full networks and budget; cpu: their `small=true`
+# networks (the budget comes from --set, else the config's 2000 steps).
+SCALES = {"paper": Scale("", {}), "cpu": Scale("small=true", {})}
+
+
 def main(argv=None):
-  parser = table_parser(__doc__, "experiments/results/gtsrb.md")
+  parser = table_parser(__doc__, "experiments/results/gtsrb.md", SCALES)
   parser.add_argument(
     "--size",
     type=int,
@@ -97,12 +102,11 @@ def main(argv=None):
   )
   parser.add_argument("--models", default=",".join(r[0] for r in ROWS))
   args = parser.parse_args(argv)
-  overrides = sweep.parse_overrides(args.set)
+  scale = SCALES[args.scale]
+  overrides = {**scale.overrides, **sweep.parse_overrides(args.set)}
   model_names = args.models.split(",")
   config_path = os.path.join(REPO, "configs", "gtsrb.py")
-  extra_arg = ",".join(
-    a for a in (SCALE_ARGS[args.scale], f"size={args.size}") if a
-  )
+  extra_arg = ",".join(a for a in (scale.arg, f"size={args.size}") if a)
 
   start = time.perf_counter()
   records, trained = run_in_seed_passes(

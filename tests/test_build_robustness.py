@@ -14,9 +14,11 @@ import pytest
 
 from stn_jax.data import __main__ as data_cli
 from stn_jax.data import datasets
+from stn_jax.data.distorted_mnist import DistortedMnist
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAME = "distorted_mnist/plain"
+VERSION = str(DistortedMnist.VERSION)
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_leftover_incomplete_folders_are_deleted_by_the_next_build(
 ):
   source_dir, checksums, arrays = mnist_source
   tfds_dir = tmp_path / "tfds"
-  leftover = config_dir(tfds_dir) / "incomplete.ABC123_1.0.0"
+  leftover = config_dir(tfds_dir) / f"incomplete.ABC123_{VERSION}"
   (leftover / "distorted_mnist-train.array_record-00000-of-00001").mkdir(
     parents=True
   )
@@ -57,14 +59,14 @@ def test_damaged_shard_is_reported_with_its_path_and_the_cure(
   tfds_dir = tmp_path / "tfds"
   kwargs = dict(tfds_dir=tfds_dir, source_dir=source_dir, checksums=checksums)
   datasets.build(NAME, **kwargs)
-  shards = sorted(config_dir(tfds_dir).glob("1.0.0/*test.array_record*"))
+  shards = sorted(config_dir(tfds_dir).glob(f"{VERSION}/*test.array_record*"))
   assert shards
   for shard in shards:
     shard.write_bytes(os.urandom(shard.stat().st_size))
   with pytest.raises(datasets.CorruptDatasetError) as error:
     datasets.load_arrays(NAME, "test", **kwargs)
   message = str(error.value)
-  assert str(config_dir(tfds_dir) / "1.0.0") in message
+  assert str(config_dir(tfds_dir) / VERSION) in message
   assert f"python -m stn_jax.data build {NAME} --overwrite" in message
   # The cure it names works (build --overwrite calls this; the command
   # line cannot take the synthetic files' checksums).
@@ -81,7 +83,7 @@ def test_damaged_shard_at_the_command_line_is_one_line(
   datasets.build(
     NAME, tfds_dir=tfds_dir, source_dir=source_dir, checksums=checksums
   )
-  for shard in config_dir(tfds_dir).glob("1.0.0/*.array_record*"):
+  for shard in config_dir(tfds_dir).glob(f"{VERSION}/*.array_record*"):
     shard.write_bytes(b"garbage")
   capsys.readouterr()  # the build's own progress output
   status = data_cli.main(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stn_jax.data import datasets, distortions, gtsrb_source, sources
+from stn_jax.data.distorted_mnist import DistortedMnist
 
 
 @pytest.fixture
@@ -78,7 +79,9 @@ def test_checksum_failure_leaves_no_dataset(mnist_source, tmp_path):
       source_dir=source_dir,
       checksums=bad,
     )
-  assert not (tfds_dir / "distorted_mnist" / "r" / "1.0.0").exists()
+  assert not (
+    tfds_dir / "distorted_mnist" / "r" / str(DistortedMnist.VERSION)
+  ).exists()
   # A later good build works and is complete.
   data = build_and_load(
     "distorted_mnist/r", source_dir, tfds_dir, checksums, "test"

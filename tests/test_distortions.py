@@ -95,17 +95,70 @@ def test_distortions_are_deterministic_per_example():
   assert not np.allclose(epoch0["theta"], fixed["theta"])
 
 
-def test_tc_clutter_comes_from_other_digits_and_stays_on_the_canvas():
-  params = D.sample_batch_params("tc", 0, "train", range(50), num_sources=50)
+def test_tc_clutter_is_cut_from_anywhere_and_stays_on_the_canvas():
+  params = D.sample_batch_params("tc", 0, "train", range(400), num_sources=50)
   clutter = params["clutter"]
-  assert np.all(clutter[:, :, 0] != np.arange(50)[:, None])
-  assert clutter[:, :, 3:].max() <= 60 - 6 and clutter.min() >= 0
-  digits = np.zeros((50, 28, 28), np.uint8)
-  digits[:, 10:18, 10:18] = 200
+  assert clutter[:, :, 0].min() == 0 and clutter[:, :, 0].max() == 49
+  # crops from the whole 28x28 digit, as DeepMind's generator takes them
+  assert clutter[:, :, 1:3].min() == 0 and clutter[:, :, 1:3].max() == 28 - 6
+  assert clutter[:, :, 3:].min() == 0 and clutter[:, :, 3:].max() == 60 - 6
+
+
+def test_tc_clutter_is_added_and_clamped_like_deepminds_generator():
+  rng = np.random.default_rng(0)
+  digits = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+  params = D.sample_batch_params("tc", 1, "test", range(20), num_sources=20)
   images = D.render("tc", digits, params, clutter_sources=digits)
-  assert images.shape == (50, 60, 60)
-  # the digit (64 bright pixels) plus some clutter
-  assert np.all((images > 0).sum(axis=(1, 2)) >= 64)
+  # the generator, in [0, 1] floats: sum the crops, clamp, add the digit,
+  # clamp (github.com/deepmind/mnist-cluttered, mnist_cluttered.lua)
+  digit_only = D.render(
+    "tc",
+    digits,
+    {**params, "clutter": params["clutter"][:, :0]},
+    clutter_sources=digits,
+  )
+  for b in range(20):
+    canvas = np.zeros((60, 60))
+    for source, cy, cx, y, x in params["clutter"][b]:
+      canvas[y : y + 6, x : x + 6] += digits[source, cy : cy + 6, cx : cx + 6]
+    canvas = np.minimum(canvas / 255, 1)
+    canvas = np.clip(canvas + digit_only[b] / 255, 0, 1) * 255
+    np.testing.assert_allclose(images[b], canvas, atol=1e-9)
+
+
+def test_convex_quadrilateral_check():
+  square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])
+  assert D.is_convex_quadrilateral(square)
+  assert D.is_convex_quadrilateral(square[::-1])  # other orientation
+  assert not D.is_convex_quadrilateral(square[[0, 2, 1, 3]])  # a bow tie
+  dart = np.array([[-1, -1], [1, -1], [0, -0.5], [-1, 1]])
+  assert not D.is_convex_quadrilateral(dart)
+  assert not D.is_convex_quadrilateral([[0, 0], [1, 0], [2, 0], [0, 1]])
+
+
+def test_p_output_corners_read_scaled_and_jittered_convex_points():
+  from scipy.spatial import ConvexHull
+
+  homographies = D.sample_batch_params("p", 0, "test", range(2000))[
+    "homography"
+  ].astype(np.float64)
+  assert np.all(homographies[:, 2, 2] == 1)
+  corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+  # where each output corner reads the digit: q_i = H (c_i, 1)
+  mapped = np.einsum("nij,kj->nki", homographies, np.c_[corners, np.ones(4)])
+  reads = mapped[..., :2] / mapped[..., 2:]
+  # q_i = c_i / s + n_i: least squares 1/s, then the noise in digit pixels
+  inverse_scale = (reads * corners).sum((1, 2)) / (corners * corners).sum()
+  noise_px = (reads - inverse_scale[:, None, None] * corners) * 14
+  # E[1/s] for s ~ U(0.75, 1) is 4 ln(4/3); the fit's own noise is
+  # 5 px / sqrt(8) = 0.13 per example, so only the mean is sharp
+  assert abs(inverse_scale.mean() - 4 * np.log(4 / 3)) < 0.02
+  assert 4.5 < noise_px.std() * np.sqrt(8 / 7) < 5.5  # sigma 5 px
+  for quad in reads[:300]:  # convex, in order: the hull is the 4 corners
+    hull = ConvexHull(quad).vertices
+    assert len(hull) == 4
+    start = list(hull).index(0)
+    assert list(np.roll(hull, -start)) in ([0, 1, 2, 3], [0, 3, 2, 1])
 
 
 @pytest.mark.parametrize("variant", D.VARIANTS)

@@ -26,11 +26,12 @@ _DESCRIPTION = {
   "r": "Rotated within +-90 degrees, 28x28.",
   "rts": "Rotated +-45 degrees, scaled 0.7-1.2, placed at random in a "
   "42x42 canvas.",
-  "p": "Projective: scale 0.75-1, corners moved by N(0, 5 px), 28x28.",
+  "p": "Projective: output corner c_i reads the digit at c_i / s + n_i, "
+  "s in 0.75-1, n_i ~ N(0, 5 px), convex warps only, 28x28.",
   "e": "Elastic: thin plate spline, 4x4 control points moved by "
   "N(0, 1.5 px) after a scale of 0.75-1, 28x28.",
-  "tc": "Translated in a 60x60 canvas with 6 random 6x6 crops of other "
-  "digits as clutter.",
+  "tc": "Translated in a 60x60 canvas with 6 random 6x6 crops of random "
+  "digits added as clutter (DeepMind's mnist-cluttered generator).",
 }
 
 
@@ -47,8 +48,14 @@ class DistortedMnistConfig(tfds.core.BuilderConfig):
 class DistortedMnist(tfds.core.GeneratorBasedBuilder):
   """Distorted MNIST of Jaderberg et al. (2015), Table 1 and the TC set."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+    "1.0.0": "First release.",
+    "2.0.0": "p: corner noise on the sampling side (q_i = c_i / s + n_i), "
+    "non-convex warps redrawn; tc: clutter cut from anywhere in a digit "
+    "and added with clamping, as DeepMind's generator does. Other variants "
+    "are unchanged.",
+  }
   BUILDER_CONFIGS = [
     DistortedMnistConfig(variant=v) for v in distortions.VARIANTS
   ]

@@ -16,16 +16,37 @@ plain   28x28  none (``theta`` = identity)
 r       28x28  rotation uniform in [-90, 90] degrees (``theta``)
 rts     42x42  rotation in [-45, 45] deg, scale in [0.7, 1.2], placed at a
                random position in the canvas (``theta``)
-p       28x28  scale in [0.75, 1], then each corner moved by N(0, 5 px)
-               (``homography``, output -> input, h33 = 1)
+p       28x28  projective: output corner c_i reads the digit at
+               q_i = c_i / s + n_i, s in [0.75, 1], n_i ~ N(0, 5 px) per
+               coordinate, redrawn until the q_i form a convex
+               quadrilateral (``homography``, output -> input, h33 = 1)
 e       28x28  scale in [0.75, 1], then the 4x4 thin-plate-spline control
                points moved by N(0, 1.5 px) (``control_points`` of
                ``tps_grid`` with its default source points)
 tc      60x60  translated anywhere in the canvas (``theta``), plus 6 random
-               6x6 crops of other digits as clutter (``clutter``: per patch
+               6x6 crops of random digits as clutter, cut from anywhere
+               in the 28x28 digit and added with clamping, as DeepMind's
+               mnist-cluttered generator does (``clutter``: per patch
                source index, crop row, crop column, canvas row, canvas
                column)
 ======= ====== =========================================================
+
+Why P reads its noise on the sampling side: a projective spatial
+transformer's grid maps OUTPUT points to INPUT points, and the paper's
+protocol ("scale, then move each corner by N(0, 5 px)") is read here the
+same way ``e`` reads its control points: the output frame's corner c_i
+samples the input at q_i. Putting the noise on the output side instead
+(the input frame's corners land at s c_i + n_i) shrinks a digit whenever
+the noise pulls the corners inwards: about 7% of test digits came out
+smaller than 12 px, 0.2% blank, and 1.4% of the frames folded into a
+non-convex quadrilateral, which no camera produces. The redraw keeps every
+warp a real perspective view (see ``experiments/results/data.md``).
+
+TC follows DeepMind's generator (github.com/deepmind/mnist-cluttered,
+``placeDistractors``): each crop is taken from anywhere in a random digit
+of the same split and the crops and the digit are summed, clamped to the
+pixel range. (It was max-combined crops from the digit's central window
+before dataset version 2.0.0, about 1.7x denser clutter.)
 """
 
 from __future__ import annotations
@@ -95,6 +116,17 @@ def _rotation(degrees):
   return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
 
 
+def is_convex_quadrilateral(points) -> bool:
+  """Whether 4 points ``(4, 2)``, taken in order, bound a strictly convex
+  quadrilateral (either orientation): every turn has the same sign."""
+  points = np.asarray(points, np.float64)
+  edges = np.roll(points, -1, axis=0) - points
+  turns = edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1] - (
+    edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
+  )
+  return bool(np.all(turns > 0) or np.all(turns < 0))
+
+
 def _homography_from_points(source, target):
   """3x3 H (h33 = 1) with H (source_i, 1) ~ (target_i, 1), 4 points."""
   rows, rhs = [], []
@@ -111,16 +143,14 @@ def sample_params(
   rng: np.random.Generator,
   *,
   num_sources: int = 1,
-  own_index: int = -1,
 ) -> dict[str, np.ndarray]:
   """Draws one example's distortion parameters.
 
   Args:
     variant: one of ``VARIANTS``.
     rng: the example's generator (:func:`example_rng`).
-    num_sources: for ``tc``, how many digits clutter can be cut from.
-    own_index: for ``tc``, the example's own index (never its own clutter
-      when ``num_sources > 1``).
+    num_sources: for ``tc``, how many digits clutter can be cut from (any
+      of them, as in DeepMind's generator).
 
   Returns:
     dict of float32 (int32 for ``clutter``) arrays, shapes ``PARAM_SHAPES``.
@@ -149,9 +179,12 @@ def sample_params(
   if variant == "p":
     scale = rng.uniform(*SCALE_PE)
     corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
-    moved = scale * corners + rng.normal(0, CORNER_SIGMA_PX * px, (4, 2))
+    while True:
+      reads = corners / scale + rng.normal(0, CORNER_SIGMA_PX * px, (4, 2))
+      if is_convex_quadrilateral(reads):
+        break
     return {
-      "homography": _homography_from_points(moved, corners).astype(np.float32)
+      "homography": _homography_from_points(corners, reads).astype(np.float32)
     }
   if variant == "e":
     scale = rng.uniform(*SCALE_PE)
@@ -165,14 +198,8 @@ def sample_params(
   k = canvas / DIGIT_SIZE
   theta = np.array([[k, 0, -k * centre[0]], [0, k, -k * centre[1]]])
   sources = rng.integers(0, num_sources, size=NUM_CLUTTER)
-  if num_sources > 1:  # never the digit's own strokes
-    sources = np.where(
-      sources == own_index, (sources + 1) % num_sources, sources
-    )
-  # crops from the digit's central region, where strokes are
-  crop = rng.integers(
-    4, DIGIT_SIZE - 4 - CLUTTER_SIZE + 1, size=(NUM_CLUTTER, 2)
-  )
+  # from anywhere in the digit, as DeepMind's generator does
+  crop = rng.integers(0, DIGIT_SIZE - CLUTTER_SIZE + 1, size=(NUM_CLUTTER, 2))
   place = rng.integers(0, canvas - CLUTTER_SIZE + 1, size=(NUM_CLUTTER, 2))
   clutter = np.concatenate([sources[:, None], crop, place], 1)
   return {
@@ -203,7 +230,6 @@ def sample_batch_params(
       variant,
       example_rng(seed, split, i, e),
       num_sources=num_sources,
-      own_index=int(i),
     )
     for i, e in zip(indices, epochs)
   ]
@@ -280,18 +306,17 @@ def render(
 
 
 def _add_clutter(images, clutter, sources):
-  """Pastes 6x6 crops of other digits onto the canvases (pixelwise max)."""
-  images = images.copy()
+  """Adds 6x6 crops of digits to the canvases, clamped to 255 (DeepMind's
+  ``placeDistractors`` + ``placeSpriteRandomly``: the crops and the digit
+  are summed and clamped to the pixel range)."""
+  total = images.astype(np.int32)
   c = CLUTTER_SIZE
   for b in range(len(images)):
     for source, crop_y, crop_x, y, x in clutter[b]:
-      patch = sources[source, crop_y : crop_y + c, crop_x : crop_x + c]
-      np.maximum(
-        images[b, y : y + c, x : x + c],
-        patch,
-        out=images[b, y : y + c, x : x + c],
-      )
-  return images
+      total[b, y : y + c, x : x + c] += sources[
+        source, crop_y : crop_y + c, crop_x : crop_x + c
+      ]
+  return np.minimum(total, 255).astype(np.uint8)
 
 
 class OnTheFly:

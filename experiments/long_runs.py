@@ -1,0 +1,206 @@
+"""Longer CPU runs that approach the paper's numbers, one table row per run.
+
+Usage:
+  python experiments/long_runs.py --workdir workdirs/long_runs
+      [--cells "RTS ST-CNN,RTS CNN,GTSRB CNN + 3 ST,GTSRB CNN"]
+      [--out experiments/results/long_runs.md] [--report_only] [--set k=v]
+
+Each cell is one run of a table script's ``cpu_long`` scale (the paper's
+networks with a budget of about 1-2 hours on 2 CPU cores):
+
+- ``RTS CNN``, ``RTS ST-CNN``: ``table1_distorted_mnist.py --scale
+  cpu_long`` (RTS, seed 0), % test error;
+- ``GTSRB CNN``, ``GTSRB CNN + 3 ST``: ``gtsrb.py --scale cpu_long``
+  (32x32, seed 0), % test accuracy.
+
+Runs go through the resumable sweep runner under ``--workdir`` (the same
+points as the table scripts would make there), one after another in the
+order of ``--cells``. Interrupt with Ctrl-C or SIGTERM and rerun the same
+command to continue from the last checkpoint; finished runs are reused.
+The table is rewritten from every finished run after each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import NamedTuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gtsrb as gtsrb_table  # noqa: E402
+import table1_distorted_mnist as table1  # noqa: E402
+from _tables import DONE, header_lines, run_in_seed_passes  # noqa: E402
+
+from stn_jax import sweep  # noqa: E402
+
+
+class Cell(NamedTuple):
+  """One run: which sweep point of which table script, and the paper's
+  number (``accuracy``: the cell reports % accuracy, else % error)."""
+
+  config: str  # config file, relative to the repo
+  sweep: str  # its sweep holding the point
+  point: dict  # the point's config arguments that select it
+  scales: dict  # the table script's SCALES (its cpu_long is used)
+  paper: str
+  accuracy: bool
+
+
+CELLS = {
+  "RTS CNN": Cell(
+    "configs/mnist.py",
+    "table1",
+    {"distortion": "rts", "model": "cnn", "seed": "0"},
+    table1.SCALES,
+    "0.8",
+    False,
+  ),
+  "RTS ST-CNN": Cell(
+    "configs/mnist.py",
+    "table1",
+    {
+      "distortion": "rts",
+      "model": "st_cnn",
+      "transform": "affine",
+      "seed": "0",
+    },
+    table1.SCALES,
+    "0.5",
+    False,
+  ),
+  "GTSRB CNN": Cell(
+    "configs/gtsrb.py",
+    "models",
+    {"model": "gtsrb_cnn", "seed": "0"},
+    gtsrb_table.SCALES,
+    "98.85 (single CNN, size not stated)",
+    True,
+  ),
+  "GTSRB CNN + 3 ST": Cell(
+    "configs/gtsrb.py",
+    "models",
+    {"model": "gtsrb_st_cnn", "transform": "affine", "seed": "0"},
+    gtsrb_table.SCALES,
+    "99.71 (48x48)",
+    True,
+  ),
+}
+
+
+def budget(config) -> str:
+  """A run's budget in words, from its config."""
+  examples = config.num_steps * config.batch_size
+  return (
+    f"{config.num_steps:,} {config.optimizer} steps of {config.batch_size} "
+    f"({examples / 1e6:.1f}M examples), lr {config.learning_rate:g} "
+    f"x{config.lr_decay_factor:g} every {config.lr_decay_every:,}"
+  )
+
+
+def run_cell(name: str, workdir: str, overrides: dict, report_only: bool):
+  """Runs (or, with ``report_only``, looks up) one cell; returns its sweep
+  record and its config."""
+  cell = CELLS[name]
+  if "cpu_long" not in cell.scales:
+    return None, None
+  scale = cell.scales["cpu_long"]
+  config_path = os.path.join(REPO, cell.config)
+  overrides = {**scale.overrides, **overrides}
+  wanted = cell.point.items()
+
+  def keep(arg):
+    return all(arg.get(k) == v for k, v in wanted)
+
+  records, _ = run_in_seed_passes(
+    config_path,
+    (cell.sweep,),
+    os.path.join(workdir, os.path.splitext(os.path.basename(cell.config))[0]),
+    seeds=1,
+    keep=keep,
+    overrides=overrides,
+    extra_arg=scale.arg,
+    report_only=report_only,
+  )
+  if len(records) != 1:
+    raise SystemExit(
+      f"error: cell {name!r} matched {len(records)} points of sweep "
+      f"{cell.sweep!r} in {cell.config}; expected 1."
+    )
+  record = records[0]
+  module = sweep.load_config_module(config_path)
+  config = sweep.build_config(
+    module,
+    {"arg": record["arg"], "overrides": {}},
+    {k: v for k, v in overrides.items() if k != "tfds_dir"},
+  )
+  return record, config
+
+
+def table(results: dict, wall: float) -> list[str]:
+  """The results file: header, one row per finished run, what is missing."""
+  lines = header_lines("Long CPU runs that approach the paper") + [
+    f"- wall time of this invocation: {wall / 60:.1f} min",
+    "- `<ours>`: % test error for RTS, % test accuracy for GTSRB (official "
+    "test set, 32x32), at the end of training (no selection on the test "
+    "set); `<paper>`: the same measure as published.",
+    "",
+    "| cell | ours | paper | budget | wall time |",
+    "|---|---|---|---|---|",
+  ]
+  missing = []
+  for name, (record, config) in results.items():
+    cell = CELLS[name]
+    if record is None:
+      missing.append(f"- {name}: no `cpu_long` scale yet")
+      continue
+    if record["status"] not in DONE:
+      missing.append(f"- {name}: {record['status']}")
+      continue
+    error = record["results"]["test_error"]
+    ours = 100 * (1 - error) if cell.accuracy else 100 * error
+    minutes = record["results"].get("wall_seconds", 0) / 60
+    lines.append(
+      f"| {name} | {ours:.2f} | {cell.paper} | {budget(config)} | "
+      f"{minutes:.0f} min |"
+    )
+  if missing:
+    lines += ["", "Not in the table yet:", "", *missing]
+  return lines
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--cells", default=",".join(CELLS))
+  parser.add_argument("--out", default="experiments/results/long_runs.md")
+  parser.add_argument("--report_only", action="store_true")
+  parser.add_argument(
+    "--set", action="append", default=[], help="override for every run"
+  )
+  args = parser.parse_args(argv)
+  names = [n.strip() for n in args.cells.split(",") if n.strip()]
+  unknown = [n for n in names if n not in CELLS]
+  if unknown:
+    parser.error(f"--cells: unknown {unknown}; expected some of {list(CELLS)}")
+  overrides = sweep.parse_overrides(args.set)
+  start = time.perf_counter()
+  results = {}
+  for name in names:
+    results[name] = run_cell(name, args.workdir, overrides, args.report_only)
+    record = results[name][0]
+    if record is not None and record["status"] == "interrupted":
+      break
+  lines = table(results, time.perf_counter() - start)
+  with open(args.out, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  failed = [n for n, (r, _) in results.items() if r and r["status"] == "failed"]
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
