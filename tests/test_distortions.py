@@ -154,8 +154,13 @@ def test_p_output_corners_read_scaled_and_jittered_convex_points():
   # 5 px / sqrt(8) = 0.13 per example, so only the mean is sharp
   assert abs(inverse_scale.mean() - 4 * np.log(4 / 3)) < 0.02
   assert 4.5 < noise_px.std() * np.sqrt(8 / 7) < 5.5  # sigma 5 px
-  for quad in reads[:300]:  # convex, in order: the hull is the 4 corners
-    hull = ConvexHull(quad).vertices
+  # the input frame as the output sees it: in front of the horizon
+  seen = np.einsum(
+    "nij,kj->nki", np.linalg.inv(homographies), np.c_[corners, np.ones(4)]
+  )
+  assert np.all(seen[..., 2] > 0)
+  for quad in [*reads[:300], *(seen[:300, :, :2] / seen[:300, :, 2:])]:
+    hull = ConvexHull(quad).vertices  # convex, in order: all 4 on the hull
     assert len(hull) == 4
     start = list(hull).index(0)
     assert list(np.roll(hull, -start)) in ([0, 1, 2, 3], [0, 3, 2, 1])
