@@ -30,6 +30,12 @@ def base(arg: str) -> ml_collections.ConfigDict:
   config.train_split = "train"
   config.eval_splits = ("test",)
   config.on_the_fly = ""  # a distortion drawn afresh per epoch, or ""
+  # Random affine jitter of training images (stn_jax.data.augment), fresh
+  # per epoch: max rotation (degrees), max relative scale change, max shift
+  # (fraction of the image size). All 0: none.
+  config.augment_rotation = 0.0
+  config.augment_scale = 0.0
+  config.augment_translate = 0.0
   config.source_dir = (
     ""  # data dir with mnist/, gtsrb/; "" = $STN_DATA_DIR or ../shared/data
   )

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from stn_jax import checkpointing, models, steps
 from stn_jax import hooks as hooks_lib
 from stn_jax import workdir as workdir_lib
-from stn_jax.data import datasets, distortions, pipeline, preview
+from stn_jax.data import augment, datasets, distortions, pipeline, preview
 from stn_jax.hooks import TrainingDiverged  # noqa: F401 - re-exported
 from stn_jax.normalization import Normalization
 
@@ -64,6 +64,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   datasets.get_builder(train_dataset(config))
   if config.on_the_fly:
     distortions.check_variant(config.on_the_fly)
+    if any(_augmentation(config).values()):
+      raise ValueError(
+        "config.augment_* jitter and config.on_the_fly distortion cannot be "
+        f"combined; got on_the_fly={config.on_the_fly!r} and "
+        f"{_augmentation(config)}."
+      )
+  augment.RandomAffine(**_augmentation(config))  # checks the ranges
   # (name, lowest allowed, whether the lowest is allowed); all must be
   # finite numbers.
   for key, low, inclusive in (
@@ -137,10 +144,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       )
 
 
+def _augmentation(config) -> dict[str, float]:
+  return {
+    name: float(config.get(f"augment_{name}", 0.0))
+    for name in ("rotation", "scale", "translate")
+  }
+
+
 def preprocessing(config):
-  """The training batches' preprocessing step the config chooses (None, or
-  on-the-fly distortion for ``config.on_the_fly``)."""
-  return distortions.OnTheFly(config.on_the_fly) if config.on_the_fly else None
+  """The training batches' preprocessing step the config chooses: None,
+  on-the-fly distortion for ``config.on_the_fly``, or random affine jitter
+  for ``config.augment_*``."""
+  if config.on_the_fly:
+    return distortions.OnTheFly(config.on_the_fly)
+  jitter = _augmentation(config)
+  return augment.RandomAffine(**jitter) if any(jitter.values()) else None
 
 
 def load_data(config):

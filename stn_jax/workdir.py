@@ -43,6 +43,9 @@ IMPLICIT_DEFAULTS = {
   "mean": 0.0,
   "std": 1.0,
   "snapshot_every": 0,
+  "augment_rotation": 0.0,
+  "augment_scale": 0.0,
+  "augment_translate": 0.0,
 }
 # What a run writes into its workdir (removed by clear_run).
 RUN_FILES = (

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from stn_jax.data import distortions, pipeline
+from stn_jax.data import augment, distortions, pipeline
 from stn_jax.normalization import Normalization
 
 
@@ -90,10 +90,14 @@ def test_evaluation_order_is_the_split_once():
   np.testing.assert_array_equal(indices, np.arange(23))
 
 
-@pytest.mark.parametrize("on_the_fly", [None, "rts"])
-def test_restored_state_continues_with_the_identical_batch(on_the_fly):
+@pytest.mark.parametrize("step", [None, "rts", "jitter"])
+def test_restored_state_continues_with_the_identical_batch(step):
   arrays = toy_arrays(30)
-  preprocess = on_the_fly and distortions.OnTheFly(on_the_fly)
+  preprocess = {
+    None: None,
+    "rts": distortions.OnTheFly("rts"),
+    "jitter": augment.RandomAffine(10, 0.1, 0.1),
+  }[step]
   first = pipeline.InputPipeline(
     arrays, batch_size=4, seed=0, preprocess=preprocess, sharding=False
   )
