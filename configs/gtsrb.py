@@ -47,6 +47,8 @@ def get_config(arg=None):
   config.model = args["model"]
   if args["model"] in ("gtsrb_st_cnn", "resnet_stn"):
     config.model_kwargs.transform = args["transform"]
+  if args["model"].startswith("gtsrb"):
+    config.model_kwargs.width = 1.0  # every layer's width (1.0 = paper)
   # Global mean/std normalisation (GTSRB 32x32 training set, all channels).
   config.mean = 0.33
   config.std = 0.27

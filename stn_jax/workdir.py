@@ -46,6 +46,7 @@ IMPLICIT_DEFAULTS = {
   "augment_rotation": 0.0,
   "augment_scale": 0.0,
   "augment_translate": 0.0,
+  "model_kwargs.width": 1.0,  # GtsrbCNN's default, explicit since 2.0.0
 }
 # What a run writes into its workdir (removed by clear_run).
 RUN_FILES = (

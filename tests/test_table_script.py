@@ -82,3 +82,31 @@ def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   assert "| CNN + 3 ST (Arcos-Garcia et al. 2018) | 48x48 | 99.71% |" in table
   assert "scale: **cpu**: 2 steps of batch 8" in table
   assert "trained on `train_without_validation`" in table
+
+
+def test_long_runs_script_writes_one_row_per_finished_run(tiny_tfds, tmp_path):
+  out = tmp_path / "long_runs.md"
+  command = [
+    sys.executable,
+    "experiments/long_runs.py",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--out={out}",
+    "--cells=RTS ST-CNN,GTSRB CNN + 3 ST",
+    f"--set=tfds_dir={tiny_tfds}",
+    "--set=num_steps=2",
+    "--set=batch_size=8",
+    "--set=eval_batch_size=8",
+    "--set=log_every=1",
+  ]
+  result = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [r for r in out.read_text().splitlines() if r.startswith("| ")]
+  assert rows[0] == "| cell | ours | paper | budget | wall time |"
+  cells = {r.split(" | ")[0][2:]: r.split(" | ")[1:] for r in rows[1:]}
+  assert set(cells) == {"RTS ST-CNN", "GTSRB CNN + 3 ST"}
+  ours, paper, budget, wall = cells["RTS ST-CNN"]
+  assert 0 <= float(ours) <= 100 and paper == "0.5"
+  assert budget.startswith("2 adam steps of 8") and wall.endswith("min |")
+  assert cells["GTSRB CNN + 3 ST"][1] == "99.71 (48x48)"
