@@ -384,3 +384,58 @@ def test_reflection_far_outside_matches_reference(
         atol=1e-5,
         rtol=1e-5,
       )
+
+
+@pytest.mark.parametrize("mode", stn_jax.MODES)
+@pytest.mark.parametrize("padding_mode", stn_jax.ALL_PADDING_MODES)
+def test_deterministic_backward_equals_the_default(
+  mode, padding_mode, sampler_path
+):
+  rng = np.random.default_rng(5)
+  image = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
+  # many points on few pixels: every pixel gets many contributions
+  grid = jnp.asarray(rng.uniform(-1.3, 1.3, (2, 9, 8, 2)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(2, 9, 8, 3)), jnp.float32)
+
+  def gradients(deterministic):
+    loss = lambda i, g: (
+      stn_jax.grid_sample(
+        i,
+        g,
+        mode=mode,
+        padding_mode=padding_mode,
+        deterministic=deterministic,
+      )
+      * weights
+    ).sum()
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(image, grid)
+
+  default, fixed, again = gradients(False), gradients(True), gradients(True)
+  for a, b, c in zip(default, fixed, again):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(b, c)
+
+
+def test_deterministic_segment_sum_matches_numpy_add_at():
+  from stn_jax.ops.sampling import _segment_sum_sorted
+
+  rng = np.random.default_rng(0)
+  index = rng.integers(0, 7, 200)
+  values = rng.normal(size=(200, 2))
+  want = np.zeros((9, 2))
+  np.add.at(want, index, values)
+  with jax.enable_x64(True):
+    got = _segment_sum_sorted(jnp.asarray(index), jnp.asarray(values), 9)
+  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_images_beyond_32_bit_pixel_indices_are_refused_without_allocating():
+  image = jax.ShapeDtypeStruct((2**15, 2**8, 2**8, 1), jnp.float32)  # 2**31
+  grid = jax.ShapeDtypeStruct((2**15, 1, 1, 2), jnp.float32)
+  with pytest.raises(ValueError, match=r"image has 2,147,483,648 pixels"):
+    jax.eval_shape(stn_jax.grid_sample, image, grid)
+  # one pixel fewer per image row count is fine (shapes only, nothing runs)
+  small = jax.ShapeDtypeStruct((2**15 - 1, 2**8, 2**8, 1), jnp.float32)
+  grid = jax.ShapeDtypeStruct((2**15 - 1, 1, 1, 2), jnp.float32)
+  out = jax.eval_shape(stn_jax.grid_sample, small, grid)
+  assert out.shape == (2**15 - 1, 1, 1, 1)

@@ -127,6 +127,22 @@ def check_not_empty(name: str, array, description: str):
     )
 
 
+# Flattened pixel indices are int32: at most this many pixels per call.
+MAX_INDEXED_PIXELS = 2**31 - 1
+
+
+def check_index_range(name: str, shape, description: str) -> None:
+  """Raises unless the pixels of ``shape`` (every axis but the last, the
+  channels) can be indexed with int32, the samplers' flattened indices."""
+  pixels = int(np.prod(tuple(shape)[:-1], dtype=np.int64))
+  if pixels > MAX_INDEXED_PIXELS:
+    raise ValueError(
+      f"{name} has {pixels:,} pixels in shape {description} = "
+      f"{tuple(shape)}; the samplers index pixels with 32-bit integers, at "
+      f"most {MAX_INDEXED_PIXELS:,} per call. Split the batch."
+    )
+
+
 def as_float_array(name: str, value):
   """``value`` as an array (NumPy if it has no dtype yet); raises unless
   its dtype is floating."""

@@ -204,17 +204,56 @@ def _xla_forward(image, grid, mode, padding_mode, align_corners):
   return sum(tap.weight[..., None] * _tap_values(image, tap) for tap in taps)
 
 
-def _xla_backward(image, grid, out_grad, mode, padding_mode, align_corners):
+def _segment_sum_sorted(index, values, size):
+  """``zeros((size, C)).at[index].add(values)`` with a fixed summation
+  order: the contributions are sorted by target (a stable sort), summed by
+  a segmented scan (a fixed tree of additions), and each target's total is
+  written once. No atomic adds, so accelerators give bitwise reproducible
+  results."""
+  order = jnp.argsort(index, stable=True)
+  index, values = index[order], values[order]
+  starts = jnp.concatenate([jnp.ones(1, bool), index[1:] != index[:-1]])
+  ends = jnp.concatenate([index[1:] != index[:-1], jnp.ones(1, bool)])
+
+  def combine(a, b):
+    (a_sum, a_start), (b_sum, b_start) = a, b
+    return jnp.where(b_start[:, None], b_sum, a_sum + b_sum), a_start | b_start
+
+  totals, _ = jax.lax.associative_scan(combine, (values, starts))
+  target = jnp.where(ends, index, size)  # non-final rows are dropped
+  return (
+    jnp.zeros((size, values.shape[-1]), values.dtype)
+    .at[target]
+    .set(totals, mode="drop", unique_indices=True)
+  )
+
+
+def _xla_backward(
+  image, grid, out_grad, mode, padding_mode, align_corners, deterministic
+):
   """Gradients of _xla_forward: (image (N, H, W, C), grid (N, P, 2))."""
   n, height, width, channels = image.shape
   taps = _taps(grid, height, width, mode, padding_mode, align_corners)
-  image_grad = jnp.zeros((n * height * width, channels), image.dtype)
   offset = (jnp.arange(n, dtype=jnp.int32) * (height * width))[:, None]
   grad_x = grad_y = jnp.zeros(grid.shape[:-1], grid.dtype)
-  for tap in taps:  # One scatter per tap: cheaper than one concatenated.
-    image_grad = image_grad.at[tap.index + offset].add(
-      tap.weight[..., None] * out_grad, mode="promise_in_bounds"
+  if deterministic:
+    image_grad = _segment_sum_sorted(
+      jnp.concatenate([(tap.index + offset).ravel() for tap in taps]),
+      jnp.concatenate(
+        [
+          (tap.weight[..., None] * out_grad).reshape(-1, channels)
+          for tap in taps
+        ]
+      ),
+      n * height * width,
     )
+  else:
+    image_grad = jnp.zeros((n * height * width, channels), image.dtype)
+  for tap in taps:
+    if not deterministic:  # one scatter per tap: cheaper than one joined
+      image_grad = image_grad.at[tap.index + offset].add(
+        tap.weight[..., None] * out_grad, mode="promise_in_bounds"
+      )
     if mode != "nearest":
       # d out / d weight of this tap, contracted with the output gradient.
       dot = (_tap_values(image, tap) * out_grad).sum(-1)
@@ -223,24 +262,27 @@ def _xla_backward(image, grid, out_grad, mode, padding_mode, align_corners):
   return image_grad.reshape(image.shape), jnp.stack([grad_x, grad_y], -1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _sample(image, grid, mode, padding_mode, align_corners):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _sample(image, grid, mode, padding_mode, align_corners, deterministic):
   """image (N, H, W, C), grid (N, P, 2) -> (N, P, C)."""
   return _xla_forward(image, grid, mode, padding_mode, align_corners)
 
 
-def _sample_fwd(image, grid, mode, padding_mode, align_corners):
-  out = _sample(image, grid, mode, padding_mode, align_corners)
+def _sample_fwd(image, grid, mode, padding_mode, align_corners, deterministic):
+  out = _sample(image, grid, mode, padding_mode, align_corners, deterministic)
   return out, (image, grid)
 
 
-def _sample_bwd(mode, padding_mode, align_corners, residuals, out_grad):
+def _sample_bwd(
+  mode, padding_mode, align_corners, deterministic, residuals, out_grad
+):
   image, grid = residuals
   options = (mode, padding_mode, align_corners)
-  xla = lambda *args: _xla_backward(*args, *options)
+  xla = lambda *args: _xla_backward(*args, *options, deterministic)
   if not _cpu_kernel.enabled(image.dtype):
     return xla(image, grid, out_grad)
   # Both branches are traced; the platform being compiled for picks one.
+  # (The CPU kernel is deterministic: each thread owns whole images.)
   return jax.lax.platform_dependent(
     image,
     grid,
@@ -261,6 +303,7 @@ def grid_sample(
   padding_mode: str = "zeros",
   align_corners: bool = False,
   fill_value=0.0,
+  deterministic: bool = False,
 ):
   """Samples ``image`` at the normalised points of ``grid``.
 
@@ -293,6 +336,13 @@ def grid_sample(
     fill_value: used only with ``padding_mode='fill'``: a number or a float
       array of shape ``()`` or ``(C,)`` (one value per channel). It may be
       traced; gradients flow to it.
+    deterministic: static bool. The image gradient is a scatter-add of the
+      taps' contributions; on accelerators XLA's scatter-add uses atomic
+      adds, whose order (and so the float rounding) varies from run to
+      run. ``True`` sums them in a fixed order instead (stable sort by
+      pixel, segmented scan, one write per pixel): bitwise reproducible,
+      slower. The CPU kernel is deterministic either way; on the CPU both
+      settings agree to float rounding (tested).
 
   Returns:
     ``(N, H_out, W_out, C)`` (or unbatched) array of ``image.dtype``.
@@ -306,8 +356,9 @@ def grid_sample(
 
   Raises:
     ValueError: on a wrong rank, shape or dtype, an unknown mode, a traced
-      option, or an empty ``image`` or ``grid`` (any size 0, ``N = 0``
-      included).
+      option, an empty ``image`` or ``grid`` (any size 0, ``N = 0``
+      included), or an ``image`` of more than ``2**31 - 1`` pixels
+      (``N * H * W``; flattened indices are 32-bit: split the batch).
   """
   image, image_batched = v.check_float_array(
     "image", image, (None, None, None), "(N, H, W, C)"
@@ -329,23 +380,32 @@ def grid_sample(
     )
   v.check_not_empty("image", image, "(N, H, W, C)")
   v.check_not_empty("grid", grid, "(N, H_out, W_out, 2)")
+  v.check_index_range("image", image.shape, "(N, H, W, C)")
   v.check_choice("mode", mode, MODES)
   v.check_choice("padding_mode", padding_mode, ALL_PADDING_MODES)
   align_corners = v.check_bool("align_corners", align_corners)
+  deterministic = v.check_bool("deterministic", deterministic)
   fill_value = v.check_fill_value("fill_value", fill_value, image.shape[-1])
   dtype = v.compute_dtype(image.dtype, grid.dtype)
   n, out_height, out_width, _ = grid.shape
   points = grid.astype(dtype).reshape(n, -1, 2)
   if padding_mode == "fill":
-    out = _sample(image.astype(dtype), points, mode, "zeros", align_corners)
+    out = _sample(
+      image.astype(dtype), points, mode, "zeros", align_corners, deterministic
+    )
     ones = jnp.ones((*image.shape[:3], 1), dtype)
-    mass = _sample(ones, points, mode, "zeros", align_corners)
+    mass = _sample(ones, points, mode, "zeros", align_corners, deterministic)
     # Undefined (non-finite) points read 0, as in the other modes.
     defined = jnp.isfinite(points).all(-1, keepdims=True)
     out = out + jnp.where(defined, fill_value.astype(dtype) * (1 - mass), 0)
   else:
     out = _sample(
-      image.astype(dtype), points, mode, padding_mode, align_corners
+      image.astype(dtype),
+      points,
+      mode,
+      padding_mode,
+      align_corners,
+      deterministic,
     )
   out = out.reshape(n, out_height, out_width, -1).astype(image.dtype)
   return out if image_batched else out[0]
