@@ -27,6 +27,7 @@ from stn_jax.models.layers import (
   ConvLocalisation,
   FCLocalisation,
   SpatialTransformer,
+  SpatialTransformer3D,
 )
 
 MODELS = {
@@ -93,6 +94,7 @@ __all__ = [
   "ResNet",
   "STClassifier",
   "SpatialTransformer",
+  "SpatialTransformer3D",
   "TRANSFORMER_MODELS",
   "count_params",
   "from_config",

@@ -155,3 +155,61 @@ class SpatialTransformer(nnx.Module):
       padding_mode=self.padding_mode,
       align_corners=self.align_corners,
     )
+
+
+class SpatialTransformer3D(nnx.Module):
+  """A volumetric spatial transformer: localisation net -> 3-D affine grid
+  -> trilinear (or nearest) sampler.
+
+  Works on any NDHWC volume. The localisation net is fully connected (as
+  ST-FCN's) and regresses the 12 entries of ``theta (3, 4)``, row-major,
+  starting from the identity.
+
+  Args:
+    in_shape: ``(D, H, W, C)`` of the input volume.
+    out_size: ``(D_out, H_out, W_out)``; default the input's.
+    hidden: the localisation net's hidden layer sizes.
+    mode, padding_mode, align_corners: sampler options
+      (:func:`stn_jax.ops.grid_sample_3d`).
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    *,
+    out_size: Sequence[int] | None = None,
+    hidden: Sequence[int] = (32, 32),
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+    rngs: nnx.Rngs,
+  ):
+    if len(in_shape) != 4:
+      raise ValueError(f"in_shape must be (D, H, W, C); got {tuple(in_shape)}.")
+    identity = np.eye(3, 4, dtype=np.float32).ravel()
+    self.localisation = FCLocalisation(
+      tuple(in_shape), identity, hidden=hidden, rngs=rngs
+    )
+    self.out_size = tuple(int(s) for s in (out_size or in_shape[:3]))
+    self.mode = mode
+    self.padding_mode = padding_mode
+    self.align_corners = align_corners
+
+  def transform_params(self, x):
+    """``theta`` ``(N, 3, 4)`` (output -> input) for input ``x``."""
+    return self.localisation(x).reshape(-1, 3, 4)
+
+  def grid(self, x):
+    """The sampling grid ``(N, D_out, H_out, W_out, 3)`` for ``x``."""
+    return ops.affine_grid_3d(
+      self.transform_params(x), self.out_size, align_corners=self.align_corners
+    )
+
+  def __call__(self, x):
+    return ops.grid_sample_3d(
+      x,
+      self.grid(x),
+      mode=self.mode,
+      padding_mode=self.padding_mode,
+      align_corners=self.align_corners,
+    )

@@ -45,14 +45,21 @@ from stn_jax.ops.transforms import (
   num_transform_params,
   params_to_grid,
 )
+from stn_jax.ops.volumetric import (
+  VOLUMETRIC_MODES,
+  affine_grid_3d,
+  grid_sample_3d,
+)
 
 __all__ = [
   "ALL_PADDING_MODES",
   "MODES",
   "PADDING_MODES",
   "TRANSFORMS",
+  "VOLUMETRIC_MODES",
   "ThinPlateSpline",
   "affine_grid",
+  "affine_grid_3d",
   "attention_theta",
   "base_coordinates",
   "crop_and_resize",
@@ -61,6 +68,7 @@ __all__ = [
   "get_affine_transform",
   "get_perspective_transform",
   "grid_sample",
+  "grid_sample_3d",
   "identity_params",
   "invert_affine",
   "normalize_points",
