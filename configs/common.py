@@ -43,6 +43,10 @@ def base(arg: str) -> ml_collections.ConfigDict:
   # $STN_DATA_MIRROR or the official URLs.
   config.data_mirror = ""
   config.tfds_dir = ""  # built datasets; "" = TFDS default
+  # Persistent XLA compilation cache shared by runs (e.g. ~/.cache/stn_jax/
+  # xla): a rerun, a resumed run or another sweep point of the same shapes
+  # skips compilation. "" = off (unless JAX_COMPILATION_CACHE_DIR is set).
+  config.compilation_cache_dir = ""
   config.mean = 0.0  # inputs are (pixels / 255 - mean) / std
   config.std = 1.0
   config.num_classes = 10

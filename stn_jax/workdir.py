@@ -34,6 +34,7 @@ SAFE_TO_CHANGE = (
   "tfds_dir",
   "source_dir",
   "data_mirror",
+  "compilation_cache_dir",
 )
 # Values that fields not recorded by older versions of stn_jax had
 # implicitly; a saved config without the field is read with this value.

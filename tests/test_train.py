@@ -351,3 +351,17 @@ def test_normalization_is_the_definition():
   np.testing.assert_array_equal(norm.to_uint8(norm(images)), images)
   config = GTSRB.get_config("small=true")
   assert Normalization.from_config(config) == Normalization(0.33, 0.27)
+
+
+def test_compilation_cache_is_filled_and_reused(tiny_tfds, tmp_path):
+  cache = tmp_path / "xla_cache"
+  first = run_main(
+    tmp_path / "a", tiny_tfds, f"--config.compilation_cache_dir={cache}"
+  )
+  entries = sorted(p.name for p in cache.iterdir())
+  assert entries, first.stderr[-2000:]
+  # a second run of the same shapes reads them and adds none; it may be
+  # pointed elsewhere later (the cache is safe to change)
+  run_main(tmp_path / "b", tiny_tfds, f"--config.compilation_cache_dir={cache}")
+  assert sorted(p.name for p in cache.iterdir()) == entries
+  run_main(tmp_path / "a", tiny_tfds, "--config.num_steps=12")
