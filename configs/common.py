@@ -69,6 +69,17 @@ def base(arg: str) -> ml_collections.ConfigDict:
   # many steps (0: only at evaluations).
   config.snapshot_every = 0
   config.checkpoint_every = 2_000
+  # Execution (neither changes what is trained; both may change between
+  # invocations of a run). The uint8 training split is kept on the device
+  # and batches are gathered and normalised inside the step (runs with
+  # on-the-fly distortion or augment_* jitter prepare batches on the host).
+  config.data_on_device = True
+  # Steps run per dispatch (lax.scan); the log, eval and checkpoint steps
+  # stay exact.
+  config.steps_per_dispatch = 1
+  # Periodic checkpoints are written in the background while training goes
+  # on (a run killed during a write resumes from the checkpoint before).
+  config.async_checkpoints = True
   config.max_checkpoints = 3
   config.eval_batch_size = 1000
   return config

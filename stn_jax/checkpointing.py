@@ -24,6 +24,7 @@ which is the same as long as the model and optimiser did not change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -137,13 +138,25 @@ class Checkpoints:
     )
 
   def all_steps(self) -> list[int]:
+    self.wait()
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state, data_state: Any) -> None:
+  def save(self, step: int, state, data_state: Any, *, wait=True) -> None:
     """Saves a :class:`stn_jax.steps.TrainState` (possibly stacked over
-    population members) and the data position; returns when written."""
+    population members) and the data position.
+
+    With ``wait`` it returns when the checkpoint is written. Without, it
+    returns once the arrays are copied off the device and orbax writes the
+    files in the background while training goes on; the checkpoint is
+    finished (and its sha256 manifest written) by the next :meth:`save`,
+    :meth:`wait` or :meth:`close`. Orbax commits a checkpoint by an atomic
+    rename, so a run killed during the write resumes from the checkpoint
+    before it.
+    """
+    self.wait()
     meta = {"format": FORMAT, "step": int(step), "data_state": data_state}
-    try:
+    self._pending = step
+    with self._errors(step):
       self.manager.save(
         step,
         args=ocp.args.Composite(
@@ -153,10 +166,26 @@ class Checkpoints:
         ),
         force=True,
       )
+    if wait:
+      self.wait()
+
+  def wait(self) -> None:
+    """Finishes a background save: waits for orbax, writes the manifest."""
+    step = getattr(self, "_pending", None)
+    if step is None:
+      return
+    self._pending = None
+    with self._errors(step):
       self.manager.wait_until_finished()
       write_manifest(os.path.join(self.directory, str(step)))
+
+  @contextlib.contextmanager
+  def _errors(self, step: int):
+    try:
+      yield
     except OSError as error:
-      kept = [s for s in self.all_steps() if s != step]
+      self._pending = None
+      kept = [s for s in self.manager.all_steps() if s != step]
       raise CheckpointError(
         f"could not write checkpoint {step} to {self.directory}: "
         f"{error.strerror or error}. The earlier checkpoints "
@@ -207,6 +236,7 @@ class Checkpoints:
       A checkpoint that cannot be read is skipped with a warning and the
       previous one is tried.
     """
+    self.wait()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         return self._read(step, model, opt_state)
@@ -233,4 +263,7 @@ class Checkpoints:
     return aside
 
   def close(self) -> None:
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()

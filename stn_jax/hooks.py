@@ -94,9 +94,21 @@ def _raise_if_diverged(first_nonfinite_step: np.ndarray, workdir: str):
 
 
 class Hook:
-  """Called by the loop: ``begin`` once, ``after_step`` after every step,
-  ``stop`` once when a stop was requested (after that step's
-  ``after_step``), ``close`` once at the end (also on errors)."""
+  """Called by the loop: ``begin`` once, ``after_step`` after every
+  dispatch of steps (every step when ``steps_per_dispatch`` is 1), ``stop``
+  once when a stop was requested (after that dispatch's ``after_step``),
+  ``close`` once at the end (also on errors).
+
+  A hook that acts at given steps says which with :meth:`next_step`; the
+  loop ends a dispatch there, so ``after_step`` sees ``context.step`` equal
+  to it whatever ``steps_per_dispatch`` is.
+  """
+
+  def next_step(self, step: int) -> int | None:
+    """The first step after ``step`` at which this hook acts (None: it has
+    no fixed steps)."""
+    every = getattr(self, "every_steps", 0)
+    return (step // every + 1) * every if every else None
 
   def begin(self, context: LoopContext) -> None:
     pass
@@ -213,24 +225,32 @@ class Checkpoint(Hook):
   Args:
     every_steps: the cadence.
     checkpoints: a :class:`stn_jax.checkpointing.Checkpoints`.
+    background: periodic saves return once the arrays are off the device
+      and are written while training goes on (a stop waits for its save).
   """
 
-  def __init__(self, every_steps: int, checkpoints):
+  def __init__(self, every_steps: int, checkpoints, *, background=True):
     self.every_steps = every_steps
     self.checkpoints = checkpoints
+    self.background = background
 
-  def save(self, context: LoopContext) -> None:
+  def save(self, context: LoopContext, *, wait: bool = True) -> None:
     context.check_finite()
-    self.checkpoints.save(context.step, context.state, context.data_state())
+    self.checkpoints.save(
+      context.step, context.state, context.data_state(), wait=wait
+    )
     self._saved_step = context.step
 
   def after_step(self, context):
     if context.step % self.every_steps == 0:
-      self.save(context)
+      # Periodic saves are written in the background (finished by the
+      # next save or at the end of the run).
+      self.save(context, wait=not self.background)
 
   def stop(self, context):
     if getattr(self, "_saved_step", None) != context.step:
       self.save(context)
+    self.checkpoints.wait()
 
 
 class Preemption(Hook):
@@ -285,6 +305,9 @@ class SignalAtStep(Hook):
   def __init__(self, step: int, signal_number: int):
     self.step = step
     self.signal_number = signal_number
+
+  def next_step(self, step):
+    return self.step if step < self.step else None
 
   def after_step(self, context):
     if context.step == self.step:

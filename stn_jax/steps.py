@@ -236,36 +236,95 @@ def _step_and_accumulate(
   return state, accumulate(accumulator, metrics, state.step)
 
 
-def make_train_step(graphdef, optimizer, *, population: str | None = None):
-  """The jitted ``(state, accumulator, batch) -> (state, accumulator)`` the
-  loop runs; the state and accumulator buffers are donated.
+def _run_steps(
+  state,
+  accumulator,
+  inputs,
+  data,
+  rate,
+  *,
+  graphdef,
+  optimizer,
+  gather,
+  multi_step,
+):
+  """One step on ``inputs`` (a batch, or indices for ``gather(data, .)``),
+  or with ``multi_step`` one step per leading row of ``inputs`` under
+  ``lax.scan``."""
 
-  With ``population='vmap'`` (or ``'map'``) every argument has a leading
-  member axis and the function takes a fourth, ``rates`` (K,): each
-  member's learning rate (members are built with learning rate 1). 'vmap'
-  batches the members into one computation (what an accelerator wants);
-  'map' runs them one after another inside the one compiled step
-  (``jax.lax.map``, less memory).
+  def one(carry, x):
+    batch = x if gather is None else gather(data, x)
+    return _step_and_accumulate(
+      *carry,
+      batch,
+      graphdef=graphdef,
+      optimizer=optimizer,
+      learning_rate_scale=rate,
+    ), None
+
+  if not multi_step:
+    return one((state, accumulator), inputs)[0]
+  return jax.lax.scan(one, (state, accumulator), inputs)[0]
+
+
+def make_train_step(
+  graphdef,
+  optimizer,
+  *,
+  population: str | None = None,
+  multi_step: bool = False,
+  gather=None,
+):
+  """The jitted step the loop runs; the state and accumulator buffers are
+  donated.
+
+  Signatures: ``(state, accumulator, inputs, data=None) -> (state,
+  accumulator)``, and for a population ``(state, accumulator, inputs,
+  rates, data=None)``.
+
+  Args:
+    graphdef, optimizer: as for :func:`train_step`.
+    population: None for one run. 'vmap' (or 'map'): every argument but
+      ``data`` has a leading member axis and ``rates`` (K,) gives each
+      member's learning rate (members are built with learning rate 1).
+      'vmap' batches the members into one computation (what an accelerator
+      wants); 'map' runs them one after another inside the one compiled
+      step (``jax.lax.map``, less memory).
+    multi_step: ``inputs`` has a leading axis of n steps (after the member
+      axis), run by ``lax.scan`` in one dispatch.
+    gather: None: ``inputs`` are batches ``{'image', 'label'}``. Else a
+      function ``gather(data, indices) -> batch`` (traced into the step):
+      ``inputs`` are int32 batch indices into ``data``, the split kept on
+      the device (see :class:`stn_jax.data.pipeline.DeviceInput`).
   """
-  if population is None:
-    return jax.jit(
-      functools.partial(
-        _step_and_accumulate, graphdef=graphdef, optimizer=optimizer
-      ),
-      donate_argnums=(0, 1),
-    )
-  member_step = lambda s, a, b, rate: _step_and_accumulate(
-    s, a, b, graphdef=graphdef, optimizer=optimizer, learning_rate_scale=rate
+  run = functools.partial(
+    _run_steps,
+    graphdef=graphdef,
+    optimizer=optimizer,
+    gather=gather,
+    multi_step=multi_step,
   )
+  if population is None:
+
+    def train_steps(state, accumulator, inputs, data=None):
+      return run(state, accumulator, inputs, data, None)
+
+    return jax.jit(train_steps, donate_argnums=(0, 1))
   if population == "vmap":
-    step = jax.vmap(member_step)
+    members = jax.vmap(run, in_axes=(0, 0, 0, None, 0))
   elif population == "map":
-    step = lambda *args: jax.lax.map(lambda a: member_step(*a), args)
+    members = lambda s, a, x, data, r: jax.lax.map(
+      lambda m: run(m[0], m[1], m[2], data, m[3]), (s, a, x, r)
+    )
   else:
     raise ValueError(
       f"population must be None, 'vmap' or 'map'; got {population!r}."
     )
-  return jax.jit(step, donate_argnums=(0, 1))
+
+  def population_step(state, accumulator, inputs, rates, data=None):
+    return members(state, accumulator, inputs, data, rates)
+
+  return jax.jit(population_step, donate_argnums=(0, 1))
 
 
 def make_eval_step(graphdef, *, population: bool = False):

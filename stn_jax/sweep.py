@@ -12,22 +12,35 @@ config file; each ``add(arg, **overrides)`` adds one point: the config
 arg string and config overrides (dotted keys such as ``'model_kwargs.width'``
 go through a dict: ``add(arg, **{'model_kwargs.width': 0.5})``).
 
-Every point trains in its own workdir ``DIR/<index>_<name>``. The runner is
-resumable: a finished point (its ``results.json`` exists) is skipped, an
-interrupted one resumes from its checkpoint. A failed point is recorded with
-its error and the others still run. Results go to ``DIR/results.jsonl`` and
-``DIR/results.md``.
+Every point trains in its own workdir ``DIR/<index>_<name>`` and writes
+its record there (``record.json``: status, results, error, start and end
+time, host, worker, device). The runner is resumable: a finished point is
+skipped, an interrupted one resumes from its checkpoint. A failed point is
+recorded with its error and the others still run. ``DIR/results.jsonl`` and
+``DIR/results.md`` are rebuilt atomically from all the records after every
+point, so several runners can share ``DIR``; a lock keeps two runners off
+one point.
+
+Where points run (:mod:`stn_jax.launchers`):
+
+  --launcher=local                 one after another in this process
+  --launcher=ray [--max_concurrent=K] [--ray_address=ADDR]
+      [--resources=cpu=1,gpu=0.25] every point a Ray task, on a local Ray
+                                   cluster started for the sweep or an
+                                   existing one
+  --shard=i/n                      this process runs every n-th point (job
+                                   arrays); --collect rebuilds the table
 """
 
 from __future__ import annotations
 
 import ast
+import collections
 import json
 import os
 import re
 import signal
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +48,7 @@ from typing import Any
 import ml_collections
 from absl import flags
 
-from stn_jax import cli, train
+from stn_jax import cli, launchers, sweep_records, train
 from stn_jax import workdir as workdir_lib
 from stn_jax.config_args import load_config_module, split_config_spec
 
@@ -90,31 +103,27 @@ def point_name(index: int, point) -> str:
   return f"{index:03d}_{slug or 'default'}"
 
 
-def _write_table(workdir, records):
-  metric_keys = sorted(
-    {k for r in records for k in r.get("results", {}) if k.endswith("error")}
-  )
-  lines = [
-    "| point | arg | overrides | status | " + " | ".join(metric_keys) + " |",
-    "|---|---|---|---|" + "---|" * len(metric_keys),
-  ]
-  for r in records:
-    cells = [
-      f"{100 * r['results'][k]:.2f}%" if k in r.get("results", {}) else ""
-      for k in metric_keys
-    ]
-    status = (
-      r["status"]
-      if r["status"] != "failed"
-      else ("failed: " + r["error"].splitlines()[-1][:80].replace("|", "/"))
-    )
-    lines.append(
-      f"| {r['name']} | `{r['arg']}` | "
-      f"{json.dumps(r['overrides']) if r['overrides'] else ''} | "
-      f"{status} | " + " | ".join(cells) + " |"
-    )
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+def plan(
+  module,
+  name: str,
+  *,
+  select: Callable[[dict], bool] | None = None,
+  extra_arg: str = "",
+) -> list[dict]:
+  """The kept points of sweep ``name``, in order: ``{'index', 'name',
+  'arg', 'overrides'}`` with ``extra_arg`` appended to each arg and the
+  folder name (:func:`point_name`) from its index in the full sweep."""
+  planned = []
+  for index, point in enumerate(expand(module, name)):
+    if select is not None and not select(point):
+      continue
+    if extra_arg:
+      point = {
+        **point,
+        "arg": ",".join(a for a in (point["arg"], extra_arg) if a),
+      }
+    planned.append({"index": index, "name": point_name(index, point), **point})
+  return planned
 
 
 def run_sweep(
@@ -128,6 +137,8 @@ def run_sweep(
   select: Callable[[dict], bool] | None = None,
   extra_arg: str = "",
   report_only: bool = False,
+  launcher=None,
+  shard: tuple[int, int] | None = None,
   log=print,
 ) -> list[dict]:
   """Runs (or, with ``dry_run``, checks and lists) every point.
@@ -135,42 +146,148 @@ def run_sweep(
   ``select(point)`` keeps a subset of the points (their workdir names keep
   their index in the full sweep). ``extra_arg`` (e.g. ``'small=true'``) is
   appended to every point's ``get_config`` arg before it is named, so runs
-  with and without it get different workdirs. ``report_only`` collects the
-  finished points and marks the others 'pending' without training them
-  (e.g. to tabulate a sweep that is still running elsewhere).
+  with and without it get different workdirs. ``shard=(i, n)`` runs the
+  kept points at positions ``i, i + n, i + 2n, ...`` (one process of a job
+  array of n). ``report_only`` collects the points' records and trains
+  nothing (unfinished points are 'pending'). ``launcher`` is a
+  :mod:`stn_jax.launchers` launcher (default: one point after another in
+  this process).
+
+  Each point writes ``workdir/<point>/record.json``; ``results.jsonl`` and
+  ``results.md`` are rebuilt from the records of every kept point (all
+  shards) after each point (:mod:`stn_jax.sweep_records`).
 
   Returns:
-    one record per point: name, arg, overrides, status ('finished',
-    'skipped' (finished earlier), 'failed', 'ok' (dry run), 'pending'
-    (report_only), 'interrupted' (SIGTERM or SIGINT during a point, or
-    before the next one: the sweep stops there; ``signal`` names it)),
-    results, error.
+    one record per point of this shard: name, arg, overrides, status
+    ('finished', 'skipped' (finished earlier), 'failed', 'ok' (dry run),
+    'pending' (report_only), 'running' (another runner holds it),
+    'interrupted' (SIGTERM or SIGINT during a point, or before it started:
+    the sweep stops; ``signal`` names it)), results, error, and where
+    trained: start_time, end_time, host, worker, device.
   """
   module = load_config_module(config_path)
-  points = expand(module, name)
-  records = []
-  os.makedirs(workdir, exist_ok=True)
-  with _StopBetweenPoints() as stop:
-    _run_points(
-      module,
-      points,
-      workdir,
-      records,
-      stop,
-      dry_run=dry_run,
-      overrides=overrides,
-      train_fn=train_fn,
-      select=select,
-      extra_arg=extra_arg,
-      report_only=report_only,
-      log=log,
-    )
+  planned = plan(module, name, select=select, extra_arg=extra_arg)
+  mine = planned if shard is None else planned[shard[0] :: shard[1]]
   if dry_run:
+    records = [_dry_run(module, point, overrides) for point in mine]
     for r in records:
       log(
         f"{r['name']}: {r['status']}"
         + (f" {r['error'].splitlines()[-1]}" if r["error"] else "")
       )
+    return records
+  os.makedirs(workdir, exist_ok=True)
+  if report_only:
+    return _report(module, planned, mine, workdir, overrides)
+  records, tasks = {}, []
+  for point in mine:
+    record, task = _prepare(module, point, workdir, overrides)
+    if task is None:
+      records[point["name"]] = record
+    else:
+      tasks.append(task)
+  sweep_records.write_results(workdir, planned)
+  total = len(mine)
+  positions = {p["name"]: k for k, p in enumerate(mine)}
+
+  def on_start(task):
+    log(f"[{positions[task.name] + 1}/{total}] {task.name}")
+
+  def on_done(task, record):
+    if record is None:  # a signal came before it started
+      record = task.record(status="interrupted", signal=stop.signal)
+      log(
+        f"{stop.signal}: the sweep stopped before {task.name}. Rerun the "
+        "same command to continue."
+      )
+    elif record["status"] == "failed":
+      log(f"point {task.name} failed:\n{record['error']}")
+    elif record["status"] == "running":
+      log(f"point {task.name} is running elsewhere ({record['error']}).")
+    elif record["status"] == "interrupted":
+      log(
+        f"point {task.name} was stopped by {record.get('signal')} at step "
+        f"{record['results'].get('interrupted_at_step')} (checkpoint saved)"
+        "; rerun the same command to resume."
+      )
+    if stop.signal and record["status"] == "interrupted":
+      record = {**record, "signal": stop.signal}  # the sweep's, for the exit
+    records[task.name] = record
+    sweep_records.write_results(workdir, planned)
+
+  launcher = launcher or launchers.LocalLauncher()
+  with _StopBetweenPoints() as stop:
+    launcher.run(tasks, train_fn, on_done, stop, on_start=on_start)
+  return [records[p["name"]] for p in mine if p["name"] in records]
+
+
+def _base_record(point) -> dict:
+  return {
+    "name": point["name"],
+    "arg": point["arg"],
+    "overrides": point["overrides"],
+    "results": {},
+    "error": "",
+  }
+
+
+def _dry_run(module, point, overrides) -> dict:
+  record = _base_record(point)
+  try:
+    train.validate_config(build_config(module, point, overrides))
+    record["status"] = "ok"
+  except Exception:  # noqa: BLE001 - listed with the others
+    record.update(status="failed", error=traceback.format_exc())
+  return record
+
+
+def _prepare(module, point, workdir, overrides):
+  """(record, None) for a point that is not to be trained (finished, or a
+  config that fails), else (None, its :class:`launchers.PointTask`)."""
+  point_dir = os.path.join(workdir, point["name"])
+  record = _base_record(point)
+  try:
+    config = build_config(module, point, overrides)
+    train.validate_config(config)
+    saved = sweep_records.read_record(point_dir)
+    if saved is not None and saved["status"] == "finished":
+      _check_same_config(point_dir, config)
+      return {**record, **saved, "status": "skipped"}, None
+  except Exception:  # noqa: BLE001 - report it, run the other points
+    record.update(status="failed", error=traceback.format_exc())
+    sweep_records.write_record(point_dir, record)
+    return record, None
+  task = launchers.PointTask(
+    name=point["name"],
+    arg=point["arg"],
+    overrides=point["overrides"],
+    point_dir=point_dir,
+    config=config,
+  )
+  return None, task
+
+
+def _report(module, planned, mine, workdir, overrides) -> list[dict]:
+  """report_only: the records on disk, finished ones checked against the
+  config they would have now."""
+  on_disk = {
+    r["name"]: r for r in sweep_records.write_results(workdir, planned)
+  }
+  records = []
+  for point in mine:
+    record = on_disk[point["name"]]
+    if record["status"] == "finished":
+      try:
+        config = build_config(module, point, overrides)
+        _check_same_config(os.path.join(workdir, point["name"]), config)
+        record = {**record, "status": "skipped"}
+      except Exception:  # noqa: BLE001 - reported, not tabulated
+        record = {
+          **record,
+          "status": "failed",
+          "error": traceback.format_exc(),
+        }
+    records.append(record)
   return records
 
 
@@ -186,100 +303,18 @@ class _StopBetweenPoints:
         self._previous[number] = signal.signal(number, self._handler)
     return self
 
+  def reinstall(self) -> None:
+    """Takes the signals back from a library that set its own handlers
+    (``ray.init`` does)."""
+    for number in self._previous:
+      signal.signal(number, self._handler)
+
   def _handler(self, number, _):
     self.signal = signal.Signals(number).name
 
   def __exit__(self, *exc):
     for number, previous in self._previous.items():
       signal.signal(number, previous)
-
-
-def _run_points(
-  module,
-  points,
-  workdir,
-  records,
-  stop,
-  *,
-  dry_run,
-  overrides,
-  train_fn,
-  select,
-  extra_arg,
-  report_only,
-  log,
-):
-  for index, point in enumerate(points):
-    if select is not None and not select(point):
-      continue
-    if extra_arg:
-      point = {
-        **point,
-        "arg": ",".join(a for a in (point["arg"], extra_arg) if a),
-      }
-    record = {
-      "name": point_name(index, point),
-      **point,
-      "results": {},
-      "error": "",
-    }
-    point_dir = os.path.join(workdir, record["name"])
-    results_path = os.path.join(point_dir, "results.json")
-    if stop.signal and not (dry_run or report_only):
-      record.update(status="interrupted", signal=stop.signal)
-      records.append(record)
-      _write_records(workdir, records)
-      log(
-        f"{stop.signal} between points: the sweep stopped before "
-        f"{record['name']}. Rerun the same command to continue."
-      )
-      return
-    try:
-      config = build_config(module, point, overrides)
-      train.validate_config(config)
-      if dry_run:
-        record["status"] = "ok"
-      elif os.path.isfile(results_path):
-        _check_same_config(point_dir, config)
-        with open(results_path) as f:
-          record["results"] = json.load(f)
-        record["status"] = "skipped"
-      elif report_only:
-        record["status"] = "pending"
-      else:
-        log(f"[{index + 1}/{len(points)}] {record['name']}")
-        start = time.perf_counter()
-        record["results"] = dict(train_fn(config, point_dir))
-        record["results"]["wall_seconds"] = time.perf_counter() - start
-        if "interrupted_at_step" in record["results"]:
-          record["status"] = "interrupted"
-          record["signal"] = record["results"].get("signal", "SIGTERM")
-        else:
-          if os.path.isfile(results_path):  # keep the time with the results
-            with open(results_path, "w") as f:
-              json.dump(record["results"], f, indent=2)
-          record["status"] = "finished"
-    except Exception:  # noqa: BLE001 - report it, run the other points
-      record["status"] = "failed"
-      record["error"] = traceback.format_exc()
-      log(f"point {record['name']} failed:\n{record['error']}")
-    records.append(record)
-    if not (dry_run or report_only):
-      _write_records(workdir, records)
-    if record["status"] == "interrupted":
-      log(
-        f"point {record['name']} was stopped by {record['signal']} at step "
-        f"{record['results']['interrupted_at_step']} (checkpoint saved); "
-        "stopping the sweep. Rerun the same command to resume."
-      )
-      return
-
-
-def _write_records(workdir, records) -> None:
-  with open(os.path.join(workdir, "results.jsonl"), "w") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  _write_table(workdir, records)
 
 
 def _check_same_config(point_dir: str, config) -> None:
@@ -347,6 +382,48 @@ def _flags() -> flags.FlagValues:
     "Override for every point, e.g. num_steps=1000 (repeatable).",
     flag_values=values,
   )
+  flags.DEFINE_enum(
+    "launcher",
+    "local",
+    ["local", "ray"],
+    "local: one point after another in this process; ray: every point a "
+    "Ray task (pip install -e '.[ray]').",
+    flag_values=values,
+  )
+  flags.DEFINE_integer(
+    "max_concurrent",
+    None,
+    "ray: points running at once (default: as many as the resources allow).",
+    flag_values=values,
+  )
+  flags.DEFINE_string(
+    "ray_address",
+    None,
+    "ray: an existing cluster (host:6379, ray://host:10001 or auto); "
+    "default: start a local one for the sweep.",
+    flag_values=values,
+  )
+  flags.DEFINE_string(
+    "resources",
+    None,
+    "ray: each point's resources, e.g. cpu=1,gpu=0.25 (default cpu=1); "
+    "other names are custom Ray resources.",
+    flag_values=values,
+  )
+  flags.DEFINE_string(
+    "shard",
+    None,
+    "i/n: run only the kept points at positions i, i+n, ... (a job array "
+    "of n processes, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT).",
+    flag_values=values,
+  )
+  flags.DEFINE_bool(
+    "collect",
+    False,
+    "Train nothing: rebuild results.jsonl and results.md from every "
+    "point's record (all shards) and print the summary.",
+    flag_values=values,
+  )
   for name in ("config", "sweep", "workdir"):
     flags.mark_flag_as_required(name, flag_values=values)
   return values
@@ -364,6 +441,8 @@ def main(argv=None) -> int:
       raise ValueError(f"unexpected arguments {positional}.")
     logging.set_verbosity(logging.WARNING)
     path, extra_arg = split_config_spec(values.config)
+    if values.collect and values.shard:
+      raise ValueError("--collect reads every shard; drop --shard.")
     records = run_sweep(
       path,
       values.sweep,
@@ -371,11 +450,26 @@ def main(argv=None) -> int:
       dry_run=values.dry_run,
       overrides=parse_overrides(values.set),
       extra_arg=extra_arg,
+      report_only=values.collect,
+      shard=launchers.parse_shard(values.shard),
+      launcher=launchers.make_launcher(
+        values.launcher,
+        max_concurrent=values.max_concurrent,
+        address=values.ray_address,
+        resources=values.resources,
+      ),
     )
     failed = [r for r in records if r["status"] == "failed"]
+    counts = collections.Counter(r["status"] for r in records)
     print(
       f"{len(records)} points, {len(failed)} failed"
-      + ("" if values.dry_run else f"; results in {values.workdir}/results.md")
+      + (
+        ""
+        if values.dry_run
+        else " ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f"); results in {values.workdir}/results.md"
+      )
     )
     stopped = [r["signal"] for r in records if r["status"] == "interrupted"]
     if stopped:

@@ -22,6 +22,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +110,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "eval_batch_size",
     "lr_decay_every",
     "max_checkpoints",
+    "steps_per_dispatch",
   ):
+    if key == "steps_per_dispatch" and key not in config:
+      continue  # configs written before it: 1
     if not isinstance(config[key], int) or config[key] <= 0:
       raise ValueError(
         f"config.{key} must be a positive int; got {config[key]!r}."
@@ -277,24 +281,49 @@ def write_transformer_png(
 # The loop.
 
 
+def dispatch_length(
+  step: int, num_steps: int, steps_per_dispatch: int, hooks
+) -> int:
+  """How many steps the next dispatch from ``step`` runs: up to the next
+  multiple of ``steps_per_dispatch`` (a grid fixed in absolute steps, so a
+  resumed run dispatches the same chunks as an uninterrupted one), cut at
+  the next step any hook acts at and at ``num_steps``."""
+  end = min(num_steps, (step // steps_per_dispatch + 1) * steps_per_dispatch)
+  for hook in hooks:
+    at = hook.next_step(step)
+    if at is not None and step < at < end:
+      end = at
+  return end - step
+
+
 def run_loop(
   context: hooks_lib.LoopContext,
   step_fn: Callable,
-  next_batch: Callable[[], dict],
+  next_batch: Callable[[int], Any],
   hooks: Sequence[hooks_lib.Hook],
+  steps_per_dispatch: int = 1,
 ) -> None:
   """Steps ``context.state`` to ``context.num_steps``, calling every hook
-  after every step, until a hook or a signal handler sets
+  after every dispatch, until a hook or a signal handler sets
   ``context.stop_requested``: then every hook's ``stop`` runs (the
-  checkpoint hook saves) and ``context.stopping`` is True."""
+  checkpoint hook saves) and ``context.stopping`` is True.
+
+  ``next_batch(n)`` gives the input of ``n`` steps and ``step_fn(state,
+  accumulator, input)`` runs them; with ``steps_per_dispatch`` 1 every
+  dispatch is one step, else its length comes from
+  :func:`dispatch_length`.
+  """
   for hook in hooks:
     hook.begin(context)
   try:
     while context.step < context.num_steps:
-      context.state, context.accumulator = step_fn(
-        context.state, context.accumulator, next_batch()
+      n = dispatch_length(
+        context.step, context.num_steps, steps_per_dispatch, hooks
       )
-      context.step += 1
+      context.state, context.accumulator = step_fn(
+        context.state, context.accumulator, next_batch(n)
+      )
+      context.step += n
       for hook in hooks:
         hook.after_step(context)
       if context.stop_requested:
@@ -389,35 +418,85 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     graphdef, state = steps.init_state(model, optimizer)
     states.append(state)
   num_params = models.count_params(model)
+  multi_step = first.get("steps_per_dispatch", 1) > 1
+  on_device = (
+    first.get("data_on_device", False) and preprocessing(first) is None
+  )
   if members.population:
     device = jax.devices()[0]
     placement = jax.sharding.SingleDeviceSharding(device)
     data_placement = None
     state = jax.device_put(_stack(states), placement)
-    rates = jnp.asarray([c.learning_rate for c in members.configs], jnp.float32)
-    population_step = steps.make_train_step(
-      graphdef, optimizer, population=members.population_method
-    )
-    step_fn = lambda s, a, b: population_step(s, a, b, rates)
+    put = lambda x: jax.device_put(x, placement)
   else:
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     placement = NamedSharding(mesh, PartitionSpec())
     data_placement = NamedSharding(mesh, PartitionSpec("data"))
-    state = jax.device_put(states[0], placement)
-    step_fn = steps.make_train_step(graphdef, optimizer)
-  eval_step = steps.make_eval_step(graphdef, population=members.population)
-
-  streams = [
-    pipeline.InputPipeline(
-      train_arrays,
-      batch_size=c.batch_size,
-      seed=c.seed,
-      preprocess=preprocessing(c),
-      normalization=normalization,
-      sharding=False if members.population else data_placement,
+    # A dispatch of n steps stacks n batches: the batch axis is the second.
+    input_placement = (
+      NamedSharding(mesh, PartitionSpec(None, "data"))
+      if multi_step
+      else data_placement
     )
-    for c in members.configs
-  ]
+    state = jax.device_put(states[0], placement)
+    put = lambda x: jax.tree.map(
+      lambda v: jax.make_array_from_process_local_data(input_placement, v), x
+    )
+
+  if on_device:
+    streams = [
+      pipeline.DeviceInput(
+        train_arrays,
+        batch_size=c.batch_size,
+        seed=c.seed,
+        normalization=normalization,
+      )
+      for c in members.configs
+    ]
+    device_data = pipeline.DeviceInput.device_arrays(train_arrays, placement)
+    gather = streams[0].gather
+
+    def member_input(stream, n):
+      return stream.indices(n if multi_step else None)
+  else:
+    streams = [
+      pipeline.InputPipeline(
+        train_arrays,
+        batch_size=c.batch_size,
+        seed=c.seed,
+        preprocess=preprocessing(c),
+        normalization=normalization,
+        sharding=False,
+      )
+      for c in members.configs
+    ]
+    device_data, gather = None, None
+
+    def member_input(stream, n):  # only what the step reads
+      batches = [next(stream) for _ in range(n)]
+      if not multi_step:
+        return {k: batches[0][k] for k in ("image", "label")}
+      return {k: np.stack([b[k] for b in batches]) for k in ("image", "label")}
+
+  def next_batch(n):
+    if not members.population:
+      return put(member_input(streams[0], n))
+    inputs = [member_input(s, n) for s in streams]
+    return put(jax.tree.map(lambda *xs: np.stack(xs), *inputs))
+
+  train_step = steps.make_train_step(
+    graphdef,
+    optimizer,
+    population=members.population_method,
+    multi_step=multi_step,
+    gather=gather,
+  )
+  if members.population:
+    rates = jnp.asarray([c.learning_rate for c in members.configs], jnp.float32)
+    step_fn = lambda s, a, x: train_step(s, a, x, rates, device_data)
+  else:
+    step_fn = lambda s, a, x: train_step(s, a, x, device_data)
+  eval_step = steps.make_eval_step(graphdef, population=members.population)
   identity = [
     {"seed": c.seed, "learning_rate": c.learning_rate} for c in members.configs
   ]
@@ -426,13 +505,6 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     if not members.population:
       return streams[0].get_state()
     return {"members": identity, "streams": [s.get_state() for s in streams]}
-
-  def next_batch():  # only what the step reads
-    if not members.population:
-      batch = next(streams[0])
-      return {"image": batch["image"], "label": batch["label"]}
-    batches = [next(s) for s in streams]
-    return {k: jnp.stack([b[k] for b in batches]) for k in ("image", "label")}
 
   # Resume.
   checkpoints = checkpointing.Checkpoints(workdir, first.max_checkpoints)
@@ -467,6 +539,8 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     f"{first.model} on {first.dataset}: {num_params:,} parameters"
     + (f" x {len(members.configs)} members" if members.population else "")
     + f", {jax.device_count()} device(s), workdir {workdir}"
+    + (", training split on the device" if on_device else "")
+    + (f", {first.steps_per_dispatch} steps per dispatch" if multi_step else "")
   )
 
   batch_shape = {
@@ -540,7 +614,11 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     scale = float(schedule(at_step)) / first.learning_rate
     return [c.learning_rate * scale for c in members.configs]
 
-  checkpoint_hook = hooks_lib.Checkpoint(first.checkpoint_every, checkpoints)
+  checkpoint_hook = hooks_lib.Checkpoint(
+    first.checkpoint_every,
+    checkpoints,
+    background=first.get("async_checkpoints", False),
+  )
   loop_hooks = [
     *hooks,
     hooks_lib.LogMetrics(
@@ -562,7 +640,13 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     if step == 0:  # the initial (identity) transformer: the GIF's frame 0
       snapshot(context)
     start = time.perf_counter()
-    run_loop(context, step_fn, next_batch, loop_hooks)
+    run_loop(
+      context,
+      step_fn,
+      next_batch,
+      loop_hooks,
+      steps_per_dispatch=first.get("steps_per_dispatch", 1),
+    )
     if context.stopping:
       log(
         f"{context.stop_signal}: saved a checkpoint at step "

@@ -35,6 +35,9 @@ SAFE_TO_CHANGE = (
   "source_dir",
   "data_mirror",
   "compilation_cache_dir",
+  "data_on_device",  # the same batches, gathered on the device or the host
+  "steps_per_dispatch",  # the same steps, dispatched k at a time
+  "async_checkpoints",
 )
 # Values that fields not recorded by older versions of stn_jax had
 # implicitly; a saved config without the field is read with this value.
@@ -48,6 +51,9 @@ IMPLICIT_DEFAULTS = {
   "augment_scale": 0.0,
   "augment_translate": 0.0,
   "model_kwargs.width": 1.0,  # GtsrbCNN's default, explicit since 2.0.0
+  "data_on_device": False,
+  "steps_per_dispatch": 1,
+  "async_checkpoints": False,
 }
 # What a run writes into its workdir (removed by clear_run).
 RUN_FILES = (

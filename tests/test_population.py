@@ -56,7 +56,7 @@ sys.path.insert(0, sys.argv[1])
 import test_population
 from stn_jax import hooks, population
 configs = [test_population.member(sys.argv[2], s, lr, num_steps=6,
-                                  checkpoint_every=2)
+                                  checkpoint_every=2, async_checkpoints=False)
            for s, lr in ((0, 1e-3), (1, 2e-3))]
 kill_at = int(sys.argv[4])
 extra = [hooks.SignalAtStep(kill_at, signal.SIGKILL)] if kill_at else []

@@ -241,10 +241,14 @@ class _Leak(hooks.Hook):
     float(context.accumulator["sums"]["loss"])
 
 
-@pytest.mark.parametrize("leak", [False, True])
+@pytest.mark.parametrize(
+  "leak, steps_per_dispatch", [(False, 1), (True, 1), (False, 5)]
+)
 def test_the_loop_fetches_nothing_between_log_steps(
-  tmp_path, monkeypatch, leak
+  tmp_path, monkeypatch, leak, steps_per_dispatch
 ):
+  """With ``steps_per_dispatch`` 5 the split is on the device too (only
+  indices go in)."""
   import contextlib
 
   from jax._src import array
@@ -261,15 +265,12 @@ def test_the_loop_fetches_nothing_between_log_steps(
   optimizer = steps.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
   rng = np.random.default_rng(0)
-  stream = pipeline.InputPipeline(
-    {
-      "image": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
-      "label": rng.integers(0, 10, 64),
-    },
-    batch_size=8,
-    seed=0,
-  )
-  batches = lambda: {
+  arrays = {
+    "image": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8),
+    "label": rng.integers(0, 10, 64),
+  }
+  stream = pipeline.InputPipeline(arrays, batch_size=8, seed=0)
+  first_batch = {
     k: v for k, v in next(stream).items() if k in ("image", "label")
   }
   shapes = jax.eval_shape(
@@ -277,8 +278,21 @@ def test_the_loop_fetches_nothing_between_log_steps(
       1
     ],
     state,
-    batches(),
+    first_batch,
   )
+  if steps_per_dispatch == 1:
+    batches = lambda n: {
+      k: v for k, v in next(stream).items() if k in ("image", "label")
+    }
+    step_fn = steps.make_train_step(graphdef, optimizer)
+  else:
+    stream = pipeline.DeviceInput(arrays, batch_size=8, seed=0)
+    data = stream.device_arrays(arrays)
+    batches = lambda n: jnp.asarray(stream.indices(n))
+    step = steps.make_train_step(
+      graphdef, optimizer, multi_step=True, gather=stream.gather
+    )
+    step_fn = lambda s, a, x: step(s, a, x, data)
   context = hooks.LoopContext(
     workdir=str(tmp_path),
     num_steps=20,
@@ -304,9 +318,10 @@ def test_the_loop_fetches_nothing_between_log_steps(
     *([_Leak()] if leak else []),
     _Guard(every, False, stack, fetches),
   ]
-  step_fn = steps.make_train_step(graphdef, optimizer)
   monkeypatch.setattr(array.ArrayImpl, "_value", property(counted))
-  train.run_loop(context, step_fn, batches, loop_hooks)
+  train.run_loop(
+    context, step_fn, batches, loop_hooks, steps_per_dispatch=steps_per_dispatch
+  )
   monkeypatch.undo()
   writer.close()
   assert context.step == 20 and int(context.state.step) == 20

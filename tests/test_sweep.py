@@ -128,7 +128,11 @@ def test_sigterm_in_a_point_stops_the_sweep(tmp_path):
   assert [r["status"] for r in records] == ["finished", "interrupted"]
   assert len(trained) == 2  # the other 10 points were not started
   saved = [json.loads(line) for line in (tmp_path / "results.jsonl").open()]
-  assert saved[-1]["status"] == "interrupted"
+  assert [r["status"] for r in saved] == [
+    "finished",
+    "interrupted",
+    *["pending"] * 10,
+  ]
 
 
 def test_unknown_sweep_lists_the_valid_ones():

@@ -152,19 +152,34 @@ def final_params(workdir):
   return restored.step, jax.tree.leaves(restored.model)
 
 
-def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_tfds, tmp_path):
-  run_main(tmp_path / "straight", tiny_tfds)
+@pytest.mark.parametrize("background", [False, True])
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(
+  tiny_tfds, tmp_path, background
+):
+  flag = f"--config.async_checkpoints={background}"
+  run_main(tmp_path / "straight", tiny_tfds, flag)
   killed = run_main(
     tmp_path / "killed",
     tiny_tfds,
     "--signal_at_step=6",
     "--signal=SIGKILL",
+    flag,
     check=False,
   )
   assert killed.returncode == -9
-  assert sorted(os.listdir(tmp_path / "killed" / "checkpoints")) == ["4"]
-  resumed = run_main(tmp_path / "killed", tiny_tfds)
-  assert "resumed from step 4" in resumed.stdout
+  saved = [
+    p.name
+    for p in (tmp_path / "killed" / "checkpoints").iterdir()
+    if p.name.isdigit()
+  ]
+  resumed = run_main(tmp_path / "killed", tiny_tfds, flag)
+  if not background:
+    assert saved == ["4"]
+    assert "resumed from step 4" in resumed.stdout
+  else:  # step 4 was written in the background: finished or not, the
+    # rerun resumes from what was committed
+    assert saved in (["4"], [])
+    assert ("resumed from step 4" in resumed.stdout) == (saved == ["4"])
   step_a, params_a = final_params(tmp_path / "straight")
   step_b, params_b = final_params(tmp_path / "killed")
   assert step_a == step_b == 10
@@ -361,14 +376,14 @@ def test_compilation_cache_is_filled_and_reused(tiny_tfds, tmp_path):
     tmp_path / "a", tiny_tfds, f"--config.compilation_cache_dir={cache}"
   )
   entries = {p.name for p in cache.iterdir()}
-  steps = {e for e in entries if e.startswith("jit__step")}
+  steps = {e for e in entries if e.startswith("jit_train_steps")}
   assert steps, (entries, first.stderr[-2000:])
   # a second run of the same shapes finds its train step there (the same
   # key: no second entry; small jits may join if they compile slower now)
   run_main(tmp_path / "b", tiny_tfds, f"--config.compilation_cache_dir={cache}")
   again = {p.name for p in cache.iterdir()}
   assert entries <= again
-  assert {e for e in again if e.startswith("jit__step")} == steps
+  assert {e for e in again if e.startswith("jit_train_steps")} == steps
   # the cache may be pointed elsewhere later (it is safe to change)
   config = MNIST.get_config("small=true")
   saved = json.loads(config.to_json_best_effort())

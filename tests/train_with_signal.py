@@ -25,6 +25,9 @@ _SIGNAL = flags.DEFINE_enum(
 class _Deferred(hooks.Hook):
   """The SignalAtStep of the parsed flags (flags are read after parsing)."""
 
+  def next_step(self, step):  # a dispatch of several steps ends there
+    return _STEP.value if step < _STEP.value else None
+
   def after_step(self, context):
     if _STEP.value and context.step == _STEP.value:
       hooks.SignalAtStep(_STEP.value, signal.Signals[_SIGNAL.value]).after_step(

@@ -38,6 +38,15 @@ def data_sharding(devices=None) -> NamedSharding:
   )
 
 
+def epoch_order(seed: int, epoch: int, size: int, shuffle: bool = True):
+  """The order of the examples in ``epoch``: a permutation drawn from
+  ``(seed, epoch)`` (``np.random.default_rng``), or ``arange`` without
+  ``shuffle``."""
+  if not shuffle:
+    return np.arange(size)
+  return np.random.default_rng([seed, epoch]).permutation(size)
+
+
 class InputPipeline(Iterator):
   """Batches of ``{'image': float32 (B, H, W, C), 'label': int32 (B,), ...}``.
 
@@ -126,11 +135,7 @@ class InputPipeline(Iterator):
     (grain's threads may straddle an epoch boundary)."""
     order = self._orders.get(epoch)
     if order is None:
-      if self._shuffle:
-        rng = np.random.default_rng([self._seed, epoch])
-        order = rng.permutation(self._size)
-      else:
-        order = np.arange(self._size)
+      order = epoch_order(self._seed, epoch, self._size, self._shuffle)
       kept = {e: o for e, o in self._orders.items() if e == epoch - 1}
       self._orders = {**kept, epoch: order}  # one atomic swap
     return order
@@ -178,3 +183,103 @@ class InputPipeline(Iterator):
       k: jax.make_array_from_process_local_data(self._sharding, v)
       for k, v in batch.items()
     }
+
+
+class DeviceInput:
+  """The training split kept on the device, and the batch indices into it.
+
+  The same batches as :class:`InputPipeline` (without ``preprocess``):
+  batch ``k`` is batch ``k % B`` of epoch ``k // B`` of
+  :func:`epoch_order`, and the position is kept in the same state dict
+  (``{'next_index': k}``), so a run can switch between the two at a
+  checkpoint. Only int32 indices travel to the device each dispatch; the
+  uint8 images are gathered and normalised inside the step
+  (:meth:`gather`).
+
+  Args:
+    arrays: the split (``image`` uint8 (N, H, W, C), ``label``).
+    batch_size: the global batch.
+    seed: shuffle seed.
+    normalization: applied on the device to the gathered uint8 images.
+  """
+
+  def __init__(
+    self,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    seed: int = 0,
+    normalization: Normalization | None = None,
+  ):
+    self._size = len(arrays["label"])
+    self._batch_size = batch_size
+    self._seed = seed
+    self._batches_per_epoch = self._size // batch_size
+    if self._batches_per_epoch == 0:
+      raise ValueError(
+        f"batch_size ({batch_size}) is larger than the split ({self._size})."
+      )
+    self.normalization = normalization or Normalization()
+    self._next = 0
+    self._orders: dict[int, np.ndarray] = {}
+
+  @staticmethod
+  def device_arrays(arrays: Mapping[str, np.ndarray], sharding=None) -> dict:
+    """What :meth:`gather` reads: the uint8 images and int32 labels, put on
+    the device (``sharding``: e.g. replicated over a mesh)."""
+    host = {
+      "image": np.asarray(arrays["image"], np.uint8),
+      "label": np.asarray(arrays["label"], np.int32),
+    }
+    return jax.device_put(host, sharding)
+
+  def gather(self, data: dict, indices) -> dict:
+    """``{'image': normalised float32 (..., B, H, W, C), 'label': (..., B)}``
+    for int ``indices`` (..., B); traceable (runs inside the step).
+
+    The normalisation is a lookup in a (256, C) table made on the host by
+    :class:`~stn_jax.normalization.Normalization` itself, so the batches
+    are bitwise those of the host pipeline (XLA would turn the division
+    by 255 into a multiplication, which rounds differently).
+    """
+    images = data["image"][indices]
+    channels = images.shape[-1]
+    table = np.broadcast_to(
+      self.normalization(np.arange(256, dtype=np.uint8)[:, None]),
+      (256, channels),
+    )
+    return {
+      "image": jax.numpy.asarray(table)[
+        images.astype(np.int32), np.arange(channels)
+      ],
+      "label": data["label"][indices],
+    }
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._orders:
+      self._orders = {
+        epoch: epoch_order(self._seed, epoch, self._size),
+        **{e: o for e, o in self._orders.items() if e == epoch - 1},
+      }
+    return self._orders[epoch]
+
+  def indices(self, count: int | None = None) -> np.ndarray:
+    """The indices of the next batch (B,) int32, or of the next ``count``
+    batches (count, B); advances the position."""
+    rows = []
+    for position in range(self._next, self._next + (count or 1)):
+      epoch, batch = divmod(position, self._batches_per_epoch)
+      start = batch * self._batch_size
+      rows.append(self._order(epoch)[start : start + self._batch_size])
+    self._next += count or 1
+    out = np.stack(rows).astype(np.int32)
+    return out if count is not None else out[0]
+
+  def get_state(self) -> dict:
+    """The position, as :meth:`InputPipeline.get_state` writes it."""
+    return {"next_index": self._next}
+
+  def set_state(self, state: dict) -> None:
+    """Continues from a state of :meth:`get_state` (or of an
+    :class:`InputPipeline` over the same split and batch size)."""
+    self._next = int(state["next_index"])

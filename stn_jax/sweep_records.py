@@ -1,0 +1,214 @@
+"""A sweep's records: one file per point, and the tables rebuilt from them.
+
+Every point of a sweep writes its own record, ``DIR/<point>/record.json``,
+as it starts and as it ends (atomically: a temporary file and
+``os.replace``). ``DIR/results.jsonl`` and ``DIR/results.md`` are never
+appended to: :func:`write_results` rebuilds them from all the records on
+disk, under a lock, and replaces them atomically. Any number of runners
+(shards of a job array, Ray workers, a ``--collect``) can therefore share a
+sweep directory without overwriting each other's results.
+
+A record is a dict with ``name``, ``arg``, ``overrides``, ``status``
+(``'running'``, ``'finished'``, ``'failed'``, ``'interrupted'``; in tables
+also ``'pending'``: no record yet), ``results``, ``error``, ``start_time``
+and ``end_time`` (Unix seconds), ``host``, ``worker`` and ``device``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import tempfile
+
+RECORD = "record.json"
+POINT_LOCK = ".sweep_point.lock"
+
+
+def write_json_atomically(path: str, payload: str) -> None:
+  """Writes ``payload`` to ``path`` through a temporary file in the same
+  folder and ``os.replace``: readers see the old file or the new one."""
+  folder = os.path.dirname(path) or "."
+  os.makedirs(folder, exist_ok=True)
+  handle, temporary = tempfile.mkstemp(prefix=".tmp_", dir=folder)
+  try:
+    with os.fdopen(handle, "w") as f:
+      f.write(payload)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+def write_record(point_dir: str, record: dict) -> None:
+  """Saves a point's record as ``point_dir/record.json``."""
+  write_json_atomically(
+    os.path.join(point_dir, RECORD), json.dumps(record, indent=1) + "\n"
+  )
+
+
+def read_record(point_dir: str) -> dict | None:
+  """The point's saved record, or None (never started, or written by a
+  version of stn_jax before records: then a finished point's
+  ``results.json`` stands in)."""
+  path = os.path.join(point_dir, RECORD)
+  if os.path.isfile(path):
+    with open(path) as f:
+      return json.load(f)
+  results = os.path.join(point_dir, "results.json")
+  if os.path.isfile(results):
+    with open(results) as f:
+      return {"status": "finished", "results": json.load(f), "error": ""}
+  return None
+
+
+def where() -> dict:
+  """The ``host``, ``worker`` and ``device`` fields of a record, for the
+  calling process (a Ray worker also names its Ray worker and node)."""
+  worker = f"pid {os.getpid()}"
+  try:
+    import ray
+
+    if ray.is_initialized():
+      context = ray.get_runtime_context()
+      worker += (
+        f", ray worker {context.get_worker_id()[:8]}"
+        f" on node {context.get_node_id()[:8]}"
+      )
+      gpus = ray.get_gpu_ids()
+      if gpus:
+        worker += f", gpus {gpus}"
+  except ImportError:
+    pass
+  import jax
+
+  devices = jax.local_devices()
+  return {
+    "host": socket.gethostname(),
+    "worker": worker,
+    "device": f"{len(devices)} x {devices[0].device_kind} "
+    f"({devices[0].platform})",
+  }
+
+
+class PointLock:
+  """``with PointLock(point_dir) as lock:`` keeps other sweep runners off
+  the point; ``lock.acquired`` is False (and nothing is held) when another
+  live process has it. The system releases the lock of a killed runner."""
+
+  def __init__(self, point_dir: str):
+    self.path = os.path.join(point_dir, POINT_LOCK)
+    self.acquired = False
+    self.owner = ""
+    self._file = None
+
+  def __enter__(self) -> PointLock:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      self.owner = handle.read().strip() or "another runner"
+      handle.close()
+      return self
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    self._file, self.acquired = handle, True
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file, self.acquired = None, False
+
+
+def is_locked(point_dir: str) -> bool:
+  """Whether a live runner holds the point (see :class:`PointLock`)."""
+  if not os.path.isfile(os.path.join(point_dir, POINT_LOCK)):
+    return False
+  with PointLock(point_dir) as lock:
+    return not lock.acquired
+
+
+def collect(workdir: str, planned: list[dict]) -> list[dict]:
+  """The records of the ``planned`` points (dicts with ``name``, ``arg``,
+  ``overrides``) as they are on disk: a point without a record is
+  'pending'; a 'running' record whose runner is gone (killed, or stopped
+  before it could write) is 'interrupted'."""
+  records = []
+  for point in planned:
+    point_dir = os.path.join(workdir, point["name"])
+    saved = read_record(point_dir)
+    record = {
+      "name": point["name"],
+      "arg": point["arg"],
+      "overrides": point["overrides"],
+      "status": "pending",
+      "results": {},
+      "error": "",
+    }
+    if saved is not None:
+      record.update(saved)
+      record["name"] = point["name"]
+    if record["status"] == "running" and not is_locked(point_dir):
+      record["status"] = "interrupted"
+    records.append(record)
+  return records
+
+
+def write_results(workdir: str, planned: list[dict]) -> list[dict]:
+  """Rebuilds ``workdir/results.jsonl`` and ``results.md`` from the records
+  of every ``planned`` point (all shards, all runners), under
+  ``workdir/.results.lock``; returns the records."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, ".results.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      records = collect(workdir, planned)
+      write_json_atomically(
+        os.path.join(workdir, "results.jsonl"),
+        "".join(json.dumps(r) + "\n" for r in records),
+      )
+      write_json_atomically(
+        os.path.join(workdir, "results.md"), markdown_table(records)
+      )
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return records
+
+
+def markdown_table(records: list[dict]) -> str:
+  """One row per record: name, arg, overrides, status, where it ran, its
+  wall time and every ``*error`` metric in %."""
+  metric_keys = sorted(
+    {k for r in records for k in r.get("results", {}) if k.endswith("error")}
+  )
+  lines = [
+    "| point | arg | overrides | status | where | minutes |"
+    + "".join(f" {k} |" for k in metric_keys),
+    "|---|---|---|---|---|---|" + "---|" * len(metric_keys),
+  ]
+  for r in records:
+    cells = [
+      f"{100 * r['results'][k]:.2f}%" if k in r.get("results", {}) else ""
+      for k in metric_keys
+    ]
+    status = r["status"]
+    if status == "failed" and r.get("error"):
+      status = "failed: " + r["error"].splitlines()[-1][:80].replace("|", "/")
+    minutes = ""
+    if r.get("start_time") and r.get("end_time"):
+      minutes = f"{(r['end_time'] - r['start_time']) / 60:.1f}"
+    place = f"{r.get('host', '')} {r.get('device', '')}".strip()
+    lines.append(
+      f"| {r['name']} | `{r['arg']}` | "
+      f"{json.dumps(r['overrides']) if r['overrides'] else ''} | "
+      f"{status} | {place} | {minutes} |" + "".join(f" {c} |" for c in cells)
+    )
+  return "\n".join(lines) + "\n"
