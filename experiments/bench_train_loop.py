@@ -1,15 +1,17 @@
-"""Training-loop speed of the default run at two checkouts, round robin.
+"""Training-loop speed of a run at several checkouts or settings, round robin.
 
 Usage:
-  python experiments/bench_train_loop.py --checkout NAME=PATH [--checkout ...]
-      [--steps 600] [--rounds 2] [--out experiments/results/train_loop.md]
+  python experiments/bench_train_loop.py --checkout NAME=PATH[@k=v,k=v]
+      [--checkout ...] [--config CONFIG] [--steps 600] [--rounds 2]
+      [--out experiments/results/train_loop.md]
 
-Each round runs ``python -m stn_jax.main`` (the `make train` config, small
-ST-CNN on RTS, batch 128) for ``--steps`` steps from every checkout in turn
-(its own ``stn_jax`` first on PYTHONPATH, a fresh workdir, no evaluation
-until the end) and reads the examples/s that the run logged every 50 steps.
-The first logged interval (compilation, kernel build) is dropped; the
-table gives the median over the remaining intervals of all rounds.
+Each round runs ``python -m stn_jax.main`` (default: the `make train`
+config, small ST-CNN on RTS, batch 128) for ``--steps`` steps from every
+checkout in turn (its own ``stn_jax`` first on PYTHONPATH, a fresh workdir,
+no evaluation until the end, the ``k=v`` config overrides after ``@``) and
+reads the examples/s that the run logged every 50 steps. The first logged
+interval (compilation, kernel build) is dropped; the table gives the median
+over the remaining intervals of all rounds.
 """
 
 from __future__ import annotations
@@ -30,18 +32,22 @@ CONFIG = (
 )
 
 
-def run_once(path: str, steps: int) -> list[float]:
+def run_once(
+  path: str, steps: int, config: str = CONFIG, overrides=()
+) -> list[float]:
   """examples/s of each logged interval but the first."""
   with tempfile.TemporaryDirectory() as workdir:
     command = [
       sys.executable,
       "-m",
       "stn_jax.main",
-      f"--config={CONFIG}",
+      f"--config={config}",
       f"--workdir={workdir}",
       f"--config.num_steps={steps}",
       f"--config.eval_every={10 * steps}",
       f"--config.checkpoint_every={10 * steps}",
+      "--config.log_every=50",
+      *(f"--config.{item}" for item in overrides),
     ]
     env = {**os.environ, "PYTHONPATH": path}
     subprocess.run(
@@ -64,38 +70,44 @@ def main(argv=None):
     required=True,
     help="NAME=PATH of a stn_jax checkout",
   )
+  parser.add_argument("--config", default=CONFIG)
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--out", default="experiments/results/train_loop.md")
   args = parser.parse_args(argv)
-  checkouts = dict(item.split("=", 1) for item in args.checkout)
+  checkouts = {}
+  for item in args.checkout:
+    name, spec = item.split("=", 1)
+    path, _, overrides = spec.partition("@")
+    checkouts[name] = (path, [o for o in overrides.split(",") if o])
   rates = {name: [] for name in checkouts}
   for round_index in range(args.rounds):
-    for name, path in checkouts.items():
-      rates[name] += run_once(os.path.abspath(path), args.steps)
+    for name, (path, overrides) in checkouts.items():
+      rates[name] += run_once(
+        os.path.abspath(path), args.steps, args.config, overrides
+      )
       print(
         f"round {round_index + 1} {name}: median "
         f"{statistics.median(rates[name]):.0f} ex/s",
         flush=True,
       )
   lines = [
-    "# Training-loop speed of the default run",
+    "# Training-loop speed",
     "",
     f"- command: `python {' '.join(sys.argv)}`",
     f"- commit (this script): {commit_description()}",
     f"- machine: {machine_description()}",
-    f"- run: `{CONFIG}` (the `make train` run), {args.steps} steps of "
-    f"batch 128 per run, {args.rounds} rounds, checkouts run round robin; "
-    "examples/s as logged every 50 steps, first interval dropped",
+    f"- run: `{args.config}`, {args.steps} steps per run, {args.rounds} "
+    "rounds, checkouts run round robin; examples/s as logged every 50 "
+    "steps, first interval dropped",
     "",
-    "| checkout | median examples/s | steps/s | intervals |",
+    "| checkout | overrides | median examples/s | intervals |",
     "|---|---|---|---|",
   ]
   for name, values in rates.items():
     median = statistics.median(values)
-    lines.append(
-      f"| {name} | {median:,.0f} | {median / 128:.2f} | {len(values)} |"
-    )
+    overrides = ", ".join(checkouts[name][1])
+    lines.append(f"| {name} | {overrides} | {median:,.0f} | {len(values)} |")
   with open(args.out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

@@ -264,7 +264,12 @@ def _run_steps(
 
   if not multi_step:
     return one((state, accumulator), inputs)[0]
-  return jax.lax.scan(one, (state, accumulator), inputs)[0]
+  # XLA's CPU backend runs convolutions inside a while loop about 10x
+  # slower than the same step unrolled (measured: the small CNN at 39 vs
+  # 541 ex/s for 10 steps per dispatch), so on the CPU the scan is unrolled;
+  # elsewhere it stays a loop (compile time does not grow with n).
+  unroll = jax.default_backend() == "cpu"
+  return jax.lax.scan(one, (state, accumulator), inputs, unroll=unroll)[0]
 
 
 def make_train_step(

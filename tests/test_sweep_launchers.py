@@ -214,7 +214,7 @@ def test_ray_runs_points_concurrently_reports_a_failure_and_stops_on_sigterm(
   workdir = tmp_path / "sweep"
   done = subprocess.run(
     _sweep_command(
-      config, workdir, tiny_tfds, "--set=num_steps=30", "--set=log_every=10"
+      config, workdir, tiny_tfds, "--set=num_steps=200", "--set=log_every=50"
     ),
     capture_output=True,
     text=True,
