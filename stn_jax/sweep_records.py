@@ -22,6 +22,8 @@ import os
 import socket
 import tempfile
 
+from stn_jax import workdir as workdir_lib
+
 RECORD = "record.json"
 POINT_LOCK = ".sweep_point.lock"
 
@@ -105,20 +107,13 @@ class PointLock:
     self._file = None
 
   def __enter__(self) -> PointLock:
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      handle.seek(0)
-      self.owner = handle.read().strip() or "another runner"
-      handle.close()
-      return self
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    self._file, self.acquired = handle, True
+    handle, text = workdir_lib.try_lock(
+      self.path, f"pid {os.getpid()} on {socket.gethostname()}"
+    )
+    if handle is None:
+      self.owner = text or "another runner"
+    else:
+      self._file, self.acquired = handle, True
     return self
 
   def __exit__(self, *exc) -> None:

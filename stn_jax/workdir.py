@@ -148,6 +148,33 @@ def check_config(folder: str, config, *, overwrite: bool = False) -> None:
   )
 
 
+def try_lock(path: str, owner: str):
+  """Takes an exclusive ``fcntl`` lock on the file ``path`` (created with
+  its folder) without waiting.
+
+  Returns:
+    ``(handle, previous)``: the open file holding the lock, with ``owner``
+    written into it, and the text it held before (a killed owner's line);
+    or ``(None, text)`` when another live process holds it, ``text``
+    naming that process. The system releases a lock when its process dies.
+  """
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  handle = open(path, "a+")  # noqa: SIM115 - the caller holds it
+  handle.seek(0)
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    text = handle.read().strip()
+    handle.close()
+    return None, text
+  previous = handle.read().strip()
+  handle.seek(0)
+  handle.truncate()
+  handle.write(owner + "\n")
+  handle.flush()
+  return handle, previous
+
+
 class WorkdirLock:
   """``with WorkdirLock(workdir):`` holds ``workdir/.lock`` exclusively.
 
@@ -162,28 +189,19 @@ class WorkdirLock:
     self.stale_owner: str | None = None
 
   def __enter__(self) -> WorkdirLock:
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      handle.seek(0)
-      owner = handle.read().strip() or "another process"
-      handle.close()
-      raise WorkdirError(
-        f"workdir {os.path.dirname(self.path)} is in use by {owner}; "
-        "wait for it to finish or stop it (a killed run's lock is released "
-        "by the system and taken over automatically)."
-      ) from None
-    handle.seek(0)
-    self.stale_owner = handle.read().strip() or None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(
+    handle, previous = try_lock(
+      self.path,
       f"pid {os.getpid()} on {socket.gethostname()} since "
-      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+      f"{time.strftime('%Y-%m-%d %H:%M:%S')}",
     )
-    handle.flush()
+    if handle is None:
+      raise WorkdirError(
+        f"workdir {os.path.dirname(self.path)} is in use by "
+        f"{previous or 'another process'}; wait for it to finish or stop it "
+        "(a killed run's lock is released by the system and taken over "
+        "automatically)."
+      )
+    self.stale_owner = previous or None
     self._file = handle
     return self
 
