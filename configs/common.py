@@ -71,9 +71,13 @@ def base(arg: str) -> ml_collections.ConfigDict:
   config.checkpoint_every = 2_000
   # Execution (neither changes what is trained; both may change between
   # invocations of a run). The uint8 training split is kept on the device
-  # and batches are gathered and normalised inside the step (runs with
-  # on-the-fly distortion or augment_* jitter prepare batches on the host).
+  # and batches are gathered and normalised inside the step.
   config.data_on_device = True
+  # With data_on_device, on_the_fly distortion and augment_* jitter are
+  # drawn (jax.random) and rendered inside the step too
+  # (stn_jax.data.device_augment); False: on the host, with NumPy. The two
+  # draw different streams, so this is part of a run's identity.
+  config.augment_on_device = True
   # Steps run per dispatch (lax.scan); the log, eval and checkpoint steps
   # stay exact.
   config.steps_per_dispatch = 1

@@ -34,7 +34,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from stn_jax import checkpointing, models, steps
 from stn_jax import hooks as hooks_lib
 from stn_jax import workdir as workdir_lib
-from stn_jax.data import augment, datasets, distortions, pipeline, preview
+from stn_jax.data import (
+  augment,
+  datasets,
+  device_augment,
+  distortions,
+  pipeline,
+  preview,
+)
 from stn_jax.hooks import TrainingDiverged  # noqa: F401 - re-exported
 from stn_jax.normalization import Normalization
 
@@ -163,6 +170,24 @@ def preprocessing(config):
     return distortions.OnTheFly(config.on_the_fly)
   jitter = _augmentation(config)
   return augment.RandomAffine(**jitter) if any(jitter.values()) else None
+
+
+def device_preprocessing(config):
+  """The device twin of :func:`preprocessing` (see
+  :mod:`stn_jax.data.device_augment`), or None without one."""
+  if config.on_the_fly:
+    return device_augment.OnTheFly(config.on_the_fly)
+  jitter = _augmentation(config)
+  return device_augment.RandomAffine(**jitter) if any(jitter.values()) else None
+
+
+def batches_on_device(config) -> bool:
+  """Whether training batches are gathered (and augmented) on the device:
+  ``data_on_device``, and any preprocessing runs there
+  (``augment_on_device``); else the host pipeline makes them."""
+  if not config.get("data_on_device", False):
+    return False
+  return preprocessing(config) is None or config.get("augment_on_device", False)
 
 
 def load_data(config):
@@ -419,9 +444,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     states.append(state)
   num_params = models.count_params(model)
   multi_step = first.get("steps_per_dispatch", 1) > 1
-  on_device = (
-    first.get("data_on_device", False) and preprocessing(first) is None
-  )
+  on_device = batches_on_device(first)
   if members.population:
     device = jax.devices()[0]
     placement = jax.sharding.SingleDeviceSharding(device)
@@ -450,6 +473,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
         batch_size=c.batch_size,
         seed=c.seed,
         normalization=normalization,
+        augment=device_preprocessing(c),
       )
       for c in members.configs
     ]

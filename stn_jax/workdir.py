@@ -54,6 +54,21 @@ IMPLICIT_DEFAULTS = {
   "data_on_device": False,
   "steps_per_dispatch": 1,
   "async_checkpoints": False,
+  "augment_on_device": False,
+}
+# Fields that change nothing unless another field is set: ``key ->
+# predicate(flat config)``; a difference in them is ignored when the
+# predicate is false for both the saved and the new config.
+_AUGMENTATION_KEYS = (
+  "augment_rotation",
+  "augment_scale",
+  "augment_translate",
+)
+ONLY_WITH = {
+  "augment_on_device": lambda flat: (
+    bool(flat.get("on_the_fly"))
+    or any(flat.get(k, 0.0) for k in _AUGMENTATION_KEYS)
+  ),
 }
 # What a run writes into its workdir (removed by clear_run).
 RUN_FILES = (
@@ -103,6 +118,8 @@ def config_differences(saved: dict, config) -> list[str]:
       continue
     before = old.get(key, IMPLICIT_DEFAULTS.get(key, missing))
     after = new.get(key, missing)
+    if key in ONLY_WITH and not (ONLY_WITH[key](old) or ONLY_WITH[key](new)):
+      continue  # it has no effect on either run
     if before != after:
       show = lambda v: "(absent)" if v is missing else repr(v)
       lines.append(f"{key}: {show(before)} -> {show(after)}")

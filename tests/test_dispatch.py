@@ -47,10 +47,13 @@ def test_device_input_gives_the_host_pipelines_batches_bitwise():
   # The state is interchangeable: a run may switch at a checkpoint.
   other = pipeline.DeviceInput(arrays, batch_size=8, seed=3)
   other.set_state(host.get_state())
-  np.testing.assert_array_equal(
-    other.indices(),
-    pipeline.DeviceInput(arrays, batch_size=8, seed=3).indices(16)[15],
-  )
+  resumed = other.indices()
+  straight = pipeline.DeviceInput(arrays, batch_size=8, seed=3).indices(16)
+  for key in ("index", "epoch", "seed"):
+    np.testing.assert_array_equal(resumed[key], straight[key][15])
+  # batch 15 is in epoch 2 (6 batches per epoch)
+  np.testing.assert_array_equal(resumed["epoch"], np.full(8, 2))
+  np.testing.assert_array_equal(resumed["seed"], np.full(8, 3))
 
 
 def test_dispatch_length_ends_at_every_hook_step():

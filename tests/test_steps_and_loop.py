@@ -288,7 +288,7 @@ def test_the_loop_fetches_nothing_between_log_steps(
   else:
     stream = pipeline.DeviceInput(arrays, batch_size=8, seed=0)
     data = stream.device_arrays(arrays)
-    batches = lambda n: jnp.asarray(stream.indices(n))
+    batches = lambda n: jax.tree.map(jnp.asarray, stream.indices(n))
     step = steps.make_train_step(
       graphdef, optimizer, multi_step=True, gather=stream.gather
     )

@@ -192,15 +192,19 @@ class DeviceInput:
   batch ``k`` is batch ``k % B`` of epoch ``k // B`` of
   :func:`epoch_order`, and the position is kept in the same state dict
   (``{'next_index': k}``), so a run can switch between the two at a
-  checkpoint. Only int32 indices travel to the device each dispatch; the
-  uint8 images are gathered and normalised inside the step
-  (:meth:`gather`).
+  checkpoint. Only int32 indices (with each example's epoch and seed)
+  travel to the device each dispatch; the uint8 images are gathered,
+  optionally distorted, and normalised inside the step (:meth:`gather`).
 
   Args:
     arrays: the split (``image`` uint8 (N, H, W, C), ``label``).
     batch_size: the global batch.
-    seed: shuffle seed.
+    seed: shuffle seed (and the augmentation's key seed).
     normalization: applied on the device to the gathered uint8 images.
+    augment: None, or a step of :mod:`stn_jax.data.device_augment`
+      (``OnTheFly`` distortion or ``RandomAffine`` jitter) run inside the
+      step on every gathered batch before normalisation. Its stream is
+      drawn with ``jax.random``, not the host steps' NumPy.
   """
 
   def __init__(
@@ -210,16 +214,25 @@ class DeviceInput:
     batch_size: int,
     seed: int = 0,
     normalization: Normalization | None = None,
+    augment=None,
   ):
     self._size = len(arrays["label"])
     self._batch_size = batch_size
-    self._seed = seed
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**31):
+      raise ValueError(
+        f"seed must be an int in [0, 2**31) for the split on the device; "
+        f"got {seed!r}."
+      )
+    self._seed = int(seed)
     self._batches_per_epoch = self._size // batch_size
     if self._batches_per_epoch == 0:
       raise ValueError(
         f"batch_size ({batch_size}) is larger than the split ({self._size})."
       )
     self.normalization = normalization or Normalization()
+    self.augment = augment
+    if augment is not None:
+      augment.output_shape(np.shape(arrays["image"])[1:])  # checks
     self._next = 0
     self._orders: dict[int, np.ndarray] = {}
 
@@ -233,16 +246,31 @@ class DeviceInput:
     }
     return jax.device_put(host, sharding)
 
-  def gather(self, data: dict, indices) -> dict:
+  def gather(self, data: dict, inputs: dict) -> dict:
     """``{'image': normalised float32 (..., B, H, W, C), 'label': (..., B)}``
-    for int ``indices`` (..., B); traceable (runs inside the step).
+    for ``inputs`` from :meth:`indices` (``index``, ``epoch``, ``seed``: int
+    (..., B)); traceable (runs inside the step).
 
     The normalisation is a lookup in a (256, C) table made on the host by
     :class:`~stn_jax.normalization.Normalization` itself, so the batches
     are bitwise those of the host pipeline (XLA would turn the division
-    by 255 into a multiplication, which rounds differently).
+    by 255 into a multiplication, which rounds differently). An
+    ``augment`` step renders whole pixel values, so the lookup applies to
+    its output too.
     """
-    images = data["image"][indices]
+    index = inputs["index"]
+    images = data["image"][index]
+    if self.augment is not None:
+      lead = index.shape
+      flat = lambda x: x.reshape(-1, *x.shape[len(lead) :])
+      images = self.augment(
+        flat(images),
+        sources=data["image"],
+        index=index.reshape(-1),
+        epoch=inputs["epoch"].reshape(-1),
+        seed=inputs["seed"].reshape(-1),
+      )
+      images = images.reshape(*lead, *images.shape[1:])
     channels = images.shape[-1]
     table = np.broadcast_to(
       self.normalization(np.arange(256, dtype=np.uint8)[:, None]),
@@ -252,7 +280,7 @@ class DeviceInput:
       "image": jax.numpy.asarray(table)[
         images.astype(np.int32), np.arange(channels)
       ],
-      "label": data["label"][indices],
+      "label": data["label"][index],
     }
 
   def _order(self, epoch: int) -> np.ndarray:
@@ -263,17 +291,25 @@ class DeviceInput:
       }
     return self._orders[epoch]
 
-  def indices(self, count: int | None = None) -> np.ndarray:
-    """The indices of the next batch (B,) int32, or of the next ``count``
-    batches (count, B); advances the position."""
-    rows = []
+  def indices(self, count: int | None = None) -> dict[str, np.ndarray]:
+    """The next batch's ``{'index', 'epoch', 'seed'}``, int32 (B,) each, or
+    the next ``count`` batches' (count, B); advances the position."""
+    rows, epochs = [], []
     for position in range(self._next, self._next + (count or 1)):
       epoch, batch = divmod(position, self._batches_per_epoch)
       start = batch * self._batch_size
       rows.append(self._order(epoch)[start : start + self._batch_size])
+      epochs.append(epoch)
     self._next += count or 1
-    out = np.stack(rows).astype(np.int32)
-    return out if count is not None else out[0]
+    index = np.stack(rows).astype(np.int32)
+    out = {
+      "index": index,
+      "epoch": np.broadcast_to(
+        np.asarray(epochs, np.int32)[:, None], index.shape
+      ).copy(),
+      "seed": np.full(index.shape, self._seed, np.int32),
+    }
+    return out if count is not None else {k: v[0] for k, v in out.items()}
 
   def get_state(self) -> dict:
     """The position, as :meth:`InputPipeline.get_state` writes it."""
