@@ -62,6 +62,9 @@ def base(arg: str) -> ml_collections.ConfigDict:
   config.lr_decay_factor = 0.1
   config.localisation_lr_multiplier = 1.0
   config.grad_clip_norm = 0.0
+  # Decoupled weight decay (AdamW's form, for every optimiser): the update
+  # is -lr * (direction + weight_decay * param). 0: none.
+  config.weight_decay = 0.0
   # Cadences.
   config.log_every = 100
   config.eval_every = 10_000

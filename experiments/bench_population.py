@@ -77,16 +77,22 @@ def main(argv=None):
 
   # Population: one vmapped (or lax.map) step for all members.
   stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-  rates = jnp.full((k,), config.learning_rate, jnp.float32)
+  hyper = {
+    name: jnp.full((k,), value, jnp.float32)
+    for name, value in steps.member_hyperparameters(config).items()
+  }
+  schedule = steps.learning_rate_schedule(steps.member_optimizer_config(config))
   stacked = {"state": stack(states), "acc": stack(accumulators)}
   batch_all = {"image": images, "label": labels}
 
   def together(method):
-    step = steps.make_train_step(graphdef, optimizer, population=method)
+    step = steps.make_train_step(
+      graphdef, optimizer, population=method, schedule=schedule
+    )
 
     def run():
       stacked["state"], stacked["acc"] = step(
-        stacked["state"], stacked["acc"], batch_all, rates
+        stacked["state"], stacked["acc"], batch_all, hyper
       )
       jax.block_until_ready(stacked["acc"])
 

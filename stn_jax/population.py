@@ -1,7 +1,9 @@
 """Population mode: K runs of one architecture in a single jitted step.
 
-The K members may differ in ``seed`` (initialisation and data order) and
-``learning_rate``; everything else must be equal. Their states are stacked
+The K members may differ in ``seed`` (initialisation and data order),
+``learning_rate``, ``localisation_lr_multiplier``, ``grad_clip_norm`` and
+``weight_decay`` (:data:`stn_jax.steps.MEMBER_HYPERPARAMETERS`: the step
+applies each member's own values); everything else must be equal. Their states are stacked
 on a leading member axis and the pure step of :mod:`stn_jax.steps` runs
 under ``jax.vmap`` (or ``jax.lax.map``) inside the same loop and hooks as a
 single run (:func:`stn_jax.train.fit`): per-member ``metrics.jsonl`` and
@@ -10,17 +12,20 @@ non-finite-loss check every step, checkpoints and SIGTERM handling. On an
 accelerator many small runs fit at once; on the CPU it is slower than
 separate runs (``experiments/results/population.md``).
 
-Exactness: the optimiser is built with learning rate 1 and each member's
-updates are multiplied by its learning rate. SGD, momentum and Adam updates
-are linear in the learning rate, so this equals K separate runs up to float
-rounding (tested).
+Exactness: the optimiser is built with learning rate 1, multiplier 1 and
+neither clipping nor weight decay; each member's gradients are clipped to
+its own norm, and its updates are scaled by its learning rate (times its
+multiplier for the localisation nets) after subtracting its decoupled
+weight decay. SGD, momentum and Adam updates are linear in the learning
+rate, so this equals K separate runs up to float rounding (tested).
+
+Devices: the member axis is split over the local devices (as many as
+evenly divide K; :func:`stn_jax.train.population_mesh`): each device runs
+whole members, the data is replicated. Tested with 4 forced host devices.
 
 Checkpoints hold the stacked state, the step and every member's data
 position, so rerunning a killed population resumes it with the result of an
 uninterrupted run.
-
-Not (yet) here: sharding the population over several devices (it runs on the
-default device).
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from __future__ import annotations
 import json
 import os
 
-from stn_jax import train
+from stn_jax import steps, train
 
-MAY_DIFFER = ("seed", "learning_rate", "arg")
+MAY_DIFFER = ("seed", *steps.MEMBER_HYPERPARAMETERS, "arg")
 METHODS = ("vmap", "map")
 
 
@@ -70,7 +75,8 @@ def train_population(
     log: where console lines go.
 
   Returns:
-    one dict per member: ``seed``, ``learning_rate``, the final evaluation
+    one dict per member: ``seed``, its member hyperparameters (learning
+    rate, multiplier, clipping, weight decay), the final evaluation
     metrics and ``params`` (the member's model state); or, when SIGTERM
     stopped the run, ``{'interrupted_at_step': step}`` per member. Also
     writes ``workdir/population.json`` (configs, results, the wall time of
@@ -88,7 +94,7 @@ def train_population(
   if "interrupted_at_step" in results[0]:
     return results
   for config, member in zip(configs, results):
-    member.update(seed=config.seed, learning_rate=config.learning_rate)
+    member.update(seed=config.seed, **steps.member_hyperparameters(config))
   with open(os.path.join(workdir, "population.json"), "w") as f:
     json.dump(
       {

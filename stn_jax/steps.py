@@ -53,23 +53,62 @@ def learning_rate_schedule(config) -> optax.Schedule:
   )
 
 
+# What the members of a population may set each for themselves (besides
+# the seed): the step applies them per member (:func:`train_step`).
+MEMBER_HYPERPARAMETERS = {
+  "learning_rate": None,  # no default: every config has one
+  "localisation_lr_multiplier": 1.0,
+  "grad_clip_norm": 0.0,
+  "weight_decay": 0.0,
+}
+
+
+def member_hyperparameters(config) -> dict[str, float]:
+  """The config's :data:`MEMBER_HYPERPARAMETERS` (defaults for keys older
+  configs lack)."""
+  return {
+    k: float(config[k] if default is None else config.get(k, default))
+    for k, default in MEMBER_HYPERPARAMETERS.items()
+  }
+
+
+def _is_localisation(path) -> bool:
+  return any(getattr(k, "key", None) == "localisation" for k in path)
+
+
+def _direction(name: str, weight_decay: float):
+  """The optimiser without its learning rate, plus decoupled weight decay
+  (``update = -lr * (direction + weight_decay * param)``, as AdamW)."""
+  parts = {
+    "sgd": [],
+    "momentum": [optax.trace(decay=0.9)],
+    "adam": [optax.scale_by_adam()],
+  }[name]
+  return [*parts, optax.add_decayed_weights(weight_decay)]
+
+
 def make_optimizer(config, model_state) -> optax.GradientTransformation:
   """SGD/momentum/Adam with a step schedule; the localisation nets get
-  ``localisation_lr_multiplier`` times the learning rate; optional gradient
-  clipping by global norm (``grad_clip_norm`` > 0), applied first."""
+  ``localisation_lr_multiplier`` times the learning rate; optional
+  decoupled weight decay (``weight_decay`` > 0: the update is ``-lr *
+  (direction + weight_decay * param)``, AdamW's form, for every optimiser)
+  and gradient clipping by global norm (``grad_clip_norm`` > 0), applied
+  first."""
   schedule = learning_rate_schedule(config)
+  weight_decay = config.get("weight_decay", 0.0)
   base = {
     "sgd": optax.sgd,
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
     "adam": optax.adam,
   }[config.optimizer]
+  if weight_decay > 0:
+    base = lambda lr: optax.chain(
+      *_direction(config.optimizer, weight_decay),
+      optax.scale_by_learning_rate(lr),
+    )
   multiplier = config.localisation_lr_multiplier
   labels = jax.tree_util.tree_map_with_path(
-    lambda path, _: (
-      "localisation"
-      if any(getattr(k, "key", None) == "localisation" for k in path)
-      else "other"
-    ),
+    lambda path, _: "localisation" if _is_localisation(path) else "other",
     model_state,
   )
   transform = optax.multi_transform(
@@ -139,7 +178,8 @@ def train_step(
   *,
   graphdef: nnx.GraphDef,
   optimizer: optax.GradientTransformation,
-  learning_rate_scale=None,
+  member=None,
+  schedule=None,
 ) -> tuple[TrainState, dict]:
   """One optimiser step on a batch.
 
@@ -148,8 +188,16 @@ def train_step(
     batch: ``{'image': float32 (B, H, W, C) normalised, 'label': int (B,)}``.
     graphdef: the model's structure (static).
     optimizer: the optax transformation (static).
-    learning_rate_scale: optional scalar multiplying the updates (population
-      members built with learning rate 1 pass their own rate here).
+    member: None, or a population member's :data:`MEMBER_HYPERPARAMETERS`
+      as scalars (traced: members differ). The optimiser is then one built
+      with learning rate 1, multiplier 1, no clipping and no weight decay
+      (:func:`member_optimizer_config`), and the step applies the member's:
+      its gradients clipped to ``grad_clip_norm`` (> 0), then ``updates =
+      learning_rate * multiplier * (updates - schedule(step) *
+      weight_decay * params)``. SGD, momentum and Adam updates are linear
+      in the learning rate, so this is the member's own optimiser up to
+      float rounding.
+    schedule: with ``member``: the learning-rate schedule at rate 1.
 
   Returns:
     ``(next state, metrics)``; metrics are scalars: ``loss``, ``error`` and,
@@ -168,9 +216,11 @@ def train_step(
   (loss, (logits, theta, transform)), grads = jax.value_and_grad(
     loss_fn, has_aux=True
   )(state.model)
+  if member is not None:
+    grads = _clip_member_gradients(grads, member["grad_clip_norm"])
   updates, opt_state = optimizer.update(grads, state.opt_state, state.model)
-  if learning_rate_scale is not None:
-    updates = jax.tree.map(lambda u: u * learning_rate_scale, updates)
+  if member is not None:
+    updates = _member_updates(updates, state, member, schedule)
   model_state = optax.apply_updates(state.model, updates)
   metrics = {"loss": loss, "error": (logits.argmax(-1) != labels).mean()}
   if theta is not None:
@@ -178,6 +228,41 @@ def train_step(
   return state.replace(
     step=state.step + 1, model=model_state, opt_state=opt_state
   ), metrics
+
+
+def member_optimizer_config(config):
+  """A copy of ``config`` whose optimiser serves every population member
+  (:func:`train_step`'s ``member``): learning rate 1, localisation
+  multiplier 1, no clipping, no weight decay."""
+  config = config.copy_and_resolve_references()
+  config.learning_rate = 1.0
+  config.localisation_lr_multiplier = 1.0
+  config.grad_clip_norm = 0.0
+  if "weight_decay" in config:
+    config.weight_decay = 0.0
+  return config
+
+
+def _clip_member_gradients(grads, max_norm):
+  """optax's global-norm clipping at a traced ``max_norm``; 0: none."""
+  clipped, _ = optax.clip_by_global_norm(max_norm).update(
+    grads, optax.EmptyState()
+  )
+  return jax.tree.map(
+    lambda c, g: jnp.where(max_norm > 0, c, g), clipped, grads
+  )
+
+
+def _member_updates(updates, state, member, schedule):
+  decay = member["weight_decay"] * schedule(state.step)
+
+  def one(path, update, param):
+    rate = member["learning_rate"]
+    if _is_localisation(path):
+      rate = rate * member["localisation_lr_multiplier"]
+    return rate * (update - decay * param)
+
+  return jax.tree_util.tree_map_with_path(one, updates, state.model)
 
 
 def eval_step(
@@ -224,14 +309,15 @@ def accumulate(accumulator: dict, metrics: dict, step: jax.Array) -> dict:
 
 
 def _step_and_accumulate(
-  state, accumulator, batch, *, graphdef, optimizer, learning_rate_scale=None
+  state, accumulator, batch, *, graphdef, optimizer, member=None, schedule=None
 ):
   state, metrics = train_step(
     state,
     batch,
     graphdef=graphdef,
     optimizer=optimizer,
-    learning_rate_scale=learning_rate_scale,
+    member=member,
+    schedule=schedule,
   )
   return state, accumulate(accumulator, metrics, state.step)
 
@@ -241,12 +327,13 @@ def _run_steps(
   accumulator,
   inputs,
   data,
-  rate,
+  member,
   *,
   graphdef,
   optimizer,
   gather,
   multi_step,
+  schedule=None,
 ):
   """One step on ``inputs`` (a batch, or indices for ``gather(data, .)``),
   or with ``multi_step`` one step per leading row of ``inputs`` under
@@ -259,7 +346,8 @@ def _run_steps(
       batch,
       graphdef=graphdef,
       optimizer=optimizer,
-      learning_rate_scale=rate,
+      member=member,
+      schedule=schedule,
     ), None
 
   if not multi_step:
@@ -279,28 +367,32 @@ def make_train_step(
   population: str | None = None,
   multi_step: bool = False,
   gather=None,
+  schedule=None,
 ):
   """The jitted step the loop runs; the state and accumulator buffers are
   donated.
 
   Signatures: ``(state, accumulator, inputs, data=None) -> (state,
   accumulator)``, and for a population ``(state, accumulator, inputs,
-  rates, data=None)``.
+  members, data=None)``.
 
   Args:
     graphdef, optimizer: as for :func:`train_step`.
     population: None for one run. 'vmap' (or 'map'): every argument but
-      ``data`` has a leading member axis and ``rates`` (K,) gives each
-      member's learning rate (members are built with learning rate 1).
-      'vmap' batches the members into one computation (what an accelerator
-      wants); 'map' runs them one after another inside the one compiled
-      step (``jax.lax.map``, less memory).
+      ``data`` has a leading member axis, and ``members`` holds each
+      member's :data:`MEMBER_HYPERPARAMETERS` as (K,) arrays (the optimiser
+      is built from :func:`member_optimizer_config`). 'vmap' batches the
+      members into one computation (what an accelerator wants; a member
+      axis sharded over devices stays sharded); 'map' runs them one after
+      another inside the one compiled step (``jax.lax.map``, less memory).
     multi_step: ``inputs`` has a leading axis of n steps (after the member
       axis), run by ``lax.scan`` in one dispatch.
     gather: None: ``inputs`` are batches ``{'image', 'label'}``. Else a
       function ``gather(data, indices) -> batch`` (traced into the step):
       ``inputs`` are int32 batch indices into ``data``, the split kept on
       the device (see :class:`stn_jax.data.pipeline.DeviceInput`).
+    schedule: for a population, the learning-rate schedule at rate 1
+      (:func:`learning_rate_schedule` of the member optimiser's config).
   """
   run = functools.partial(
     _run_steps,
@@ -308,6 +400,7 @@ def make_train_step(
     optimizer=optimizer,
     gather=gather,
     multi_step=multi_step,
+    schedule=schedule,
   )
   if population is None:
 
@@ -315,19 +408,21 @@ def make_train_step(
       return run(state, accumulator, inputs, data, None)
 
     return jax.jit(train_steps, donate_argnums=(0, 1))
+  if schedule is None:
+    raise ValueError("a population step needs the rate-1 schedule.")
   if population == "vmap":
-    members = jax.vmap(run, in_axes=(0, 0, 0, None, 0))
+    run_members = jax.vmap(run, in_axes=(0, 0, 0, None, 0))
   elif population == "map":
-    members = lambda s, a, x, data, r: jax.lax.map(
-      lambda m: run(m[0], m[1], m[2], data, m[3]), (s, a, x, r)
+    run_members = lambda s, a, x, data, h: jax.lax.map(
+      lambda m: run(m[0], m[1], m[2], data, m[3]), (s, a, x, h)
     )
   else:
     raise ValueError(
       f"population must be None, 'vmap' or 'map'; got {population!r}."
     )
 
-  def population_step(state, accumulator, inputs, rates, data=None):
-    return members(state, accumulator, inputs, data, rates)
+  def population_step(state, accumulator, inputs, members, data=None):
+    return run_members(state, accumulator, inputs, data, members)
 
   return jax.jit(population_step, donate_argnums=(0, 1))
 

@@ -86,6 +86,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ("localisation_lr_multiplier", 0.0, True),
     ("lr_decay_factor", 0.0, False),
     ("grad_clip_norm", 0.0, True),
+    ("weight_decay", 0.0, True),
     ("std", 0.0, False),
     ("mean", -math.inf, True),
   ):
@@ -380,6 +381,15 @@ class _Members:
     ]
 
 
+def population_mesh(num_members: int) -> jax.sharding.Mesh:
+  """A 1-D ``('members',)`` mesh over as many local devices as evenly
+  divide ``num_members`` (all of them when K is a multiple of their
+  number; one when K is prime to it)."""
+  devices = jax.local_devices()
+  count = max(d for d in range(1, len(devices) + 1) if num_members % d == 0)
+  return jax.sharding.Mesh(np.array(devices[:count]), ("members",))
+
+
 def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -435,9 +445,8 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
   # Model(s), optimiser and the step-0 state.
   states = []
   for config in members.configs:
-    if members.population:  # each member's rate is applied to its updates
-      config = config.copy_and_resolve_references()
-      config.learning_rate = 1.0
+    if members.population:  # each member's own settings act in the step
+      config = steps.member_optimizer_config(config)
     model = models.from_config(config, in_shape)
     optimizer = steps.make_optimizer(config, nnx.state(model))
     graphdef, state = steps.init_state(model, optimizer)
@@ -446,14 +455,17 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
   multi_step = first.get("steps_per_dispatch", 1) > 1
   on_device = batches_on_device(first)
   if members.population:
-    device = jax.devices()[0]
-    placement = jax.sharding.SingleDeviceSharding(device)
+    # The member axis is split over the local devices (each holds whole
+    # members); data and evaluation batches are replicated.
+    mesh = population_mesh(len(members.configs))
+    placement = NamedSharding(mesh, PartitionSpec("members"))
+    replicated = NamedSharding(mesh, PartitionSpec())
     data_placement = None
     state = jax.device_put(_stack(states), placement)
     put = lambda x: jax.device_put(x, placement)
   else:
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    placement = NamedSharding(mesh, PartitionSpec())
+    placement = replicated = NamedSharding(mesh, PartitionSpec())
     data_placement = NamedSharding(mesh, PartitionSpec("data"))
     # A dispatch of n steps stacks n batches: the batch axis is the second.
     input_placement = (
@@ -477,7 +489,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
       )
       for c in members.configs
     ]
-    device_data = pipeline.DeviceInput.device_arrays(train_arrays, placement)
+    device_data = pipeline.DeviceInput.device_arrays(train_arrays, replicated)
     gather = streams[0].gather
 
     def member_input(stream, n):
@@ -514,16 +526,21 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     population=members.population_method,
     multi_step=multi_step,
     gather=gather,
+    schedule=steps.learning_rate_schedule(steps.member_optimizer_config(first))
+    if members.population
+    else None,
   )
+  hyper = [steps.member_hyperparameters(c) for c in members.configs]
   if members.population:
-    rates = jnp.asarray([c.learning_rate for c in members.configs], jnp.float32)
-    step_fn = lambda s, a, x: train_step(s, a, x, rates, device_data)
+    member_values = jax.device_put(
+      {k: np.asarray([h[k] for h in hyper], np.float32) for k in hyper[0]},
+      placement,
+    )
+    step_fn = lambda s, a, x: train_step(s, a, x, member_values, device_data)
   else:
     step_fn = lambda s, a, x: train_step(s, a, x, device_data)
   eval_step = steps.make_eval_step(graphdef, population=members.population)
-  identity = [
-    {"seed": c.seed, "learning_rate": c.learning_rate} for c in members.configs
-  ]
+  identity = [{"seed": c.seed, **h} for c, h in zip(members.configs, hyper)]
 
   def data_state():
     if not members.population:
@@ -540,7 +557,11 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     model_state, opt_state, meta = restored
     step = int(meta["step"])
     if members.population:
-      if meta["data_state"]["members"] != identity:
+      saved_members = [  # populations saved before members had more keys
+        {**steps.MEMBER_HYPERPARAMETERS, **m}
+        for m in meta["data_state"]["members"]
+      ]
+      if saved_members != identity:
         raise ValueError(
           f"workdir {workdir} holds a population of "
           f"{meta['data_state']['members']}; these configs are "
@@ -562,7 +583,13 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
   log(
     f"{first.model} on {first.dataset}: {num_params:,} parameters"
     + (f" x {len(members.configs)} members" if members.population else "")
-    + f", {jax.device_count()} device(s), workdir {workdir}"
+    + f", {jax.device_count()} device(s)"
+    + (
+      f" (members split over {mesh.size})"
+      if members.population and mesh.size > 1
+      else ""
+    )
+    + f", workdir {workdir}"
     + (", training split on the device" if on_device else "")
     + (f", {first.steps_per_dispatch} steps per dispatch" if multi_step else "")
   )

@@ -55,6 +55,7 @@ IMPLICIT_DEFAULTS = {
   "steps_per_dispatch": 1,
   "async_checkpoints": False,
   "augment_on_device": False,
+  "weight_decay": 0.0,
 }
 # Fields that change nothing unless another field is set: ``key ->
 # predicate(flat config)``; a difference in them is ignored when the

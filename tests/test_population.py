@@ -184,3 +184,150 @@ def test_a_diverging_member_stops_the_population(tiny_tfds, tmp_path):
   ]
   with pytest.raises(train.TrainingDiverged, match=r"member\(s\) 1 is nan"):
     population.train_population(configs, str(tmp_path), log=lambda *a: None)
+
+
+def test_members_differing_in_every_member_hyperparameter_match_separate_runs(
+  tiny_tfds, tmp_path
+):
+  settings = [
+    dict(localisation_lr_multiplier=0.1),
+    dict(grad_clip_norm=0.05, learning_rate=2e-3),  # clips (norms ~0.5-2)
+    dict(weight_decay=0.05, localisation_lr_multiplier=0.5),
+  ]
+  configs = []
+  for seed, extra in enumerate(settings):
+    config = member(tiny_tfds, seed, 1e-3, num_steps=4)
+    config.update(extra)
+    configs.append(config)
+  results = population.train_population(
+    configs, str(tmp_path / "pop"), log=lambda *a: None
+  )
+  for k, config in enumerate(configs):
+    assert results[k]["weight_decay"] == config.weight_decay
+    train.train_and_evaluate(config, str(tmp_path / f"run{k}"))
+    theirs = jax.tree.leaves(stn_jax.restore(str(tmp_path / f"run{k}")).model)
+    ours = jax.tree.leaves(results[k]["params"])
+    for a, b in zip(ours, theirs):
+      np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+  # The weight decay changed the run (else the test would show nothing).
+  plain = member(
+    tiny_tfds, 2, 1e-3, num_steps=4, localisation_lr_multiplier=0.5
+  )
+  train.train_and_evaluate(plain, str(tmp_path / "plain"))
+  decayed = jax.tree.leaves(results[2]["params"])
+  undecayed = jax.tree.leaves(stn_jax.restore(str(tmp_path / "plain")).model)
+  assert (
+    max(float(np.abs(a - b).max()) for a, b in zip(decayed, undecayed)) > 1e-4
+  )
+
+
+def test_weight_decay_is_decoupled_and_named_when_bad(tiny_tfds):
+  import optax
+  from flax import nnx
+
+  from stn_jax import models, steps
+
+  config = member(tiny_tfds, 0, 0.1)
+  config.optimizer = "sgd"
+  config.weight_decay = 0.5
+  model = models.from_config(config, (42, 42, 1))
+  params = nnx.state(model)
+  optimizer = steps.make_optimizer(config, params)
+  grads = jax.tree.map(lambda p: np.ones_like(p), params)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  applied = optax.apply_updates(params, updates)
+  assert config.localisation_lr_multiplier == 1.0
+  for before, after in zip(jax.tree.leaves(params), jax.tree.leaves(applied)):
+    # plain SGD: p - lr * (g + wd * p)
+    np.testing.assert_allclose(
+      after, before - 0.1 * (1 + 0.5 * before), rtol=1e-5, atol=1e-6
+    )
+  config.weight_decay = -1.0
+  with pytest.raises(ValueError, match="config.weight_decay must be"):
+    train.validate_config(config)
+
+
+SHARDED_POPULATION = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import jax, numpy as np
+import test_population
+from stn_jax import hooks, population
+
+class Where(hooks.Hook):
+  every_steps = 1
+  def after_step(self, context):
+    leaf = jax.tree.leaves(context.state.model)[0]
+    self.devices = sorted(
+      (s.device.id, s.index[0].start or 0) for s in leaf.addressable_shards
+    )
+
+where = Where()
+configs = test_population.sharded_configs(sys.argv[2])
+results = population.train_population(configs, sys.argv[3], hooks=[where])
+np.savez(sys.argv[4], *[np.asarray(x) for r in results
+                        for x in jax.tree.leaves(r["params"])])
+print(json.dumps({"devices": jax.device_count(), "shards": where.devices}))
+"""
+
+
+def sharded_configs(tfds_dir):
+  return [
+    member(tfds_dir, seed, lr, num_steps=3, localisation_lr_multiplier=m)
+    for seed, lr, m in (
+      (0, 1e-3, 1.0),
+      (1, 2e-3, 0.1),
+      (2, 5e-4, 1.0),
+      (3, 1e-3, 0.5),
+    )
+  ]
+
+
+def test_population_is_split_over_four_devices_and_matches_one_device(
+  tiny_tfds, tmp_path
+):
+  import os
+  import pathlib
+  import subprocess
+  import sys
+
+  tests = pathlib.Path(__file__).resolve().parent
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  }
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      SHARDED_POPULATION,
+      str(tests),
+      str(tiny_tfds),
+      str(tmp_path / "sharded"),
+      str(tmp_path / "params.npz"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=tests.parent,
+    env=env,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "4 device(s) (members split over 4)" in out.stdout
+  report = json.loads(out.stdout.splitlines()[-1])
+  # Each of the 4 devices holds one whole member (rows 0, 1, 2, 3).
+  assert report == {"devices": 4, "shards": [[0, 0], [1, 1], [2, 2], [3, 3]]}
+  here = population.train_population(
+    sharded_configs(tiny_tfds), str(tmp_path / "one"), log=lambda *a: None
+  )
+  ours = [np.asarray(x) for r in here for x in jax.tree.leaves(r["params"])]
+  with np.load(tmp_path / "params.npz") as saved:
+    theirs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+  assert len(ours) == len(theirs)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_population_mesh_uses_the_devices_that_divide_the_members():
+  mesh = train.population_mesh(3)
+  assert mesh.axis_names == ("members",) and mesh.size == 1  # one device here
