@@ -37,6 +37,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from stn_jax import distributed
+
 FORMAT = 2
 MANIFEST = "stn_jax_sha256.json"
 
@@ -177,7 +179,8 @@ class Checkpoints:
     self._pending = None
     with self._errors(step):
       self.manager.wait_until_finished()
-      write_manifest(os.path.join(self.directory, str(step)))
+      if distributed.is_main():  # the files are shared by every process
+        write_manifest(os.path.join(self.directory, str(step)))
 
   @contextlib.contextmanager
   def _errors(self, step: int):
@@ -237,19 +240,39 @@ class Checkpoints:
       previous one is tried.
     """
     self.wait()
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    for step in self._agreed_steps():
       try:
-        return self._read(step, model, opt_state)
-      except Exception as error:  # noqa: BLE001 - any unreadable checkpoint
-        where = ""
-        if move_aside:
+        restored, error = self._read(step, model, opt_state), None
+      except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint
+        restored, error = None, caught
+      # Several processes: all resume from the same step or none does.
+      if not distributed.any_process(error is not None):
+        return restored
+      where = ""
+      if move_aside:
+        distributed.barrier(f"read checkpoint {step}")
+        if distributed.is_main():
           where = " It was moved to " + self._move_aside(step) + "."
-        warnings.warn(
-          f"checkpoint {step} could not be restored "
-          f"({error!r:.300}); falling back to the previous one.{where}",
-          stacklevel=2,
-        )
+        distributed.barrier(f"moved checkpoint {step}")
+        self.manager.reload()
+      warnings.warn(
+        f"checkpoint {step} could not be restored "
+        f"({error or 'another process could not read it'!r:.300}); "
+        f"falling back to the previous one.{where}",
+        stacklevel=2,
+      )
     return None
+
+  def _agreed_steps(self) -> list[int]:
+    """The saved steps, newest first, as process 0 lists them."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if distributed.process_count() == 1:
+      return steps
+    count = distributed.from_main(len(steps))
+    return [
+      distributed.from_main(steps[k] if k < len(steps) else -1)
+      for k in range(count)
+    ]
 
   def _move_aside(self, step: int) -> str:
     aside = os.path.join(

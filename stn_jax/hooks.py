@@ -146,6 +146,17 @@ class MetricWriter:
     self._tensorboard.close()
 
 
+class NullWriter:
+  """A :class:`MetricWriter` that writes nothing (processes other than the
+  first of a multi-process run)."""
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 def format_eta(seconds: float) -> str:
   seconds = int(max(0, seconds))
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
@@ -257,15 +268,37 @@ class Preemption(Hook):
   """Turns ``signals`` (default SIGTERM) into a stop after the current step
   (the :class:`Checkpoint` hook saves it). A signal that arrives after the
   last step is delivered again to the previous handler when the loop ends,
-  not swallowed."""
+  not swallowed.
 
-  def __init__(self, signals=(signal.SIGTERM,)):
+  With ``agree_every`` > 0 (multi-process runs) a signal is acted on only
+  at multiples of ``agree_every``, where all processes compare notes
+  (:func:`stn_jax.distributed.max_over_processes`): a signal to any one of
+  them stops all of them after the same step, and none is left waiting in
+  a collective. Every process must run the hook with the same cadence;
+  the last step is agreed too, and a signal after it lets the run finish.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM,), agree_every: int = 0):
     self.signals = tuple(signals)
+    self.agree_every = agree_every
+
+  def next_step(self, step):
+    every = self.agree_every
+    return (step // every + 1) * every if every else None
+
+  def _agreeing(self, context) -> bool:
+    return bool(self.agree_every) and (
+      context.step % self.agree_every == 0 or context.step == context.num_steps
+    )
 
   def begin(self, context):
     self._previous = {}
+    self._received = 0
 
     def handler(number, _):
+      if self.agree_every:
+        self._received = number  # acted on at the next agreed step
+        return
       context.stop_requested = True
       context.stop_signal = signal.Signals(number).name
 
@@ -273,9 +306,22 @@ class Preemption(Hook):
       self._previous[number] = signal.getsignal(number)
       signal.signal(number, handler)
 
+  def after_step(self, context):
+    if not self._agreeing(context):
+      return
+    from stn_jax import distributed
+
+    number = distributed.max_over_processes(self._received)
+    if number:
+      context.stop_requested = True
+      context.stop_signal = signal.Signals(number).name
+
   def close(self, context):
     for number, previous in self._previous.items():
       signal.signal(number, previous)
+    # (With agree_every, a signal after the last step's agreement is not
+    # delivered again: every process finishes the run and exits normally,
+    # rather than one dying while the others evaluate.)
     if context.stop_requested and not context.stopping:
       signal.raise_signal(signal.Signals[context.stop_signal])
 

@@ -3,6 +3,11 @@
   python -m stn_jax.main --config=configs/mnist.py:distortion=rts,model=st_cnn \\
       --workdir=DIR [--config.learning_rate=0.005 ...] [--overwrite]
 
+Several processes (hosts) train one run when each is started with
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or
+``--distributed=auto`` where jax.distributed finds them itself: SLURM, Open
+MPI, TPU slices); see :mod:`stn_jax.distributed`.
+
 Rerunning the same command resumes from the workdir's last checkpoint. A
 workdir holding a run of another config is refused (``--overwrite`` deletes
 that run first). SIGTERM and Ctrl-C (SIGINT) save a checkpoint and exit with
@@ -19,7 +24,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from stn_jax import checkpointing, hooks, train, workdir
+from stn_jax import checkpointing, distributed, hooks, train, workdir
 from stn_jax.data.sources import SourceError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,6 +37,24 @@ _OVERWRITE = flags.DEFINE_bool(
   "overwrite",
   False,
   "If the workdir holds a run of another config, delete it and start this one.",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address",
+  "",
+  "Multi-process runs: HOST:PORT of process 0's coordinator.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Multi-process runs: how many processes."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "Multi-process runs: this process's index."
+)
+_DISTRIBUTED = flags.DEFINE_enum(
+  "distributed",
+  "off",
+  ["off", "auto"],
+  "auto: jax.distributed finds the coordinator, the process count and id "
+  "(SLURM, Open MPI, TPU slices, Kubernetes).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -54,6 +77,12 @@ def run(argv, hooks=()) -> int:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}.")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  distributed.initialize(
+    _COORDINATOR.value,
+    _NUM_PROCESSES.value,
+    _PROCESS_ID.value,
+    auto=_DISTRIBUTED.value == "auto",
+  )
   results = train.train_and_evaluate(
     _CONFIG.value, _WORKDIR.value, hooks=hooks, overwrite=_OVERWRITE.value
   )

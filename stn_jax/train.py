@@ -15,6 +15,7 @@ and are fetched at log steps only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,7 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from stn_jax import checkpointing, models, steps
+from stn_jax import checkpointing, distributed, models, steps
 from stn_jax import hooks as hooks_lib
 from stn_jax import workdir as workdir_lib
 from stn_jax.data import (
@@ -278,9 +279,11 @@ def save_snapshot(
   graphdef, model_state, images, normalization, folder, step
 ) -> None:
   """The transformer's output on fixed test images, for the GIF of
-  ``python -m stn_jax.viz`` (``folder/snapshots/<step>.npy``, uint8)."""
+  ``python -m stn_jax.viz`` (``folder/snapshots/<step>.npy``, uint8;
+  ``folder`` None computes it without writing, as processes other than
+  the first do: every process takes part in the computation)."""
   out = transformer_outputs(graphdef, model_state, images, normalization)
-  if out is None:
+  if out is None or folder is None:  # None: another process writes it
     return
   os.makedirs(os.path.join(folder, "snapshots"), exist_ok=True)
   np.save(os.path.join(folder, "snapshots", f"{step:08d}.npy"), out)
@@ -292,7 +295,7 @@ def write_transformer_png(
   """Inputs next to the transformer's outputs, as a PNG."""
   images = arrays["image"][:count]
   out = transformer_outputs(graphdef, model_state, images, normalization)
-  if out is None:
+  if out is None or path is None:  # None: another process writes it
     return
   tiles, labels = [], []
   for i in range(len(images)):
@@ -414,11 +417,25 @@ def fit(
   members = _Members(list(configs), population_method)
   for config in members.configs:
     validate_config(config)
-  with workdir_lib.WorkdirLock(workdir) as lock:
-    if lock.stale_owner:
-      log(f"took over the lock of a run that is gone ({lock.stale_owner})")
-    for config, folder in zip(members.configs, members.folders(workdir)):
-      workdir_lib.check_config(folder, config, overwrite=overwrite)
+  if members.population and distributed.process_count() > 1:
+    raise ValueError(
+      "population mode runs in one process (its members are split over "
+      f"that process's devices); got {distributed.process_count()} "
+      "processes."
+    )
+  if not distributed.is_main():  # process 0 prints for the run
+    log = lambda *_: None
+  with contextlib.ExitStack() as stack:
+    # Only process 0 locks, checks and (with overwrite) clears the
+    # workdir; a refusal there stops every process.
+    def check():
+      lock = stack.enter_context(workdir_lib.WorkdirLock(workdir))
+      if lock.stale_owner:
+        log(f"took over the lock of a run that is gone ({lock.stale_owner})")
+      for config, folder in zip(members.configs, members.folders(workdir)):
+        workdir_lib.check_config(folder, config, overwrite=overwrite)
+
+    distributed.check_on_main("the workdir check", check)
     return _fit(members, workdir, hooks, log)
 
 
@@ -437,9 +454,12 @@ def use_compilation_cache(path: str) -> None:
 def _fit(members, workdir, hooks, log) -> list[dict]:
   first = members.configs[0]
   use_compilation_cache(first.get("compilation_cache_dir", ""))
-  train_arrays, evals, in_shape = load_data(first)
-  for config, folder in zip(members.configs, members.folders(workdir)):
-    checkpointing.write_run_files(folder, config, in_shape)
+  main = distributed.is_main()
+  with distributed.main_first("building the datasets"):
+    train_arrays, evals, in_shape = load_data(first)
+  if main:
+    for config, folder in zip(members.configs, members.folders(workdir)):
+      checkpointing.write_run_files(folder, config, in_shape)
   normalization = Normalization.from_config(first)
 
   # Model(s), optimiser and the step-0 state.
@@ -468,15 +488,26 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     placement = replicated = NamedSharding(mesh, PartitionSpec())
     data_placement = NamedSharding(mesh, PartitionSpec("data"))
     # A dispatch of n steps stacks n batches: the batch axis is the second.
+    batch_axis = 1 if multi_step else 0
     input_placement = (
       NamedSharding(mesh, PartitionSpec(None, "data"))
       if multi_step
       else data_placement
     )
     state = jax.device_put(states[0], placement)
-    put = lambda x: jax.tree.map(
-      lambda v: jax.make_array_from_process_local_data(input_placement, v), x
-    )
+    # This process's rows of every global batch (all of them in one
+    # process): only those are made and sent.
+    rows = distributed.local_rows(data_placement, (first.batch_size,))
+
+    def put(x):
+      def one(v):
+        shape = list(v.shape)
+        shape[batch_axis] = first.batch_size
+        return jax.make_array_from_process_local_data(
+          input_placement, v, tuple(shape)
+        )
+
+      return jax.tree.map(one, x)
 
   if on_device:
     streams = [
@@ -493,7 +524,10 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     gather = streams[0].gather
 
     def member_input(stream, n):
-      return stream.indices(n if multi_step else None)
+      inputs = stream.indices(n if multi_step else None)
+      if members.population:
+        return inputs
+      return {k: v[..., rows] for k, v in inputs.items()}  # batch axis last
   else:
     streams = [
       pipeline.InputPipeline(
@@ -503,6 +537,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
         preprocess=preprocessing(c),
         normalization=normalization,
         sharding=False,
+        rows=None if members.population else rows,
       )
       for c in members.configs
     ]
@@ -585,6 +620,11 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     + (f" x {len(members.configs)} members" if members.population else "")
     + f", {jax.device_count()} device(s)"
     + (
+      f" in {distributed.process_count()} processes"
+      if distributed.process_count() > 1
+      else ""
+    )
+    + (
       f" (members split over {mesh.size})"
       if members.population and mesh.size > 1
       else ""
@@ -620,7 +660,10 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
 
   snapshot_images = next(iter(evals.values()))["image"][:SNAPSHOT_COUNT]
   folders = members.folders(workdir)
-  writers = [hooks_lib.MetricWriter(folder) for folder in folders]
+  writers = [
+    hooks_lib.MetricWriter(folder) if main else hooks_lib.NullWriter()
+    for folder in folders
+  ]
   schedule = steps.learning_rate_schedule(first)
 
   def snapshot(context):
@@ -630,7 +673,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
         model_state,
         snapshot_images,
         normalization,
-        folder,
+        folder if main else None,
         context.step,
       )
 
@@ -676,7 +719,10 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
       first.log_every, writers, learning_rates, first.batch_size, log=log
     ),
     checkpoint_hook,
-    hooks_lib.Preemption(signals=(signal.SIGTERM, signal.SIGINT)),
+    hooks_lib.Preemption(
+      signals=(signal.SIGTERM, signal.SIGINT),
+      agree_every=first.log_every if distributed.process_count() > 1 else 0,
+    ),
     hooks_lib.Periodic(first.eval_every, evaluation),
   ]
   snapshot_every = first.get("snapshot_every", 0)
@@ -726,11 +772,12 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
       graphdef,
       model_state,
       evals[first_split],
-      os.path.join(folder, "transformer.png"),
+      os.path.join(folder, "transformer.png") if main else None,
       normalization,
     )
-    with open(os.path.join(folder, "results.json"), "w") as f:
-      json.dump({"step": context.step, **member_results}, f, indent=2)
+    if main:
+      with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"step": context.step, **member_results}, f, indent=2)
   for k, member_results in enumerate(results):
     member_results["train_seconds"] = train_seconds
     if members.population:
@@ -769,12 +816,12 @@ def train_and_evaluate(
     overwrite=overwrite,
     log=lambda text: print(text, flush=True),
   )[0]
-  if "interrupted_at_step" not in results:
+  if "interrupted_at_step" not in results and distributed.is_main():
     first_split = config.eval_splits[0]
     print(
       f"final {first_split} error: "
       f"{results[f'{first_split}_error']:.2%} (workdir {workdir})",
       flush=True,
     )
-    results.pop("train_seconds")
+  results.pop("train_seconds", None)
   return results

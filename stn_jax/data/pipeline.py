@@ -69,6 +69,9 @@ class InputPipeline(Iterator):
     sharding: where batches go (default :func:`data_sharding`); ``False``
       keeps NumPy arrays on the host.
     num_threads: grain threads preparing batches ahead (0: in the caller).
+    rows: None, or a slice of each batch's rows to make (the rows one
+      process of a multi-process run feeds; the permutation is the same
+      on every process). Default: all of them.
   """
 
   def __init__(
@@ -84,6 +87,7 @@ class InputPipeline(Iterator):
     preprocess=None,
     sharding=None,
     num_threads: int = 2,
+    rows: slice | None = None,
   ):
     if "image" not in arrays or "label" not in arrays:
       raise ValueError(
@@ -108,6 +112,7 @@ class InputPipeline(Iterator):
     if preprocess is not None:
       preprocess.output_shape(self._arrays["image"].shape[1:])  # checks
     self._preprocess = preprocess
+    self._rows = rows if rows is not None else slice(None)
     self._orders = {}
     self._seed = seed
     self._shuffle = shuffle
@@ -144,7 +149,7 @@ class InputPipeline(Iterator):
     epoch, batch = divmod(position, self._batches_per_epoch)
     indices = self._order(epoch)[
       batch * self._batch_size : (batch + 1) * self._batch_size
-    ]
+    ][self._rows]
     return self.host_batch(np.full(len(indices), epoch), indices)
 
   def __len__(self) -> int:
