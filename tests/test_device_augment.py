@@ -282,7 +282,6 @@ def _rts_config(tfds_dir, **overrides):
     log_every=4,
     checkpoint_every=6,
     eval_every=12,
-    steps_per_dispatch=5,
     **overrides,
   )
 

@@ -1,7 +1,7 @@
 """Two CPU processes on localhost train one run (jax.distributed, gloo):
 the same run as one process with the same global batch, one set of files
-and metric lines, a kill -9 of both resumed, and SIGTERM to one stopping
-both at the same step."""
+and metric lines, SIGTERM to one stopping both at the same step, and a
+kill -9 of both resumed."""
 
 import json
 import os
@@ -14,13 +14,24 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import MNIST, tiny
+
 import stn_jax
-from stn_jax import distributed
+from stn_jax import distributed, train
 from stn_jax.data import datasets
 
 TESTS = pathlib.Path(__file__).resolve().parent
 REPO = TESTS.parent
 CONFIG = "configs/mnist.py:distortion=rts,model=st_cnn,small=true"
+SETTINGS = {
+  "batch_size": 8,
+  "eval_batch_size": 8,
+  "num_steps": 8,
+  "log_every": 2,
+  "eval_every": 1000,
+  "checkpoint_every": 4,
+  "async_checkpoints": False,
+}
 
 
 def _port() -> int:
@@ -33,17 +44,7 @@ def _launch(tfds_dir, workdir, processes=2, signals=None, **overrides):
   """Runs ``processes`` training processes (``signals``: {process id:
   (step, signal name)}) to their end; returns [(returncode, stdout,
   stderr)] by process id."""
-  settings = {
-    "tfds_dir": str(tfds_dir),
-    "batch_size": 8,
-    "eval_batch_size": 8,
-    "num_steps": 8,
-    "log_every": 2,
-    "eval_every": 1000,
-    "checkpoint_every": 4,
-    "async_checkpoints": False,
-    **overrides,
-  }
+  settings = {**SETTINGS, "tfds_dir": str(tfds_dir), **overrides}
   port = _port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAX_PLATFORMS"] = "cpu"
@@ -108,8 +109,13 @@ def straight(tiny_tfds, tmp_path_factory):
 
 def test_two_processes_train_the_one_process_run(tiny_tfds, tmp_path, straight):
   workdir, out = straight
-  [(code, stdout, stderr)] = _launch(tiny_tfds, tmp_path / "one", processes=1)
-  assert code == 0, stderr[-3000:]
+  # The one-process run of the same config, in this (one-device) process.
+  config = tiny(
+    MNIST.get_config("distortion=rts,model=st_cnn,small=true"),
+    tiny_tfds,
+    **{k: v for k, v in SETTINGS.items() if k != "tfds_dir"},
+  )
+  train.train_and_evaluate(config, str(tmp_path / "one"))
   # One set of files and metric lines, written and printed by process 0.
   assert (
     _metric_steps(workdir) == _metric_steps(tmp_path / "one") == [2, 4, 6, 8]
@@ -137,38 +143,34 @@ def test_two_processes_train_the_one_process_run(tiny_tfds, tmp_path, straight):
   )
 
 
-def test_kill_9_of_both_processes_then_rerun_resumes(
+def test_sigterm_to_one_stops_both_and_kill_9_of_both_resumes(
   tiny_tfds, tmp_path, straight
 ):
-  workdir = tmp_path / "killed"
-  killed = _launch(
-    tiny_tfds, workdir, signals={0: (6, "SIGKILL"), 1: (6, "SIGKILL")}
-  )
-  assert [code for code, _, _ in killed] == [-9, -9]
-  resumed = _launch(tiny_tfds, workdir)
-  for code, _, stderr in resumed:
-    assert code == 0, stderr[-3000:]
-  assert "resumed from step 4" in resumed[0][1]
-  for a, b in zip(_params(straight[0]), _params(workdir)):
-    np.testing.assert_array_equal(a, b)
-
-
-def test_sigterm_to_one_process_stops_both_at_the_same_step(
-  tiny_tfds, tmp_path, straight
-):
-  workdir = tmp_path / "stopped"
-  # Process 1 alone gets SIGTERM after step 3; the processes compare notes
-  # at every log step (2, 4, ...), so both stop after step 4 and save it.
-  # Batches made by the host pipeline here (each process its own rows);
-  # they are bitwise the device-gathered ones of the straight run.
+  workdir = tmp_path / "run"
+  # 1. Process 1 alone gets SIGTERM after step 3; the processes compare
+  # notes at every log step (2, 4, ...), so both stop after step 4 and
+  # save it. Batches are made by the host pipeline here (each process its
+  # own rows); they are bitwise the device-gathered ones of the straight
+  # run.
   stopped = _launch(
     tiny_tfds, workdir, signals={1: (3, "SIGTERM")}, data_on_device=False
   )
   assert [code for code, _, _ in stopped] == [143, 143], stopped[0][2][-2000:]
   assert "SIGTERM: saved a checkpoint at step 4 and stopped." in stopped[0][1]
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4]
-  resumed = _launch(tiny_tfds, workdir, data_on_device=False)
-  assert [code for code, _, _ in resumed] == [0, 0]
+  # 2. Resumed, then both killed with -9 after step 6 (no checkpoint
+  # there: checkpoint_every is 4).
+  killed = _launch(
+    tiny_tfds, workdir, signals={0: (6, "SIGKILL"), 1: (6, "SIGKILL")}
+  )
+  assert [code for code, _, _ in killed] == [-9, -9]
+  assert "resumed from step 4" in killed[0][1]
+  # 3. The rerun resumes from 4 again and ends bitwise equal to the
+  # uninterrupted run.
+  resumed = _launch(tiny_tfds, workdir)
+  for code, _, stderr in resumed:
+    assert code == 0, stderr[-3000:]
+  assert "resumed from step 4" in resumed[0][1]
   for a, b in zip(_params(straight[0]), _params(workdir)):
     np.testing.assert_array_equal(a, b)
 
