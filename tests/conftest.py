@@ -1,10 +1,25 @@
 """Shared fixtures and helpers of the test suite."""
 
+import atexit
 import importlib.util
+import os
 import pathlib
+import shutil
+import tempfile
 
-import data_fixtures
-import pytest
+# One persistent XLA compilation cache for the whole test session, set
+# before JAX is imported: the xdist workers and every training subprocess
+# inherit it, so the same tiny models compile once instead of once per
+# process. (Tests of the cache itself point the runs at their own folder.)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="stn_jax_test_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  # removed by the process that made it (the workers inherit the variable)
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+import data_fixtures  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None

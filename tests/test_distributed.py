@@ -162,7 +162,9 @@ def test_sigterm_to_one_stops_both_and_kill_9_of_both_resumes(
   killed = _launch(
     tiny_tfds, workdir, signals={0: (6, "SIGKILL"), 1: (6, "SIGKILL")}
   )
-  assert [code for code, _, _ in killed] == [-9, -9]
+  # Each kills itself after step 6; a process whose peer died first may be
+  # taken down by JAX's coordination service instead (SIGABRT).
+  assert killed[0][0] == -9 and killed[1][0] in (-9, -6), killed[1][2][-2000:]
   assert "resumed from step 4" in killed[0][1]
   # 3. The rerun resumes from 4 again and ends bitwise equal to the
   # uninterrupted run.
