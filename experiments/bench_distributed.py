@@ -30,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_sampler import commit_description, machine_description  # noqa: E402
+from bench_train_loop import main_command  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = (
@@ -51,17 +52,7 @@ def run(config: str, steps: int, processes: int) -> tuple[float, float]:
     started = time.perf_counter()
     running = []
     for pid in range(processes):
-      command = [
-        sys.executable,
-        "-m",
-        "stn_jax.main",
-        f"--config={config}",
-        f"--workdir={workdir}",
-        f"--config.num_steps={steps}",
-        f"--config.eval_every={10 * steps}",
-        f"--config.checkpoint_every={10 * steps}",
-        "--config.log_every=50",
-      ]
+      command = main_command(config, workdir, steps)
       if processes > 1:
         command += [
           f"--coordinator_address=127.0.0.1:{port}",

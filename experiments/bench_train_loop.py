@@ -32,21 +32,29 @@ CONFIG = (
 )
 
 
+def main_command(config: str, workdir: str, steps: int) -> list[str]:
+  """``python -m stn_jax.main`` for ``steps`` steps, logging every 50, with
+  no evaluation or checkpoint before the end."""
+  return [
+    sys.executable,
+    "-m",
+    "stn_jax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    f"--config.num_steps={steps}",
+    f"--config.eval_every={10 * steps}",
+    f"--config.checkpoint_every={10 * steps}",
+    "--config.log_every=50",
+  ]
+
+
 def run_once(
   path: str, steps: int, config: str = CONFIG, overrides=()
 ) -> list[float]:
   """examples/s of each logged interval but the first."""
   with tempfile.TemporaryDirectory() as workdir:
     command = [
-      sys.executable,
-      "-m",
-      "stn_jax.main",
-      f"--config={config}",
-      f"--workdir={workdir}",
-      f"--config.num_steps={steps}",
-      f"--config.eval_every={10 * steps}",
-      f"--config.checkpoint_every={10 * steps}",
-      "--config.log_every=50",
+      *main_command(config, workdir, steps),
       *(f"--config.{item}" for item in overrides),
     ]
     env = {**os.environ, "PYTHONPATH": path}
