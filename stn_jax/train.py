@@ -164,23 +164,25 @@ def _augmentation(config) -> dict[str, float]:
   }
 
 
-def preprocessing(config):
+def preprocessing(config, *, on_device: bool = False):
   """The training batches' preprocessing step the config chooses: None,
   on-the-fly distortion for ``config.on_the_fly``, or random affine jitter
-  for ``config.augment_*``."""
+  for ``config.augment_*``; with ``on_device`` their twins that run inside
+  the step (:mod:`stn_jax.data.device_augment`)."""
+  distort, jitter_step = (
+    (device_augment.OnTheFly, device_augment.RandomAffine)
+    if on_device
+    else (distortions.OnTheFly, augment.RandomAffine)
+  )
   if config.on_the_fly:
-    return distortions.OnTheFly(config.on_the_fly)
+    return distort(config.on_the_fly)
   jitter = _augmentation(config)
-  return augment.RandomAffine(**jitter) if any(jitter.values()) else None
+  return jitter_step(**jitter) if any(jitter.values()) else None
 
 
 def device_preprocessing(config):
-  """The device twin of :func:`preprocessing` (see
-  :mod:`stn_jax.data.device_augment`), or None without one."""
-  if config.on_the_fly:
-    return device_augment.OnTheFly(config.on_the_fly)
-  jitter = _augmentation(config)
-  return device_augment.RandomAffine(**jitter) if any(jitter.values()) else None
+  """:func:`preprocessing` ``(config, on_device=True)``."""
+  return preprocessing(config, on_device=True)
 
 
 def batches_on_device(config) -> bool:
