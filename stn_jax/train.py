@@ -594,10 +594,15 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     model_state, opt_state, meta = restored
     step = int(meta["step"])
     if members.population:
-      saved_members = [  # populations saved before members had more keys
-        {**steps.MEMBER_HYPERPARAMETERS, **m}
-        for m in meta["data_state"]["members"]
+      # Populations saved before members had more keys recorded only seed
+      # and learning rate; the rest was shared and came from the config,
+      # which the workdir check has already compared with the saved one.
+      saved_members = [
+        {**now, **saved}
+        for now, saved in zip(identity, meta["data_state"]["members"])
       ]
+      if len(saved_members) != len(meta["data_state"]["members"]):
+        saved_members = meta["data_state"]["members"]
       if saved_members != identity:
         raise ValueError(
           f"workdir {workdir} holds a population of "
