@@ -4,8 +4,10 @@ Usage:
   python experiments/bench_sampler.py [--repeats 20] [--out experiments/results/bench_sampler.md]
 
 Times, per shape (N, H, W, C), the forward pass and the forward + backward
-pass (gradients to the image and to theta) of an affine warp to an output of
-the input's size, bilinear, zero padding, align_corners=False:
+pass (gradients to the image and to theta), and the forward + backward pass
+with gradients to theta alone (an STN's sampler: its input image needs no
+gradient, so the image-gradient scatter is skipped) of an affine warp to an
+output of the input's size, bilinear, zero padding, align_corners=False:
 
 * stn_jax: ``grid_sample(image, affine_grid(theta, (H, W)))`` under jax.jit;
 * torch: ``F.grid_sample(image, F.affine_grid(theta, ...))`` on the CPU with
@@ -85,7 +87,11 @@ def stn_jax_fns(shape):
   def loss(image, theta, cotangent):
     return jnp.vdot(warp(image, theta), cotangent)
 
-  return jax.jit(warp), jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return (
+    jax.jit(warp),
+    jax.jit(jax.grad(loss, argnums=(0, 1))),
+    jax.jit(jax.grad(loss, argnums=1)),
+  )
 
 
 def map_coordinates_fns(shape):
@@ -113,10 +119,12 @@ def map_coordinates_fns(shape):
 
 def jax_closures(make_fns, shape):
   image, theta, cotangent = (jnp.asarray(a) for a in inputs(shape))
-  forward, backward = make_fns(shape)
-  return [
-    lambda: forward(image, theta).block_until_ready(),
-    lambda: jax.block_until_ready(backward(image, theta, cotangent)),
+  forward, *backwards = make_fns(shape)
+  return [lambda: forward(image, theta).block_until_ready()] + [
+    lambda backward=backward: jax.block_until_ready(
+      backward(image, theta, cotangent)
+    )
+    for backward in backwards
   ]
 
 
@@ -127,7 +135,8 @@ def torch_closures(shape, device):
   image, theta, cotangent = inputs(shape)
   n, h, w, c = shape
   to = lambda a: torch.tensor(a, device=device)
-  image = to(image.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+  image_const = to(image.transpose(0, 3, 1, 2).copy())
+  image = image_const.clone().requires_grad_(True)
   theta = to(theta).requires_grad_(True)
   cotangent = to(cotangent.transpose(0, 3, 1, 2).copy())
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -144,7 +153,13 @@ def torch_closures(shape, device):
     torch.autograd.grad(out, (image, theta), cotangent)
     sync()
 
-  return [forward, backward]
+  def theta_only():  # the image needs no gradient: torch skips its scatter
+    grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
+    out = F.grid_sample(image_const, grid, align_corners=False)
+    torch.autograd.grad(out, (theta,), cotangent)
+    sync()
+
+  return [forward, backward, theta_only]
 
 
 def machine_description():
@@ -215,12 +230,13 @@ def main(argv=None):
     if torch_version:
       fns += torch_closures(shape, args.torch_device)
     times = interleaved_medians_ms(fns, args.repeats)
-    ours, mapc = times[0:2], times[2:4]
-    theirs = times[4:6] if torch_version else (float("nan"),) * 2
+    ours, mapc = times[0:3], times[3:5]
+    theirs = times[5:8] if torch_version else (float("nan"),) * 3
     rows.append((shape, ours, theirs, mapc))
     print(
-      f"{shape}: stn_jax fwd {ours[0]:.2f} ms, fwd+bwd {ours[1]:.2f} ms | "
-      f"torch {theirs[0]:.2f} / {theirs[1]:.2f} | map_coordinates "
+      f"{shape}: stn_jax fwd {ours[0]:.2f} ms, fwd+bwd {ours[1]:.2f} ms, "
+      f"theta only {ours[2]:.2f} ms | torch {theirs[0]:.2f} / "
+      f"{theirs[1]:.2f} / {theirs[2]:.2f} | map_coordinates "
       f"{mapc[0]:.2f} / {mapc[1]:.2f}",
       flush=True,
     )
@@ -247,7 +263,8 @@ def main(argv=None):
     " (order=1, vmapped)",
     "- setting: bilinear, zeros padding, align_corners=False, output size ="
     " input size, theta = identity + N(0, 0.1); fwd+bwd = gradients to "
-    "image and theta",
+    "image and theta; theta only = gradients to theta alone (the image "
+    "needs none, as in an STN)",
     f"- statistic: median of {args.repeats} timed runs, ms; contenders are"
     " timed in 5 round-robin blocks (each after a 0.3 s pause and one untimed "
     "call, so that one library's spinning worker threads do not slow the "
@@ -256,16 +273,18 @@ def main(argv=None):
     "CPU); its forward pass is XLA",
     "",
     "| shape (N,H,W,C) | stn_jax fwd | torch fwd | ratio fwd | stn_jax "
-    "fwd+bwd | torch fwd+bwd | ratio fwd+bwd | map_coordinates fwd | "
+    "fwd+bwd | torch fwd+bwd | ratio fwd+bwd | stn_jax theta only | torch "
+    "theta only | ratio theta only | map_coordinates fwd | "
     "map_coordinates fwd+bwd |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for shape, ours, theirs, mapc in rows:
-    lines.append(
-      f"| {shape} | {ours[0]:.2f} | {theirs[0]:.2f} | "
-      f"{ours[0] / theirs[0]:.2f} | {ours[1]:.2f} | {theirs[1]:.2f} | "
-      f"{ours[1] / theirs[1]:.2f} | {mapc[0]:.2f} | {mapc[1]:.2f} |"
-    )
+    cells = [str(shape)]
+    for k in range(3):
+      cells += [f"{ours[k]:.2f}", f"{theirs[k]:.2f}"]
+      cells.append(f"{ours[k] / theirs[k]:.2f}")
+    cells += [f"{mapc[0]:.2f}", f"{mapc[1]:.2f}"]
+    lines.append("| " + " | ".join(cells) + " |")
   lines += [
     "",
     "ratio = stn_jax time / torch time; <= 1.0 means stn_jax is "

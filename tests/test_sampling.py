@@ -420,7 +420,7 @@ def test_deterministic_backward_equals_the_default(
 
 
 def test_deterministic_segment_sum_matches_numpy_add_at():
-  from stn_jax.ops.sampling import _segment_sum_sorted
+  from stn_jax.ops._sampler_math import segment_sum_sorted
 
   rng = np.random.default_rng(0)
   index = rng.integers(0, 7, 200)
@@ -428,7 +428,7 @@ def test_deterministic_segment_sum_matches_numpy_add_at():
   want = np.zeros((9, 2))
   np.add.at(want, index, values)
   with jax.enable_x64(True):
-    segment_sum = jax.jit(_segment_sum_sorted, static_argnums=2)
+    segment_sum = jax.jit(segment_sum_sorted, static_argnums=2)
     got = segment_sum(jnp.asarray(index), jnp.asarray(values), 9)
   np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 

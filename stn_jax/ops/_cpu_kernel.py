@@ -155,20 +155,43 @@ def _attributes(mode, padding_mode, align_corners):
   )
 
 
-def backward(image, grid, out_grad, mode, padding_mode, align_corners):
+def backward(
+  image,
+  grid,
+  out_grad,
+  mode,
+  padding_mode,
+  align_corners,
+  *,
+  image_grad=True,
+  grid_grad=True,
+):
   """Gradients of grid_sample.
 
   Args:
     image: (N, H, W, C); grid: (N, P, 2); out_grad: (N, P, C).
     mode, padding_mode, align_corners: as in ``grid_sample``.
+    image_grad, grid_grad: static bools, which gradients to compute; the
+      kernel skips the work of the other (the image scatter, or the tap
+      value products).
 
   Returns:
-    (image gradient (N, H, W, C), grid gradient (N, P, 2)).
+    (image gradient (N, H, W, C) or None, grid gradient (N, P, 2) or None).
   """
+  if not (image_grad or grid_grad):
+    return None, None
   outs = (
-    jax.ShapeDtypeStruct(image.shape, image.dtype),
-    jax.ShapeDtypeStruct(grid.shape, grid.dtype),
+    jax.ShapeDtypeStruct(image.shape if image_grad else (0,), image.dtype),
+    jax.ShapeDtypeStruct(grid.shape if grid_grad else (0,), grid.dtype),
   )
-  return jax.ffi.ffi_call(
+  d_image, d_grid = jax.ffi.ffi_call(
     _target(image.dtype), outs, vmap_method="broadcast_all"
-  )(image, grid, out_grad, **_attributes(mode, padding_mode, align_corners))
+  )(
+    image,
+    grid,
+    out_grad,
+    **_attributes(mode, padding_mode, align_corners),
+    want_image_grad=np.int32(image_grad),
+    want_grid_grad=np.int32(grid_grad),
+  )
+  return (d_image if image_grad else None), (d_grid if grid_grad else None)

@@ -19,42 +19,24 @@ point reads 0 and passes no gradient, as in 2-D.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stn_jax.ops import _sampler_math, grids, sampling
 from stn_jax.ops import _validation as v
-from stn_jax.ops import grids, sampling
 
 __all__ = ["VOLUMETRIC_MODES", "affine_grid_3d", "grid_sample_3d"]
 
 VOLUMETRIC_MODES = ("bilinear", "nearest")  # bilinear = trilinear (torch)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
-def _padded(pixel, size, padding_mode, align_corners):
-  """Pixel coordinate after the padding mode (clamp or mirror)."""
-  return sampling._pad(pixel, size, padding_mode, align_corners)[0]
-
-
-@_padded.defjvp
-def _padded_jvp(size, padding_mode, align_corners, primals, tangents):
-  (pixel,), (tangent,) = primals, tangents
-  # the primal through this same rule, so higher orders keep PyTorch's
-  # derivative; the slope is piecewise constant (its own derivative is 0)
-  out = _padded(pixel, size, padding_mode, align_corners)
-  slope = sampling._pad(pixel, size, padding_mode, align_corners)[1]
-  return out, jax.lax.stop_gradient(slope) * tangent
-
-
 def _axis(coord, size, mode, padding_mode, align_corners):
   """Taps along one axis: [(int32 position, inside mask, weight)]."""
-  pixel, _ = sampling._unnormalize(coord, size, align_corners)
+  pixel, _ = _sampler_math.unnormalize(coord, size, align_corners)
   if padding_mode == "zeros":  # far points are outside either way
     pixel = jnp.clip(pixel, -4.0, size + 3.0)
-  pixel = _padded(pixel, size, padding_mode, align_corners)
+  pixel = _sampler_math.padded(pixel, size, padding_mode, align_corners)
   if mode == "nearest":
     taps = [(jax.lax.stop_gradient(jnp.round(pixel)), jnp.ones_like(pixel))]
   else:

@@ -212,22 +212,29 @@ struct PointBlock {
 
 // kChannels > 0 fixes the channel count at compile time (grey and RGB images):
 // for so few channels the per-tap channel loops are otherwise mostly overhead.
-template <typename O, int kChannels, typename T>
+// kImageGrad / kGridGrad: which gradients to compute. An STN's sampler reads
+// the input image, which needs no gradient: then the scatter is skipped.
+template <typename O, int kChannels, bool kImageGrad, bool kGridGrad,
+          typename T>
 void BackwardBatches(const T* image, const T* grid, const T* out_grad,
                      T* image_grad, T* grid_grad, const Geometry& g,
                      int64_t begin, int64_t end) {
+  constexpr bool kDot = kGridGrad && O::kMode != kNearest;
   const int64_t C = kChannels > 0 ? kChannels : g.channels;
   const int64_t pixels = g.height * g.width;
   PointBlock<O, T> block;
   for (int64_t b = begin; b < end; ++b) {
     const T* image_b = image + b * pixels * C;
-    T* image_grad_b = image_grad + b * pixels * C;
-    std::fill(image_grad_b, image_grad_b + pixels * C, T(0));
+    T* image_grad_b = kImageGrad ? image_grad + b * pixels * C : nullptr;
+    if constexpr (kImageGrad) {
+      std::fill(image_grad_b, image_grad_b + pixels * C, T(0));
+    }
     for (int64_t p0 = 0; p0 < g.points; p0 += kBlock) {
       const int n = static_cast<int>(std::min<int64_t>(kBlock, g.points - p0));
       block.Compute(grid + (b * g.points + p0) * 2, n, g);
       const T* up_block = out_grad + (b * g.points + p0) * C;
-      T* grid_grad_p = grid_grad + (b * g.points + p0) * 2;
+      T* grid_grad_p = kGridGrad ? grid_grad + (b * g.points + p0) * 2
+                                 : nullptr;
       const auto& xs = block.x;
       const auto& ys = block.y;
       for (int i = 0; i < n; ++i) {
@@ -237,11 +244,13 @@ void BackwardBatches(const T* image, const T* grid, const T* out_grad,
           for (int k = 0; k < O::kTaps; ++k) {
             if (!block.Reads(i, j, k)) continue;
             const int64_t q = block.Offset(i, j, k, g, C);
-            // Taps may share a pixel (border padding): add one at a time.
-            const T w = xs.weight[k][i] * ys.weight[j][i];
-            T* dst = image_grad_b + q;
-            for (int64_t c = 0; c < C; ++c) dst[c] += w * up[c];
-            if constexpr (O::kMode != kNearest) {
+            if constexpr (kImageGrad) {
+              // Taps may share a pixel (border padding): add one at a time.
+              const T w = xs.weight[k][i] * ys.weight[j][i];
+              T* dst = image_grad_b + q;
+              for (int64_t c = 0; c < C; ++c) dst[c] += w * up[c];
+            }
+            if constexpr (kDot) {
               const T* src = image_b + q;
               T dot = T(0);
               for (int64_t c = 0; c < C; ++c) dot += src[c] * up[c];
@@ -250,8 +259,10 @@ void BackwardBatches(const T* image, const T* grid, const T* out_grad,
             }
           }
         }
-        grid_grad_p[2 * i] = grad_x;
-        grid_grad_p[2 * i + 1] = grad_y;
+        if constexpr (kGridGrad) {
+          grid_grad_p[2 * i] = grad_x;
+          grid_grad_p[2 * i + 1] = grad_y;
+        }
       }
     }
   }
@@ -350,15 +361,19 @@ template <ffi::DataType D>
 ffi::Error Backward(ffi::Buffer<D> image, ffi::Buffer<D> grid,
                     ffi::Buffer<D> out_grad, ffi::ResultBuffer<D> image_grad,
                     ffi::ResultBuffer<D> grid_grad, int32_t mode,
-                    int32_t padding, int32_t align_corners) {
+                    int32_t padding, int32_t align_corners,
+                    int32_t want_image_grad, int32_t want_grid_grad) {
   using T = ffi::NativeType<D>;
   Geometry g;
   if (auto error = ReadGeometry(image, grid, &g); error.failure()) {
     return error;
   }
   if (out_grad.element_count() != g.batches * g.points * g.channels ||
-      image_grad->element_count() != image.element_count() ||
-      grid_grad->element_count() != grid.element_count()) {
+      // A gradient that is not wanted has an empty result buffer.
+      image_grad->element_count() !=
+          (want_image_grad ? image.element_count() : 0) ||
+      grid_grad->element_count() !=
+          (want_grid_grad ? grid.element_count() : 0)) {
     return ffi::Error::InvalidArgument("grid_sample_cpu: inconsistent shapes");
   }
   const T* image_data = image.typed_data();
@@ -372,9 +387,22 @@ ffi::Error Backward(ffi::Buffer<D> image, ffi::Buffer<D> grid,
         g.batches, g.points * (2 * O::kTaps * O::kTaps * g.channels + 32),
         [&](int64_t begin, int64_t end) {
           WithChannels(g.channels, [&](auto channels) {
-            BackwardBatches<O, decltype(channels)::value>(
-                image_data, grid_data, out_grad_data, image_grad_data,
-                grid_grad_data, g, begin, end);
+            constexpr int kC = decltype(channels)::value;
+            auto run = [&](auto image_c, auto grid_c) {
+              BackwardBatches<O, kC, decltype(image_c)::value,
+                              decltype(grid_c)::value>(
+                  image_data, grid_data, out_grad_data, image_grad_data,
+                  grid_grad_data, g, begin, end);
+            };
+            using Yes = std::true_type;
+            using No = std::false_type;
+            if (want_image_grad && want_grid_grad) {
+              run(Yes{}, Yes{});
+            } else if (want_image_grad) {
+              run(Yes{}, No{});
+            } else if (want_grid_grad) {
+              run(No{}, Yes{});
+            }
           });
         });
   });
@@ -395,7 +423,9 @@ ffi::Error Backward(ffi::Buffer<D> image, ffi::Buffer<D> grid,
       .Ret<ffi::Buffer<D>>()     \
       .Attr<int32_t>("mode")     \
       .Attr<int32_t>("padding")  \
-      .Attr<int32_t>("align_corners")
+      .Attr<int32_t>("align_corners")  \
+      .Attr<int32_t>("want_image_grad") \
+      .Attr<int32_t>("want_grid_grad")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StnGridSampleBackwardF32, Backward<ffi::F32>,
                               STN_BACKWARD_BINDING(ffi::F32));
