@@ -162,6 +162,36 @@ def torch_closures(shape, device):
   return [forward, backward, theta_only]
 
 
+# Arrays of the image's size that each measured pass must move at least
+# once (float32): fwd reads the image and writes the output; fwd+bwd also
+# reads the cotangent and the image again and writes the image gradient;
+# theta only does not write the image gradient.
+IMAGE_SIZED_ARRAYS = (2, 5, 4)
+
+
+def bandwidth_lines(rows, peak_gbs):
+  """Markdown lines: achieved GB/s of each pass of stn_jax and torch."""
+  lines = [
+    "",
+    f"Achieved bandwidth, GB/s (share of the {peak_gbs:,.0f} GB/s peak), "
+    "counting only the image-sized float32 arrays each pass must move once "
+    "(fwd 2, fwd+bwd 5, theta only 4; the grid and theta are smaller):",
+    "",
+    "| shape (N,H,W,C) | stn_jax fwd | torch fwd | stn_jax fwd+bwd | torch "
+    "fwd+bwd | stn_jax theta only | torch theta only |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for shape, ours, theirs, _ in rows:
+    image_bytes = 4 * int(np.prod(shape))
+    cells = [str(shape)]
+    for k, arrays in enumerate(IMAGE_SIZED_ARRAYS):
+      for ms in (ours[k], theirs[k]):
+        gbs = arrays * image_bytes / (ms * 1e-3) / 1e9
+        cells.append(f"{gbs:.3g} ({100 * gbs / peak_gbs:.2g}%)")
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
 def machine_description():
   cpu = platform.processor() or platform.machine()
   try:
@@ -203,6 +233,13 @@ def main(argv=None):
   parser.add_argument("--out", default="experiments/results/bench_sampler.md")
   parser.add_argument("--torch_device", default="cpu", choices=["cpu", "cuda"])
   parser.add_argument("--torch_threads", type=int, default=2)
+  parser.add_argument(
+    "--peak_bandwidth_gbs",
+    type=float,
+    default=0.0,
+    help="the device's peak memory bandwidth (GB/s, e.g. 4800 for an "
+    "H200): adds the achieved bandwidth and its share of the peak",
+  )
   parser.add_argument(
     "--shapes",
     default=None,
@@ -285,6 +322,8 @@ def main(argv=None):
       cells.append(f"{ours[k] / theirs[k]:.2f}")
     cells += [f"{mapc[0]:.2f}", f"{mapc[1]:.2f}"]
     lines.append("| " + " | ".join(cells) + " |")
+  if args.peak_bandwidth_gbs:
+    lines += bandwidth_lines(rows, args.peak_bandwidth_gbs)
   lines += [
     "",
     "ratio = stn_jax time / torch time; <= 1.0 means stn_jax is "

@@ -81,6 +81,19 @@ def write_mnist_config_with_sweep(folder, sweep_source: str):
   return path
 
 
+def _cpu_kernel_missing_reason() -> str:
+  import jax
+
+  if jax.default_backend() != "cpu":
+    return (
+      "the C++ kernel serves the CPU backend only; this run's backend is "
+      f"{jax.default_backend()}"
+    )
+  return (
+    "the CPU kernel did not build (no C++ compiler, or STN_JAX_CPU_KERNEL=0)"
+  )
+
+
 @pytest.fixture(params=["kernel", "xla"])
 def sampler_path(request, monkeypatch):
   """Runs a test with the CPU kernel backward pass and with the XLA one."""
@@ -89,7 +102,7 @@ def sampler_path(request, monkeypatch):
   if request.param == "xla":
     monkeypatch.setattr(_cpu_kernel, "enabled", lambda dtype: False)
   elif not _cpu_kernel.enabled("float32"):
-    pytest.skip("the CPU kernel is not available (no C++ compiler?)")
+    pytest.skip(_cpu_kernel_missing_reason())
   return request.param
 
 

@@ -185,7 +185,9 @@ def test_kernel_and_xla_paths_agree(monkeypatch):
   from stn_jax.ops import _cpu_kernel
 
   if not _cpu_kernel.enabled("float32"):
-    pytest.skip("the CPU kernel is not available")
+    pytest.skip(
+      "the CPU kernel is not in use (not the CPU backend, or no compiler)"
+    )
   image, grid = random_inputs((3, 9, 8, 3, 7, 10), seed=5)
   cotangent = (
     np.random.default_rng(6).normal(size=(3, 7, 10, 3)).astype(np.float32)

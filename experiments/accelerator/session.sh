@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The lent-GPU session of issue 15, in stages of under 10 minutes each.
+#
+# Prepare here, before a device machine starts (its minutes are scarce):
+#   bash experiments/accelerator/fetch_wheels.sh   # .whl/ (~11 MB)
+#   bash experiments/accelerator/session.sh pack   # .device_data/ (MNIST, ~11 MB)
+# Then one device `run` per group of stages, e.g.
+#   run(command="bash experiments/accelerator/session.sh env tests",
+#       carry=[".whl", ".device_data"], timeout_s=590)
+#   run(command="bash experiments/accelerator/session.sh sampler models population",
+#       carry=[".whl", ".device_data"], timeout_s=590)
+#   run(command="bash experiments/accelerator/session.sh table1",
+#       carry=[".whl", ".device_data", ".device_runs"], timeout_s=590)
+# Every stage writes its results under $OUT (they come back); copy them to
+# experiments/results/accelerator/ and commit them with the GPU named.
+#
+# Stages:
+#   pack        (here) copy ../shared/data/mnist into .device_data/ (ignored)
+#   env         GPU model, driver, JAX/torch versions -> $OUT/env.md
+#   tests       the test suite on the GPU (memory preallocation off for the
+#               parallel workers) -> $OUT/tests.log
+#   sampler     bench_sampler.py vs torch CUDA, benchmark and large shapes,
+#               with achieved bandwidth -> $OUT/bench_sampler_cuda.md
+#   models      training throughput vs the same torch networks
+#               -> $OUT/models_torch_cuda.md
+#   population  population mode at K = 1, 8, 32 -> $OUT/population_K*.md
+#   table1      paper-scale Table 1 cells (RTS ST-CNN first), resumable:
+#               stops itself before the command's limit, checkpointing, and
+#               packs its workdir into $OUT/table1_runs.tar; copy that to
+#               .device_runs/ here and carry it to continue.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/stn_jax_accelerator_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+setup() {
+  if [ -d .whl ] && ! python3 -c "import ml_collections, grain, tensorflow_datasets" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+  fi
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false
+  export TFDS_DATA_DIR=/tmp/tfds
+}
+
+stage_pack() {
+  mkdir -p .device_data
+  grep -qx '/.device_data/' .git/info/exclude 2>/dev/null ||
+    echo '/.device_data/' >> .git/info/exclude
+  grep -qx '/.device_runs/' .git/info/exclude 2>/dev/null ||
+    echo '/.device_runs/' >> .git/info/exclude
+  cp -r ../shared/data/mnist .device_data/
+  du -sh .device_data .whl 2>/dev/null
+}
+
+stage_env() {
+  {
+    echo "# Accelerator environment"
+    echo
+    echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+    python3 - <<'PY'
+import jax
+print(f"- JAX {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
+try:
+  import torch
+  print(f"- torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
+except ImportError:
+  print("- torch: missing")
+PY
+  } | tee "$OUT/env.md"
+}
+
+stage_tests() {
+  # -p no:cacheprovider: the working tree there may be read-only in parts.
+  timeout 540 python3 -m pytest -n 8 -q -p no:cacheprovider tests \
+    -o addopts="-ra" 2>&1 | tee "$OUT/tests.log" | tail -40
+}
+
+stage_sampler() {
+  timeout 270 python3 experiments/bench_sampler.py --torch_device cuda \
+    --repeats 40 --peak_bandwidth_gbs 4800 --out "$OUT/bench_sampler_cuda.md"
+  timeout 270 python3 experiments/bench_sampler.py --torch_device cuda \
+    --repeats 20 --peak_bandwidth_gbs 4800 \
+    --shapes 64x256x256x3,32x512x512x3,256x128x128x32 \
+    --out "$OUT/bench_sampler_cuda_large.md"
+}
+
+stage_models() {
+  timeout 500 python3 experiments/bench_models_torch.py --torch_device cuda \
+    --batch 256 --steps 50 --rounds 3 --out "$OUT/models_torch_cuda.md"
+}
+
+stage_population() {
+  for k in 1 8 32; do
+    timeout 170 python3 experiments/bench_population.py --members "$k" \
+      --steps 30 --out "$OUT/population_K$k.md"
+  done
+}
+
+stage_table1() {
+  mkdir -p /tmp/table1_runs
+  if [ -f .device_runs/table1_runs.tar ]; then
+    tar -xf .device_runs/table1_runs.tar -C /tmp/table1_runs
+  fi
+  for d in rts; do
+    python3 -m stn_jax.data build "distorted_mnist/$d" --source_dir=.device_data \
+      --tfds_dir=/tmp/tfds >/dev/null || return 1
+  done
+  python3 -m stn_jax.data build distorted_mnist/plain --source_dir=.device_data \
+    --tfds_dir=/tmp/tfds >/dev/null || return 1
+  # SIGTERM at the limit: the run checkpoints and exits; the next call
+  # resumes from the tar.
+  timeout -s TERM 450 python3 experiments/table1_distorted_mnist.py \
+    --scale paper --workdir /tmp/table1_runs --seeds 1 \
+    --distortions rts --models st_cnn --no_tc --set tfds_dir=/tmp/tfds \
+    --set source_dir=.device_data --set steps_per_dispatch=10 \
+    --out "$OUT/table1_paper.md"
+  tar -cf "$OUT/table1_runs.tar" -C /tmp/table1_runs .
+  ls -la "$OUT"
+}
+
+setup
+status=0
+for stage in "$@"; do
+  echo "=== $stage ($(date -u +%H:%M:%S))"
+  if declare -F "stage_$stage" >/dev/null; then
+    "stage_$stage" || status=1
+  else
+    echo "unknown stage: $stage" >&2
+    status=2
+  fi
+done
+exit $status
