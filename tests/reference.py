@@ -18,35 +18,39 @@ def pixel_coordinate(coord, size, align_corners):
   return ((coord + 1) * size - 1) / 2
 
 
-def reflect(pixel, size, align_corners):
-  """Mirror pixel coordinates into the image (then clamp, as PyTorch)."""
+def reflect(pixel, size, align_corners, xp=np):
+  """Mirror pixel coordinates into the image (then clamp, as PyTorch).
+
+  ``xp``: the array module (NumPy, or ``jax.numpy`` for the plain-jnp
+  reference that JAX differentiates in test_transforms.py).
+  """
   if align_corners:
     if size == 1:
-      return np.zeros_like(pixel)
+      return xp.zeros_like(pixel)
     period = 2 * (size - 1)
-    m = np.mod(pixel, period)
-    m = np.where(m > size - 1, period - m, m)
+    m = xp.mod(pixel, period)
+    m = xp.where(m > size - 1, period - m, m)
   else:
     period = 2 * size
-    m = np.mod(pixel + 0.5, period)
-    m = np.where(m > size, period - m, m) - 0.5
-  return np.clip(m, 0, size - 1)
+    m = xp.mod(pixel + 0.5, period)
+    m = xp.where(m > size, period - m, m) - 0.5
+  return xp.clip(m, 0, size - 1)
 
 
-def pad_coordinate(pixel, size, padding_mode, align_corners):
+def pad_coordinate(pixel, size, padding_mode, align_corners, xp=np):
   if padding_mode == "border":
-    return np.clip(pixel, 0, size - 1)
+    return xp.clip(pixel, 0, size - 1)
   if padding_mode == "reflection":
-    return reflect(pixel, size, align_corners)
+    return reflect(pixel, size, align_corners, xp)
   return pixel
 
 
-def keys_kernel(distance):
-  s = np.abs(distance)
+def keys_kernel(distance, xp=np):
+  s = xp.abs(distance)
   a = KEYS_A
   near = (a + 2) * s**3 - (a + 3) * s**2 + 1
   far = a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a
-  return np.where(s <= 1, near, np.where(s < 2, far, 0.0))
+  return xp.where(s <= 1, near, xp.where(s < 2, far, 0.0))
 
 
 def read(image, ys, xs):

@@ -2,8 +2,9 @@
 transforms of an independent plain-jnp sampler written here.
 
 The reference below is written from the definitions (PyTorch's documented
-conventions), shares no code with stn_jax and is differentiated by plain
-JAX autodiff: forward mode, reverse mode and every higher order are JAX's
+conventions; its coordinate rules are tests/reference.py's, run on jnp
+arrays), shares no code with stn_jax and is differentiated by plain JAX
+autodiff: forward mode, reverse mode and every higher order are JAX's
 own. stn_jax's sampler instead differentiates by a custom JVP whose
 transpose is the C++ kernel on the CPU (``sampler_path`` runs each test
 with the kernel and with the XLA path).
@@ -15,46 +16,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import keys_kernel, pad_coordinate, pixel_coordinate
 
 from stn_jax import ops
 
-KEYS_A = -0.75
-
-
-def _pixel(coord, size, align_corners):
-  if align_corners:
-    return (coord + 1) / 2 * (size - 1)
-  return ((coord + 1) * size - 1) / 2
-
-
-def _reflect(pixel, size, align_corners):
-  if align_corners:
-    if size == 1:
-      return jnp.zeros_like(pixel)
-    period = 2 * (size - 1)
-    m = jnp.mod(pixel, period)
-    m = jnp.where(m > size - 1, period - m, m)
-  else:
-    period = 2 * size
-    m = jnp.mod(pixel + 0.5, period)
-    m = jnp.where(m > size, period - m, m) - 0.5
-  return jnp.clip(m, 0, size - 1)
+_pixel = pixel_coordinate  # plain arithmetic: works on jnp arrays as is
 
 
 def _padded(pixel, size, padding_mode, align_corners):
-  if padding_mode == "border":
-    return jnp.clip(pixel, 0, size - 1)
-  if padding_mode == "reflection":
-    return _reflect(pixel, size, align_corners)
-  return pixel
+  return pad_coordinate(pixel, size, padding_mode, align_corners, xp=jnp)
 
 
 def _keys(distance):
-  s = jnp.abs(distance)
-  a = KEYS_A
-  near = (a + 2) * s**3 - (a + 3) * s**2 + 1
-  far = a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a
-  return jnp.where(s <= 1, near, jnp.where(s < 2, far, 0.0))
+  return keys_kernel(distance, xp=jnp)
 
 
 def _read(image, ys, xs):
