@@ -114,3 +114,24 @@ def test_long_runs_script_writes_one_row_per_finished_run(tiny_tfds, tmp_path):
   assert re.fullmatch(
     r"\d+ min \(last invocation; steps alone \d+ min over all\) \|", wall
   ), wall
+
+
+def test_table1_p_over_r_ratio_from_the_seed_means():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "table1_script", REPO / "experiments" / "table1_distorted_mnist.py"
+  )
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  errors = {
+    ("cnn", "affine", "r"): [0.04, 0.05],
+    ("cnn", "affine", "p"): [0.06, 0.08],
+    ("fcn", "affine", "r"): [0.09],  # no P run: left out
+  }
+  lines = script.p_over_r_lines(errors, ["cnn", "fcn"])
+  rows = [row for row in lines if row.startswith("| CNN")]
+  # (0.06 + 0.08) / 2 / ((0.04 + 0.05) / 2) = 1.5556; paper 1.5 / 1.2
+  assert rows == ["| CNN | 1.56 | 1.25 |"]
+  assert not any(row.startswith("| FCN") for row in lines)
+  assert script.p_over_r_lines(errors, ["fcn"]) == []
