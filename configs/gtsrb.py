@@ -49,6 +49,10 @@ def get_config(arg=None):
     config.model_kwargs.transform = args["transform"]
   if args["model"].startswith("gtsrb"):
     config.model_kwargs.width = 1.0  # every layer's width (1.0 = paper)
+    # local contrast normalisation (stn_jax.models.contrast) of the input
+    # image and after each conv block; parameter-free, off by default
+    config.model_kwargs.contrast_norm_input = False
+    config.model_kwargs.contrast_norm_blocks = False
   # Global mean/std normalisation (GTSRB 32x32 training set, all channels).
   config.mean = 0.33
   config.std = 0.27

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from flax import nnx
 
+from stn_jax.models.contrast import LocalContrastNorm
 from stn_jax.models.layers import SpatialTransformer
 
 
@@ -167,6 +168,13 @@ class GtsrbCNN(nnx.Module):
   conv 7x7@200 -> pool -> conv 4x4@250 -> pool -> conv 4x4@350 -> pool ->
   FC 400 -> classes, ReLU; ``width`` scales every layer (1.0 = paper).
   Localisation nets: max-pool 2 -> conv 5x5 -> conv 5x5 -> FC -> params.
+
+  ``contrast_norm_input`` applies local contrast normalisation
+  (:func:`~stn_jax.models.contrast.local_contrast_norm`, a 7-tap Gaussian
+  window) to the input image, before the first transformer;
+  ``contrast_norm_blocks`` after each conv block's pooling, as the
+  Ciresan-style traffic-sign networks do. Neither adds parameters; both off
+  by default (the network as published without them).
   """
 
   def __init__(
@@ -177,8 +185,13 @@ class GtsrbCNN(nnx.Module):
     num_transformers: int = 3,
     width: float = 1.0,
     transform: str = "affine",
+    contrast_norm_input: bool = False,
+    contrast_norm_blocks: bool = False,
     rngs: nnx.Rngs,
   ):
+    self.contrast_norm_input = bool(contrast_norm_input)
+    self.contrast_norm_blocks = bool(contrast_norm_blocks)
+    self.contrast_norm = LocalContrastNorm()
     scale = lambda c: max(4, int(round(c * width)))
     channels = [in_shape[2], scale(200), scale(250), scale(350)]
     kernels = [7, 4, 4]
@@ -210,10 +223,14 @@ class GtsrbCNN(nnx.Module):
     self.out = nnx.Linear(scale(400), num_classes, rngs=rngs)
 
   def __call__(self, x):
+    if self.contrast_norm_input:
+      x = self.contrast_norm(x)
     for i, conv in enumerate(self.convs):
       if i < len(self.transformers):
         x = self.transformers[i](x)
       x = _pool(nnx.relu(conv(x)))
+      if self.contrast_norm_blocks:
+        x = self.contrast_norm(x)
     x = nnx.relu(self.fc(x.reshape(x.shape[0], -1)))
     return self.out(x)
 
