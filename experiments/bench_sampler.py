@@ -306,8 +306,8 @@ def main(argv=None):
     " timed in 5 round-robin blocks (each after a 0.3 s pause and one untimed "
     "call, so that one library's spinning worker threads do not slow the "
     "next) so that machine load hits all alike",
-    "- stn_jax's CPU backward pass is its C++ kernel (the default on the "
-    "CPU); its forward pass is XLA",
+    "- stn_jax on the CPU runs its C++ kernels (the default): bilinear "
+    "forward and backward on a zero-bordered copy of each image",
     "",
     "| shape (N,H,W,C) | stn_jax fwd | torch fwd | ratio fwd | stn_jax "
     "fwd+bwd | torch fwd+bwd | ratio fwd+bwd | stn_jax theta only | torch "
@@ -330,11 +330,8 @@ def main(argv=None):
     "at least as fast.",
     "",
     "Caveat: on a shared 2-core VM these medians move by up to ~50% "
-    "between runs (for both libraries), so a ratio near 1.0 is a tie, "
-    "not a win. The closest case is the forward pass at small C > 1 "
-    "(e.g. (128, 32, 32, 3)), where XLA's gather of 3-channel rows is "
-    "weakest; ratios there have ranged 0.8-2.0 across runs of this "
-    "script during development.",
+    "between runs (for both libraries), so compare ratios across several "
+    "runs of this script, not one table.",
   ]
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:

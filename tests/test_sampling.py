@@ -216,6 +216,106 @@ def test_kernel_and_xla_paths_agree(monkeypatch):
       )
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_forward_kernel_equals_the_xla_forward(monkeypatch, dtype):
+  """The bilinear forward kernel against the XLA forward: every padding and
+  corner convention, points inside, outside, far outside, on the border and
+  undefined, channel counts with and without a compiled-in width, and enough
+  images that the work is split into chunks over the thread pool."""
+  from stn_jax.ops import _cpu_kernel
+
+  if not _cpu_kernel.enabled(dtype):
+    pytest.skip(
+      "the CPU kernel is not in use (not the CPU backend, or no compiler)"
+    )
+  cases = []
+  for channels in (1, 3, 5):
+    image, grid = random_inputs((40, 12, 11, channels, 9, 13), seed=channels)
+    grid[0, 0, :4] = [[np.nan, 0], [0, np.inf], [1e30, -1e30], [-3e38, 3e38]]
+    grid[1, 0, :4] = [[-1, -1], [1, 1], [-1, 1], [1, -1]]  # corners
+    cases.append((image.astype(dtype), grid.astype(dtype)))
+  with jax.enable_x64(dtype == "float64"):
+    results = {}
+    for path in ("kernel", "xla"):
+      if path == "xla":
+        monkeypatch.setattr(_cpu_kernel, "enabled", lambda dtype: False)
+      for k, (image, grid) in enumerate(cases):
+        for padding_mode in stn_jax.PADDING_MODES:
+          for align_corners in (False, True):
+            fn = jax.jit(
+              functools.partial(
+                stn_jax.grid_sample,
+                padding_mode=padding_mode,
+                align_corners=align_corners,
+              )
+            )
+            if path == "kernel":
+              text = fn.lower(image, grid).as_text()
+              assert _cpu_kernel._target(dtype, "forward") in text
+            key = (k, padding_mode, align_corners)
+            results[path, key] = np.asarray(fn(image, grid))
+  for key in {key for _, key in results}:
+    got, want = results["kernel", key], results["xla", key]
+    assert np.isfinite(got).all(), key
+    tolerance = 1e-6 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(
+      got, want, rtol=tolerance, atol=tolerance, err_msg=str(key)
+    )
+
+
+def test_bilinear_kernel_beyond_the_bordered_bound_equals_xla(monkeypatch):
+  """Above FORWARD_MAX_IMAGE_ELEMENTS the bilinear backward takes the
+  kernel's blocked path (and the forward XLA's): still the XLA gradients."""
+  from stn_jax.ops import _cpu_kernel
+
+  if not _cpu_kernel.enabled("float32"):
+    pytest.skip(
+      "the CPU kernel is not in use (not the CPU backend, or no compiler)"
+    )
+  side = int(np.sqrt(_cpu_kernel.FORWARD_MAX_IMAGE_ELEMENTS)) + 1
+  rng = np.random.default_rng(3)
+  image = jnp.asarray(rng.uniform(size=(1, side, side, 1)), jnp.float32)
+  grid = jnp.asarray(rng.uniform(-1.1, 1.1, size=(1, 6, 7, 2)), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(1, 6, 7, 1)), jnp.float32)
+  results = []
+  for path in ("kernel", "xla"):
+    if path == "xla":
+      monkeypatch.setattr(_cpu_kernel, "enabled", lambda dtype: False)
+    out, vjp = jax.vjp(stn_jax.grid_sample, image, grid)
+    results.append((out, *vjp(cotangent)))
+  for got, want in zip(*results):
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_forward_kernel_is_bilinear_only_and_bounded_in_image_size():
+  from stn_jax.ops import _cpu_kernel
+
+  if not _cpu_kernel.enabled("float32"):
+    pytest.skip(
+      "the CPU kernel is not in use (not the CPU backend, or no compiler)"
+    )
+  target = _cpu_kernel._target("float32", "forward")
+
+  def lowered(image_shape, mode):
+    image = jax.ShapeDtypeStruct(image_shape, jnp.float32)
+    grid = jax.ShapeDtypeStruct((image_shape[0], 4, 4, 2), jnp.float32)
+    fn = functools.partial(stn_jax.grid_sample, mode=mode)
+    return jax.jit(fn).lower(image, grid).as_text()  # traced, not allocated
+
+  assert target in lowered((2, 30, 30, 3), "bilinear")
+  assert target not in lowered((2, 30, 30, 3), "nearest")
+  assert target not in lowered((2, 30, 30, 3), "bicubic")
+  # An image whose bordered copy exceeds the bound uses the XLA forward.
+  side = int(np.sqrt(_cpu_kernel.FORWARD_MAX_IMAGE_ELEMENTS))
+  assert not _cpu_kernel.has_forward((1, side, side, 1), "bilinear")
+  assert _cpu_kernel.has_forward((1, side - 4, side - 4, 1), "bilinear")
+  assert target not in lowered((1, side, side, 1), "bilinear")
+  with pytest.raises(ValueError, match="got mode 'nearest'"):
+    _cpu_kernel.forward(
+      jnp.zeros((1, 4, 4, 1)), jnp.zeros((1, 3, 2)), "nearest", "zeros", False
+    )
+
+
 @pytest.mark.parametrize("padding_mode", stn_jax.PADDING_MODES)
 @pytest.mark.parametrize("mode", stn_jax.MODES)
 def test_non_finite_grid_reads_zero_with_finite_gradients(

@@ -190,9 +190,28 @@ def _cotangents_jvp(
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
 def sample(image, grid, mode, padding_mode, align_corners, deterministic):
-  """image (N, H, W, C), grid (N, P, 2) -> (N, P, C); options static."""
+  """image (N, H, W, C), grid (N, P, 2) -> (N, P, C); options static.
+
+  On the CPU, bilinear sampling runs the C++ forward kernel where it
+  applies (``_cpu_kernel.has_forward``); elsewhere XLA ops.
+  """
   del deterministic  # only gradients have a summation order
-  return _sampler_math.forward(image, grid, mode, padding_mode, align_corners)
+  options = (mode, padding_mode, align_corners)
+
+  def xla(image, grid):
+    return _sampler_math.forward(image, grid, *options)
+
+  if not (
+    _cpu_kernel.enabled(image.dtype)
+    and _cpu_kernel.has_forward(image.shape, mode)
+  ):
+    return xla(image, grid)
+  return jax.lax.platform_dependent(
+    image,
+    grid,
+    default=xla,
+    cpu=lambda *args: _cpu_kernel.forward(*args, *options),
+  )
 
 
 @functools.partial(sample.defjvp, symbolic_zeros=True)
