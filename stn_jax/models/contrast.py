@@ -45,20 +45,14 @@ def gaussian_taps(size: int, sigma: float) -> np.ndarray:
   return taps / taps.sum()
 
 
-def _window_mean(z: jax.Array, taps: np.ndarray) -> jax.Array:
-  """Gaussian-weighted mean of ``z (N, H, W, 1)`` over the window, counting
-  only the taps inside the image (separable, zero padded)."""
-  k, taps = len(taps), [float(t) for t in taps]  # weak: keep z's dtype
-  pad = [(0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)]
-
-  def correlate(a):
-    a = jnp.pad(a, pad)
-    h, w = a.shape[1] - k + 1, a.shape[2] - k + 1
-    rows = sum(t * a[:, i : i + h] for i, t in enumerate(taps))
-    return sum(t * rows[:, :, j : j + w] for j, t in enumerate(taps))
-
-  inside = correlate(jnp.ones((1, *z.shape[1:]), z.dtype))
-  return correlate(z) / inside
+def _correlate(a: jax.Array, taps: np.ndarray) -> jax.Array:
+  """Zero-padded separable correlation of ``a (N, H, W, 1)`` with the
+  window ``outer(taps, taps)``; same shape out."""
+  k, taps = len(taps), [float(t) for t in taps]  # weak: keep a's dtype
+  a = jnp.pad(a, [(0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)])
+  h, w = a.shape[1] - k + 1, a.shape[2] - k + 1
+  rows = sum(t * a[:, i : i + h] for i, t in enumerate(taps))
+  return sum(t * rows[:, :, j : j + w] for j, t in enumerate(taps))
 
 
 @functools.partial(jax.jit, static_argnames=("size", "sigma", "eps"))
@@ -66,8 +60,11 @@ def _normalise(x, *, size, sigma, eps):
   taps = gaussian_taps(size, sigma)
   shape = x.shape
   x = x.reshape(-1, *shape[-3:])
-  v = x - _window_mean(x.mean(-1, keepdims=True), taps)
-  variance = _window_mean(jnp.mean(v * v, -1, keepdims=True), taps)
+  # The window weight inside the image at each pixel: dividing by it makes
+  # a window mean count only real pixels.
+  inside = _correlate(jnp.ones((1, *x.shape[1:3], 1), x.dtype), taps)
+  v = x - _correlate(x.mean(-1, keepdims=True), taps) / inside
+  variance = _correlate(jnp.mean(v * v, -1, keepdims=True), taps) / inside
   # max() before sqrt: sqrt's derivative at 0 is infinite, and 0 * inf
   # would turn a flat region's zero gradient into NaN.
   s = jnp.sqrt(jnp.maximum(variance, eps * eps))
