@@ -39,6 +39,7 @@ _FLAGS = (
   "-O3",
   "-march=native",
   "-fno-math-errno",
+  "-fno-trapping-math",
   "-std=c++17",
   "-shared",
   "-fPIC",
