@@ -53,6 +53,19 @@ def table_parser(
   return parser
 
 
+def run_script(main: Callable[[], int | None]) -> int:
+  """Calls a table script's ``main()`` and returns its exit status; bad
+  input found there (a ``ValueError``, e.g. an unknown or mistyped --set
+  field) prints one line naming it, without a traceback, and returns 2.
+  (A run's own failure is recorded in its sweep record, not raised.)"""
+  try:
+    return int(main() or 0)
+  except ValueError as error:
+    prog = os.path.basename(sys.argv[0])
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2
+
+
 def header_lines(title: str) -> list[str]:
   """Title, command, commit and machine lines of a results file."""
   return [

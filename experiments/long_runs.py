@@ -34,7 +34,12 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gtsrb as gtsrb_table  # noqa: E402
 import table1_distorted_mnist as table1  # noqa: E402
-from _tables import DONE, header_lines, run_in_seed_passes  # noqa: E402
+from _tables import (  # noqa: E402
+  DONE,
+  header_lines,
+  run_in_seed_passes,
+  run_script,
+)
 
 from stn_jax import sweep  # noqa: E402
 
@@ -237,4 +242,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  raise SystemExit(run_script(main))

@@ -45,6 +45,7 @@ from _tables import (  # noqa: E402
   mean_std_cell,
   parse_arg,
   run_in_seed_passes,
+  run_script,
   table_parser,
   total_minutes,
   write_table,
@@ -215,4 +216,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  raise SystemExit(run_script(main))

@@ -86,12 +86,24 @@ def build_config(
   for key, value in overrides.items():
     target, *rest = key.rsplit(".", 1)[::-1]
     parent = config
-    if rest:
-      for part in rest[0].split("."):
-        parent = parent[part]
-    if target not in parent:
+    for part in rest[0].split(".") if rest else ():
+      if (
+        not isinstance(parent, ml_collections.ConfigDict) or part not in parent
+      ):
+        raise ValueError(f"override {key!r}: no such config field.")
+      parent = parent[part]
+    if (
+      not isinstance(parent, ml_collections.ConfigDict) or target not in parent
+    ):
       raise ValueError(f"override {key!r}: no such config field.")
-    parent[target] = value
+    try:
+      parent[target] = value
+    except TypeError:
+      old = parent[target]
+      raise ValueError(
+        f"override {key!r}: expected {type(old).__name__} (like the "
+        f"default {old!r}), got {value!r} ({type(value).__name__})."
+      ) from None
   return config
 
 
@@ -335,12 +347,16 @@ def _check_same_config(point_dir: str, config) -> None:
 
 def parse_overrides(items) -> dict:
   """``['k=v', ...]`` -> ``{k: v}``, values read as Python literals when
-  they are (``1000``, ``1e-3``, ``True``), else kept as strings."""
+  they are (``1000``, ``1e-3``, ``True``), ``true``/``false`` in any case
+  as booleans (as in config args and absl flags), else kept as strings."""
   overrides = {}
   for item in items or []:
     key, sep, text = item.partition("=")
     if not sep:
       raise ValueError(f"--set takes key=value; got {item!r}.")
+    if text.lower() in ("true", "false"):
+      overrides[key] = text.lower() == "true"
+      continue
     try:
       overrides[key] = ast.literal_eval(text)
     except (ValueError, SyntaxError):

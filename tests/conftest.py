@@ -14,7 +14,7 @@ import tempfile
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="stn_jax_test_xla_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   # removed by the process that made it (the workers inherit the variable)
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 

@@ -30,6 +30,38 @@ def test_every_point_of_every_sweep_builds(path):
     assert len(workdirs) == len(points)  # one workdir per point
 
 
+def test_overrides_are_parsed_as_literals_and_booleans():
+  assert sweep.parse_overrides(
+    ["a=1000", "b=1e-3", "c=true", "d=FALSE", "e=True", "f=adam", "g=(1, 2)"]
+  ) == dict(a=1000, b=1e-3, c=True, d=False, e=True, f="adam", g=(1, 2))
+  with pytest.raises(ValueError, match="key=value; got 'steps'"):
+    sweep.parse_overrides(["steps"])
+
+
+def test_overrides_reach_nested_fields_and_bad_ones_name_the_field():
+  module = sweep.load_config_module(str(REPO / "configs" / "gtsrb.py"))
+  point = {"arg": "model=gtsrb_cnn", "overrides": {}}
+  config = sweep.build_config(
+    module,
+    point,
+    sweep.parse_overrides(
+      ["model_kwargs.contrast_norm_input=true", "num_steps=7"]
+    ),
+  )
+  assert config.model_kwargs.contrast_norm_input is True
+  assert config.num_steps == 7
+  bad = {
+    "model_kwargs.contrast_norm_input=3": "expected bool .*got 3 \\(int\\)",
+    "num_steps=many": "'num_steps': expected int .*got 'many' \\(str\\)",
+    "model_kwargs.nosuch=1": "'model_kwargs.nosuch': no such config field",
+    "nosuch.width=1": "'nosuch.width': no such config field",
+    "num_steps.x=1": "'num_steps.x': no such config field",
+  }
+  for item, message in bad.items():
+    with pytest.raises(ValueError, match=message):
+      sweep.build_config(module, point, sweep.parse_overrides([item]))
+
+
 def test_table1_has_every_row_column_and_seed():
   module = sweep.load_config_module(str(REPO / "configs" / "mnist.py"))
   assert len(sweep.expand(module, "table1")) == 8 * 4 * 3

@@ -135,3 +135,34 @@ def test_table1_p_over_r_ratio_from_the_seed_means():
   assert rows == ["| CNN | 1.56 | 1.25 |"]
   assert not any(row.startswith("| FCN") for row in lines)
   assert script.p_over_r_lines(errors, ["fcn"]) == []
+
+
+def test_a_bad_override_is_one_line_naming_it_without_a_traceback(tmp_path):
+  scripts = {
+    "table1_distorted_mnist.py": ["--scale=cpu"],
+    "gtsrb.py": ["--scale=cpu"],
+    "long_runs.py": ["--cells=GTSRB CNN"],
+  }
+  for script, extra in scripts.items():
+    result = subprocess.run(
+      [
+        sys.executable,
+        f"experiments/{script}",
+        *extra,
+        f"--workdir={tmp_path / script}",
+        f"--out={tmp_path / 'out.md'}",
+        "--set=num_steps=many",
+        "--report_only",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+    assert result.returncode == 2, (script, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, (script, result.stderr)
+    assert re.fullmatch(
+      rf"{script}: error: override 'num_steps': expected int \(like the "
+      r"default \d+\), got 'many' \(str\)\.",
+      result.stderr.strip(),
+    ), result.stderr
