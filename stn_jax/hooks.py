@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,12 +124,31 @@ class Hook:
     pass
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch when it is installed (about 3 s) only to
+  recognise torch tensors, which we never write (our scalars are floats).
+  A ``None`` in ``sys.modules`` makes that ``import torch`` fail, which
+  tensorboardX handles; torch itself stays importable afterwards.
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
+  sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """``metrics.jsonl`` and TensorBoard events (tensorboardX) in a folder."""
 
   def __init__(self, folder: str):
-    from tensorboardX import SummaryWriter
-
+    SummaryWriter = _summary_writer_class()
     os.makedirs(folder, exist_ok=True)
     # Open for the whole run (appended to on resume); closed by close().
     self._jsonl = open(os.path.join(folder, "metrics.jsonl"), "a")  # noqa: SIM115

@@ -1,6 +1,8 @@
 """The pure step, the optimiser options and the hook-driven loop."""
 
 import functools
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import MNIST
+from conftest import MNIST, requires_torch
 from flax import nnx
 
 from stn_jax import checkpointing, hooks, models, steps, train
@@ -339,3 +341,28 @@ def test_a_run_config_never_trains_on_its_test_split():
   config.train_split = "test"
   with pytest.raises(ValueError, match="also in config.eval_splits"):
     train.validate_config(config)
+
+
+@requires_torch
+def test_metric_writer_does_not_import_torch_and_leaves_it_importable(tmp_path):
+  """tensorboardX would import torch (seconds) to recognise its tensors."""
+  script = f"""
+import json, os, sys
+from stn_jax import hooks
+writer = hooks.MetricWriter({str(tmp_path)!r})
+writer.write(3, {{"train_loss": 0.5}})
+writer.close()
+assert "torch" not in sys.modules, "torch was imported"
+import torch
+torch.zeros(1)
+rows = [json.loads(x) for x in open(os.path.join({str(tmp_path)!r}, "metrics.jsonl"))]
+assert rows == [{{"step": 3, "train_loss": 0.5}}], rows
+events = os.listdir(os.path.join({str(tmp_path)!r}, "tensorboard"))
+assert len(events) == 1 and events[0].startswith("events.out.tfevents"), events
+size = os.path.getsize(os.path.join({str(tmp_path)!r}, "tensorboard", events[0]))
+assert size > 0
+"""
+  result = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
