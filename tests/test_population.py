@@ -22,24 +22,37 @@ def member(tfds_dir, seed, learning_rate, **overrides):
   return config
 
 
+THREE_MEMBERS = [(0, 1e-3), (1, 2e-3), (2, 5e-4)]  # (seed, learning rate)
+
+
+@pytest.fixture(scope="module")
+def three_separate_runs(tiny_tfds, tmp_path_factory):
+  """[(test error, parameter leaves)] of THREE_MEMBERS run one by one
+  (shared by both population methods' tests)."""
+  runs = []
+  for seed, learning_rate in THREE_MEMBERS:
+    workdir = str(tmp_path_factory.mktemp(f"separate{seed}"))
+    config = member(tiny_tfds, seed, learning_rate)
+    result = train.train_and_evaluate(config, workdir)
+    leaves = jax.tree.leaves(stn_jax.restore(workdir).model)
+    runs.append((result["test_error"], leaves))
+  return runs
+
+
 @pytest.mark.parametrize("method", ["vmap", "map"])
 def test_population_of_three_matches_three_separate_runs(
-  tiny_tfds, tmp_path, method
+  tiny_tfds, tmp_path, method, three_separate_runs
 ):
-  settings = [(0, 1e-3), (1, 2e-3), (2, 5e-4)]
-  configs = [member(tiny_tfds, s, lr) for s, lr in settings]
+  configs = [member(tiny_tfds, s, lr) for s, lr in THREE_MEMBERS]
   results = population.train_population(
     configs, str(tmp_path / "pop"), method=method, log=lambda *a: None
   )
-  for k, config in enumerate(configs):
-    separate = train.train_and_evaluate(config, str(tmp_path / f"run{k}"))
-    restored = stn_jax.restore(str(tmp_path / f"run{k}"))
+  for k, (test_error, theirs) in enumerate(three_separate_runs):
     ours = jax.tree.leaves(results[k]["params"])
-    theirs = jax.tree.leaves(restored.model)
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
       np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
-    assert abs(results[k]["test_error"] - separate["test_error"]) < 1e-6
+    assert abs(results[k]["test_error"] - test_error) < 1e-6
 
 
 def test_members_must_share_the_architecture(tiny_tfds):
