@@ -104,6 +104,10 @@ SCALES = {
     "",
     {
       "model_kwargs.width": 0.25,
+      # Local contrast normalisation of the input, as the 2018 network:
+      # at step 2000 of this recipe it gave 2.99% test / 2.09% validation
+      # error against 4.24% / 3.92% without (experiments/results/long_runs.md).
+      "model_kwargs.contrast_norm_input": True,
       "augment_rotation": 10.0,
       "augment_scale": 0.1,
       "augment_translate": 0.1,
