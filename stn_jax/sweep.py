@@ -84,14 +84,11 @@ def build_config(
   config = module.get_config(point["arg"])
   overrides = {**point["overrides"], **(extra_overrides or {})}
   for key, value in overrides.items():
-    target, *rest = key.rsplit(".", 1)[::-1]
+    *path, target = key.split(".")
     parent = config
-    for part in rest[0].split(".") if rest else ():
-      if (
-        not isinstance(parent, ml_collections.ConfigDict) or part not in parent
-      ):
-        raise ValueError(f"override {key!r}: no such config field.")
-      parent = parent[part]
+    for part in path:
+      is_dict = isinstance(parent, ml_collections.ConfigDict)
+      parent = parent.get(part) if is_dict else None
     if (
       not isinstance(parent, ml_collections.ConfigDict) or target not in parent
     ):
