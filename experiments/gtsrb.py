@@ -17,10 +17,12 @@ Scales:
 - cpu: the configs' `small=true` networks (CNN at width 0.15, ResNet widths
   8/16/32 with one block per stage) for the steps given by --set (default
   2000 steps of batch 128).
-- cpu_long: the CNN at width 0.25 with random affine jitter (rotation 10
-  degrees, scale 0.1, shift 0.1), 6k Adam steps of 128, lr x0.1 at 4.5k:
-  about 1-1.5 hours per run on 2 CPU cores (`experiments/long_runs.py`);
-  GTSRB CNNs only (``--models gtsrb_cnn,gtsrb_st_cnn``).
+- cpu_long: the CNN at width 0.25 with local contrast normalisation of the
+  input and random affine jitter (rotation 10 degrees, scale 0.1, shift
+  0.1), 6k Adam steps of 128, lr x0.1 at 4.5k: about 2.5 h for the CNN +
+  3 ST on 2 CPU cores (85-95 ex/s), beyond the 1-2 h the scale aims at
+  (`experiments/long_runs.py`); GTSRB CNNs only (``--models
+  gtsrb_cnn,gtsrb_st_cnn``).
 
 The offline copy of GTSRB is 32x32, so every number here is a 32x32-input
 result unless the official archives were used (--size 48 with them). The
@@ -93,10 +95,11 @@ def describe(config) -> str:
 
 # paper: the configs' full networks and budget; cpu: their `small=true`
 # networks (the budget comes from --set, else the config's 2000 steps);
-# cpu_long: what 1-2 hours on 2 CPU cores afford (a quarter-width CNN,
-# random affine jitter, 6k Adam steps of 128 = 22 epochs; the CNN + 3 ST
-# trains at about 135 ex/s on 2 cores, with the jitter on the host or in
-# the step alike, so 12k steps took 3 h).
+# cpu_long: about what 1-2 hours on 2 CPU cores afford (a quarter-width
+# CNN, random affine jitter, 6k Adam steps of 128 = 22 epochs). The CNN + 3
+# ST trains at 85-95 ex/s on 2 cores with the input normalisation (without
+# it the second attempt ran at 90-105 ex/s), so its 6k steps take about
+# 2.5 h (experiments/results/long_runs.md).
 SCALES = {
   "paper": Scale("", {}),
   "cpu": Scale("small=true", {}),

@@ -19,8 +19,10 @@ Scales:
   Far below the paper's budget: the numbers are what this budget reaches.
 - cpu_long: the paper's networks, training digits distorted afresh every
   epoch (``on_the_fly=true``), 12k Adam steps of batch 256 (lr 1e-3, x0.1
-  at step 6000): about an hour per run on 2 CPU cores, the budget of
-  ``experiments/long_runs.py`` (select cells with --distortions/--models).
+  at step 6000), the budget of ``experiments/long_runs.py`` (select cells
+  with --distortions/--models). On 2 CPU cores the ST-CNN takes about 70
+  min; the CNN about 3 h (250-280 ex/s: it convolves the whole 42x42
+  canvas, where the ST-CNN's transformer output is pooled to 21x21).
 
 Seeds run in passes (every cell's seed 0, then every cell's seed 1, ...), so
 an interrupted invocation leaves a table with fewer seeds per cell rather
