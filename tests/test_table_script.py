@@ -1,5 +1,6 @@
 """The Table 1 script end to end on a tiny budget."""
 
+import json
 import re
 import subprocess
 import sys
@@ -83,6 +84,35 @@ def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   assert "| CNN + 3 ST (Arcos-Garcia et al. 2018) | 48x48 | 99.71% |" in table
   assert "scale: **cpu**: 2 steps of batch 8" in table
   assert "trained on `train_without_validation`" in table
+  # The error report of one of these runs recounts the error it recorded.
+  (run,) = (tmp_path / "runs").rglob("*model=gtsrb_cnn,*")
+  report = subprocess.run(
+    [
+      sys.executable,
+      "experiments/gtsrb_errors.py",
+      str(run),
+      f"--tfds_dir={tiny_tfds}",
+      "--split=validation",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert report.returncode == 0, report.stderr[-3000:]
+  recorded = json.loads((run / "results.json").read_text())
+  ours = re.search(
+    r"error: \*\*([\d.]+)%\*\* \((\d+) of (\d+)\); recorded "
+    r"by the run at its end: ([\d.]+)%",
+    report.stdout,
+  )
+  assert ours, report.stdout
+  assert (
+    float(ours[1])
+    == float(ours[4])
+    == round(100 * recorded["validation_error"], 2)
+  )
+  assert "| danger |" in report.stdout and "| >= 75 px |" in report.stdout
 
 
 def test_long_runs_script_writes_one_row_per_finished_run(tiny_tfds, tmp_path):
