@@ -163,12 +163,16 @@ def _percent(errors, count):
   return f"{100 * errors / count:.2f}%" if count else "-"
 
 
-def report_lines(name: str, breakdown: dict, recorded: float | None) -> list:
-  """Markdown lines for one run's :func:`error_breakdown`."""
+def report_lines(
+  name: str, breakdown: dict, recorded: float | None, about: str = ""
+) -> list:
+  """Markdown lines for one run's :func:`error_breakdown` (``about``: a
+  line saying what the run was, if given)."""
   b = breakdown
   lines = [
     f"## {name}",
     "",
+    *([f"- run: {about}"] if about else []),
     f"- error: **{_percent(b['errors'], b['count'])}** "
     f"({b['errors']} of {b['count']}); recorded by the run at its end: "
     + (f"{100 * recorded:.2f}%" if recorded is not None else "(none)"),
@@ -241,10 +245,13 @@ def main(argv=None):
     breakdown = error_breakdown(
       data["label"], predictions, data["roi"], args.top
     )
-    name = (
-      f"{os.path.basename(os.path.normpath(workdir))} (step {restored.step})"
+    name = f"{os.path.normpath(workdir)} (step {restored.step})"
+    about = (
+      f"`{config.model}` {config.model_kwargs.to_dict()}, "
+      f"{config.num_steps} {config.optimizer} steps of {config.batch_size}"
     )
-    lines += report_lines(name, breakdown, _recorded_error(workdir, args.split))
+    recorded = _recorded_error(workdir, args.split)
+    lines += report_lines(name, breakdown, recorded, about)
   text = "\n".join(lines)
   print(text)
   if args.out:
