@@ -50,7 +50,7 @@ class Restored:
     self._logits_spec = jax.eval_shape(self._logits, state, example)
     if models.transformers(model):
       self._warp = jax.jit(
-        lambda s, x: models.transformers(nnx.merge(graphdef, s))[0](x)
+        lambda s, x: models.warp_input(nnx.merge(graphdef, s), x)
       )
       self._warp_spec = jax.eval_shape(self._warp, state, example)
     else:
@@ -151,7 +151,12 @@ class Restored:
     return self._batched(self._logits, self._logits_spec, images, batch_size)
 
   def transform(self, images, *, batch_size: int = DEFAULT_BATCH_SIZE):
-    """What the (first) spatial transformer makes of the images.
+    """The images as the (first) spatial transformer warps them: its
+    sampling grid, computed from what it receives in the model, applied to
+    the images (:func:`stn_jax.models.warp_input`). For a transformer on
+    the raw input, as in the paper's models, this is its output; with the
+    GTSRB CNN's input contrast normalisation it is the un-normalised image
+    warped the same way.
 
     Args:
       images: as for :meth:`predict`.

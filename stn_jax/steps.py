@@ -163,12 +163,13 @@ def transform_statistics(transform: str, params) -> dict[str, jax.Array]:
 def _logits_and_theta(graphdef, model_state, images):
   model = nnx.merge(graphdef, model_state)
   logits = model(images)
-  # Statistics of the first transformer, which sits on the input in every
-  # ST model here; recomputing its small localisation net is cheap.
+  # Statistics of the first transformer, from what it receives in the
+  # model (after, e.g., input contrast normalisation or a ResNet stage);
+  # recomputing that and its small localisation net is cheap.
   found = models.transformers(model)
   if not found:
     return logits, None, None
-  theta = jax.lax.stop_gradient(found[0].transform_params(images))
+  theta = jax.lax.stop_gradient(models.first_transform_params(model, images))
   return logits, theta, found[0].transform
 
 

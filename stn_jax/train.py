@@ -269,12 +269,13 @@ def evaluate(
 def transformer_outputs(
   graphdef, model_state, images, normalization: Normalization
 ):
-  """The first transformer's output (uint8, like ``images``) on uint8
-  ``images``, or None for a model without one."""
-  found = models.transformers(nnx.merge(graphdef, model_state))
-  if not found:
+  """uint8 ``images`` as the first transformer warps them
+  (:func:`stn_jax.models.warp_input`; uint8 like ``images``), or None for a
+  model without one."""
+  model = nnx.merge(graphdef, model_state)
+  if not models.transformers(model):
     return None
-  return normalization.to_uint8(found[0](normalization(images)))
+  return normalization.to_uint8(models.warp_input(model, normalization(images)))
 
 
 def save_snapshot(

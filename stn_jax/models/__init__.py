@@ -84,6 +84,63 @@ def transformers(model: nnx.Module) -> list[SpatialTransformer]:
   ]
 
 
+def _first_transformer(model: nnx.Module) -> SpatialTransformer:
+  found = transformers(model)
+  if not found:
+    raise ValueError(
+      f"model must contain a SpatialTransformer; {type(model).__name__} has "
+      "none."
+    )
+  return found[0]
+
+
+def transformer_input(model: nnx.Module, images: jax.Array) -> jax.Array:
+  """What ``model``'s first spatial transformer (``transformers(model)[0]``)
+  receives when ``model`` is applied to ``images (N, H, W, C)``: the images
+  themselves unless the model processes them first (its
+  ``transformer_input`` method: the GTSRB CNN's input contrast
+  normalisation, or the stages before a ResNet's stage transformer).
+
+  Raises:
+    ValueError: if ``model`` has no spatial transformer.
+  """
+  _first_transformer(model)
+  method = getattr(model, "transformer_input", None)
+  return images if method is None else method(images)
+
+
+def first_transform_params(model: nnx.Module, images: jax.Array) -> jax.Array:
+  """The parameters ``(N, P)`` that ``model``'s first spatial transformer
+  regresses when ``model`` is applied to ``images (N, H, W, C)`` (flat
+  layout of :mod:`stn_jax.ops.transforms`; its ``transform`` names it).
+
+  Raises:
+    ValueError: if ``model`` has no spatial transformer.
+  """
+  first = _first_transformer(model)
+  return first.transform_params(transformer_input(model, images))
+
+
+def warp_input(model: nnx.Module, images: jax.Array) -> jax.Array:
+  """``images (N, H, W, C)`` as ``model``'s first spatial transformer warps
+  them: its sampling grid, computed from what it receives in the model
+  (:func:`transformer_input`), applied to the images themselves with its
+  sampler options. Returns ``(N, H_out, W_out, C)`` at the transformer's
+  output size, in the images' own scale.
+
+  For a transformer on the raw input this is the transformer's output.
+  Otherwise it shows where the transformer looks, in the image: with the
+  GTSRB CNN's input contrast normalisation it is the un-normalised image
+  warped as the normalised one is; for a transformer after a ResNet stage,
+  the image sampled where it samples the features.
+
+  Raises:
+    ValueError: if ``model`` has no spatial transformer.
+  """
+  first = _first_transformer(model)
+  return first.sample(images, first.grid(transformer_input(model, images)))
+
+
 __all__ = [
   "CNN",
   "ConvLocalisation",
@@ -97,7 +154,10 @@ __all__ = [
   "SpatialTransformer3D",
   "TRANSFORMER_MODELS",
   "count_params",
+  "first_transform_params",
   "from_config",
   "get_model",
+  "transformer_input",
   "transformers",
+  "warp_input",
 ]

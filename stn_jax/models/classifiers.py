@@ -4,7 +4,10 @@ Every model is built from ``in_shape=(H, W, C)`` and ``num_classes`` and maps
 NHWC float images to logits. The ST-FCN, ST-CNN and ResNet-STN expose their
 transformer as ``model.transformer``; the GTSRB CNN its list as
 ``model.transformers``. ``stn_jax.models.transformers(model)`` finds them in
-any model.
+any model. A model whose first transformer does not see the raw input (the
+GTSRB CNN's input contrast normalisation, a ResNet's transformer after a
+stage) says what it sees with a ``transformer_input(x)`` method, which
+``stn_jax.models.transformer_input`` and ``warp_input`` use.
 """
 
 from __future__ import annotations
@@ -222,9 +225,13 @@ class GtsrbCNN(nnx.Module):
     self.fc = nnx.Linear(h * w * channels[3], scale(400), rngs=rngs)
     self.out = nnx.Linear(scale(400), num_classes, rngs=rngs)
 
+  def transformer_input(self, x):
+    """What the first transformer receives when the model is applied to
+    ``x``: ``x``, contrast-normalised if ``contrast_norm_input``."""
+    return self.contrast_norm(x) if self.contrast_norm_input else x
+
   def __call__(self, x):
-    if self.contrast_norm_input:
-      x = self.contrast_norm(x)
+    x = self.transformer_input(x)
     for i, conv in enumerate(self.convs):
       if i < len(self.transformers):
         x = self.transformers[i](x)
@@ -320,13 +327,29 @@ class ResNet(nnx.Module):
   def transformer(self):
     return self.input_transformer or self.stage_transformer
 
+  def _stage(self, s, x):
+    for block in self.stages[s]:
+      x = block(x)
+    return x
+
+  def transformer_input(self, x):
+    """What the first transformer (:attr:`transformer`) receives when the
+    model is applied to ``x``: ``x`` itself if there is an input
+    transformer (or none at all), else the features after stage
+    ``transformer_after_stage``."""
+    if self.input_transformer is not None or self.stage_transformer is None:
+      return x
+    x = nnx.relu(self.stem(x))
+    for s in range(self.transformer_after_stage + 1):
+      x = self._stage(s, x)
+    return x
+
   def __call__(self, x):
     if self.input_transformer is not None:
       x = self.input_transformer(x)
     x = nnx.relu(self.stem(x))
-    for s, blocks in enumerate(self.stages):
-      for block in blocks:
-        x = block(x)
+    for s in range(len(self.stages)):
+      x = self._stage(s, x)
       if s == self.transformer_after_stage:
         x = self.stage_transformer(x)
     return self.out(x.mean(axis=(1, 2)))

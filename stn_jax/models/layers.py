@@ -86,7 +86,8 @@ class SpatialTransformer(nnx.Module):
   """A spatial transformer: localisation net -> grid -> sampler.
 
   Works on any NHWC feature map. For inspection, :meth:`transform_params`
-  gives the regressed parameters and :meth:`grid` the sampling grid.
+  gives the regressed parameters, :meth:`grid` the sampling grid and
+  :meth:`sample` samples any map (e.g. the image) at a grid.
 
   Args:
     in_shape: ``(H, W, C)`` of the input feature map.
@@ -143,11 +144,10 @@ class SpatialTransformer(nnx.Module):
       align_corners=self.align_corners,
     )
 
-  def __call__(self, x):
-    params = self.localisation(x)
-    grid = ops.params_to_grid(
-      self.transform, params, self.out_size, align_corners=self.align_corners
-    )
+  def sample(self, x, grid):
+    """``x (N, H, W, C)`` sampled at ``grid (N, H_out, W_out, 2)`` with
+    this transformer's sampler options (``mode``, ``padding_mode``,
+    ``align_corners``)."""
     return ops.grid_sample(
       x,
       grid,
@@ -155,6 +155,9 @@ class SpatialTransformer(nnx.Module):
       padding_mode=self.padding_mode,
       align_corners=self.align_corners,
     )
+
+  def __call__(self, x):
+    return self.sample(x, self.grid(x))
 
 
 class SpatialTransformer3D(nnx.Module):
