@@ -9,10 +9,10 @@ Writes, for the ST run (and the baseline where given):
 - ``transformer_<name>.png``: test inputs next to the transformer's outputs
   (the paper's Figure 3 style);
 - ``transformer_over_training_<name>.gif``: the transformer's output on fixed
-  test digits at step 0, every evaluation and every ``snapshot_every`` steps
+  test images at step 0, every evaluation and every ``snapshot_every`` steps
   (from ``workdir/snapshots``);
 - ``saliency_<name>.png``: |d class score / d input pixel| on the same
-  digits, for the ST model and the baseline;
+  images, for the ST model and the baseline;
 - ``error_vs_steps_<name>.png``: test error against steps, both runs.
 """
 
@@ -114,9 +114,7 @@ def saliency_grid(runs, arrays, path):
   for i in range(len(images)):
     for name, row in rows:
       tiles.append(row[i])
-      captions.append(
-        name.split()[0] if name != "input" else f"digit {labels[i]}"
-      )
+      captions.append(name.split()[0] if name != "input" else f"in {labels[i]}")
   preview.grid_image(
     np.stack(tiles),
     captions,
