@@ -21,8 +21,9 @@ Scales:
   epoch (``on_the_fly=true``), 12k Adam steps of batch 256 (lr 1e-3, x0.1
   at step 6000), the budget of ``experiments/long_runs.py`` (select cells
   with --distortions/--models). On 2 CPU cores the ST-CNN takes about 70
-  min; the CNN about 3 h (250-280 ex/s: it convolves the whole 42x42
-  canvas, where the ST-CNN's transformer output is pooled to 21x21).
+  min; the CNN 3-6 h (130-280 ex/s measured on different days of the
+  same VM: it convolves the whole 42x42 canvas, where the ST-CNN's
+  transformer output is pooled to 21x21).
 
 Seeds run in passes (every cell's seed 0, then every cell's seed 1, ...), so
 an interrupted invocation leaves a table with fewer seeds per cell rather
