@@ -105,6 +105,10 @@ def transformer_input(model: nnx.Module, images: jax.Array) -> jax.Array:
     ValueError: if ``model`` has no spatial transformer.
   """
   _first_transformer(model)
+  return _transformer_input(model, images)
+
+
+def _transformer_input(model, images):
   method = getattr(model, "transformer_input", None)
   return images if method is None else method(images)
 
@@ -118,7 +122,7 @@ def first_transform_params(model: nnx.Module, images: jax.Array) -> jax.Array:
     ValueError: if ``model`` has no spatial transformer.
   """
   first = _first_transformer(model)
-  return first.transform_params(transformer_input(model, images))
+  return first.transform_params(_transformer_input(model, images))
 
 
 def warp_input(model: nnx.Module, images: jax.Array) -> jax.Array:
@@ -138,7 +142,7 @@ def warp_input(model: nnx.Module, images: jax.Array) -> jax.Array:
     ValueError: if ``model`` has no spatial transformer.
   """
   first = _first_transformer(model)
-  return first.sample(images, first.grid(transformer_input(model, images)))
+  return first.sample(images, first.grid(_transformer_input(model, images)))
 
 
 __all__ = [
