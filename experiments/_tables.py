@@ -32,7 +32,7 @@ def table_parser(
   doc: str, out: str, scales: Mapping[str, Scale]
 ) -> argparse.ArgumentParser:
   """The arguments every paper-table script takes (scale, workdir, out,
-  seeds, --set, --report_only); scripts add their own."""
+  seeds, --set, --report_only, --archive); scripts add their own."""
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument("--scale", choices=sorted(scales), required=True)
   parser.add_argument("--workdir", required=True)
@@ -49,6 +49,13 @@ def table_parser(
     action="store_true",
     help="train nothing: tabulate the finished runs (e.g. "
     "while the sweep runs elsewhere)",
+  )
+  parser.add_argument(
+    "--archive",
+    help="folder keeping every finished run's small files (record, "
+    "config, results, metrics; no checkpoints) to commit: restored into "
+    "--workdir first, so a rerun with a lost or new workdir trains only "
+    "what is not in it (stn_jax.sweep_archive)",
   )
   return parser
 
@@ -93,6 +100,7 @@ def run_in_seed_passes(
   overrides: dict,
   extra_arg: str,
   report_only: bool = False,
+  archive: str | None = None,
 ) -> tuple[list[dict], list[dict]]:
   """Runs the sweeps' points seed by seed: every kept point's seed 0, then
   every kept point's seed 1, and so on.
@@ -109,6 +117,8 @@ def run_in_seed_passes(
     overrides: config overrides for every point.
     extra_arg: appended to every point's arg (e.g. ``'small=true'``).
     report_only: train nothing; unfinished points come back 'pending'.
+    archive: each sweep's finished points are kept in ``archive/<name>``
+      (:mod:`stn_jax.sweep_archive`).
 
   Returns:
     (records of the kept points, as the sweep runner returns them;
@@ -134,6 +144,7 @@ def run_in_seed_passes(
         select=select,
         extra_arg=extra_arg,
         report_only=report_only,
+        archive=archive and os.path.join(archive, name),
       )
       trained += [r for r in by_sweep[name] if r["status"] == "finished"]
       if any(r["status"] == "interrupted" for r in by_sweep[name]):

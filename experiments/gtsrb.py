@@ -150,6 +150,7 @@ def main(argv=None):
     overrides=overrides,
     extra_arg=extra_arg,
     report_only=args.report_only,
+    archive=args.archive,
   )
   wall = time.perf_counter() - start
 

@@ -4,6 +4,7 @@ Usage:
   python experiments/long_runs.py --workdir workdirs/long_runs
       [--cells "RTS ST-CNN,RTS CNN,GTSRB CNN + 3 ST,GTSRB CNN"]
       [--out experiments/results/long_runs.md] [--report_only] [--set k=v]
+      [--archive experiments/results/runs/long_runs]
 
 Each cell is one run of a table script's ``cpu_long`` scale (the paper's
 networks with a budget of about 1-2 hours on 2 CPU cores):
@@ -17,7 +18,9 @@ Runs go through the resumable sweep runner under ``--workdir`` (the same
 points as the table scripts would make there), one after another in the
 order of ``--cells``. Interrupt with Ctrl-C or SIGTERM and rerun the same
 command to continue from the last checkpoint; finished runs are reused.
-The table is rewritten from every finished run after each one.
+The table is rewritten from every finished run after each one. With
+``--archive``, each finished run's small files are also kept there (to
+commit), and a rerun with a lost workdir reports them without training.
 """
 
 from __future__ import annotations
@@ -110,9 +113,16 @@ def budget(config) -> str:
   )
 
 
-def run_cell(name: str, workdir: str, overrides: dict, report_only: bool):
+def run_cell(
+  name: str,
+  workdir: str,
+  overrides: dict,
+  report_only: bool,
+  archive: str | None = None,
+):
   """Runs (or, with ``report_only``, looks up) one cell; returns its sweep
-  record and its config."""
+  record and its config. ``archive`` keeps finished runs' small files
+  (laid out as ``workdir``: ``<config name>/<sweep>/<point>``)."""
   cell = CELLS[name]
   if "cpu_long" not in cell.scales:
     return None, None
@@ -124,15 +134,17 @@ def run_cell(name: str, workdir: str, overrides: dict, report_only: bool):
   def keep(arg):
     return all(arg.get(k) == v for k, v in wanted)
 
+  config_name = os.path.splitext(os.path.basename(cell.config))[0]
   records, _ = run_in_seed_passes(
     config_path,
     (cell.sweep,),
-    os.path.join(workdir, os.path.splitext(os.path.basename(cell.config))[0]),
+    os.path.join(workdir, config_name),
     seeds=1,
     keep=keep,
     overrides=overrides,
     extra_arg=",".join(a for a in (scale.arg, cell.extra_arg) if a),
     report_only=report_only,
+    archive=archive and os.path.join(archive, config_name),
   )
   if len(records) != 1:
     raise SystemExit(
@@ -218,6 +230,11 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="experiments/results/long_runs.md")
   parser.add_argument("--report_only", action="store_true")
   parser.add_argument(
+    "--archive",
+    help="folder keeping finished runs' small files to commit "
+    "(stn_jax.sweep_archive); restored into --workdir first",
+  )
+  parser.add_argument(
     "--set", action="append", default=[], help="override for every run"
   )
   args = parser.parse_args(argv)
@@ -229,7 +246,9 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   results = {}
   for name in names:
-    results[name] = run_cell(name, args.workdir, overrides, args.report_only)
+    results[name] = run_cell(
+      name, args.workdir, overrides, args.report_only, args.archive
+    )
     record = results[name][0]
     if record is not None and record["status"] == "interrupted":
       break

@@ -153,6 +153,7 @@ def main(argv=None):
     overrides=overrides,
     extra_arg=scale.arg,
     report_only=args.report_only,
+    archive=args.archive,
   )
   wall = time.perf_counter() - start
 

@@ -30,6 +30,11 @@ Where points run (:mod:`stn_jax.launchers`):
                                    existing one
   --shard=i/n                      this process runs every n-th point (job
                                    arrays); --collect rebuilds the table
+
+``--archive=DIR`` keeps every finished point's small files (record, config,
+results, metrics; no checkpoints) in ``DIR/<point>``, to commit: a later
+run with the same ``--archive`` restores them into its workdir and trains
+only the rest (:mod:`stn_jax.sweep_archive`).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from typing import Any
 import ml_collections
 from absl import flags
 
-from stn_jax import cli, launchers, sweep_records, train
+from stn_jax import cli, launchers, sweep_archive, sweep_records, train
 from stn_jax import workdir as workdir_lib
 from stn_jax.config_args import load_config_module, split_config_spec
 
@@ -146,6 +151,7 @@ def run_sweep(
   select: Callable[[dict], bool] | None = None,
   extra_arg: str = "",
   report_only: bool = False,
+  archive: str | None = None,
   launcher=None,
   shard: tuple[int, int] | None = None,
   log=print,
@@ -158,7 +164,9 @@ def run_sweep(
   with and without it get different workdirs. ``shard=(i, n)`` runs the
   kept points at positions ``i, i + n, i + 2n, ...`` (one process of a job
   array of n). ``report_only`` collects the points' records and trains
-  nothing (unfinished points are 'pending'). ``launcher`` is a
+  nothing (unfinished points are 'pending'). ``archive`` is a folder of
+  finished points' small files (:mod:`stn_jax.sweep_archive`): restored
+  into ``workdir`` first, added to as points finish. ``launcher`` is a
   :mod:`stn_jax.launchers` launcher (default: one point after another in
   this process).
 
@@ -186,13 +194,25 @@ def run_sweep(
       )
     return records
   os.makedirs(workdir, exist_ok=True)
+  if archive:
+    restored = sweep_archive.restore(
+      archive, workdir, [p["name"] for p in planned]
+    )
+    if restored:
+      log(f"restored {len(restored)} finished point(s) from {archive}")
   if report_only:
-    return _report(module, planned, mine, workdir, overrides)
+    records = _report(module, planned, mine, workdir, overrides)
+    for record in records:
+      if archive and record["status"] == "skipped":
+        sweep_archive.save(os.path.join(workdir, record["name"]), archive)
+    return records
   records, tasks = {}, []
   for point in mine:
     record, task = _prepare(module, point, workdir, overrides)
     if task is None:
       records[point["name"]] = record
+      if archive and record["status"] == "skipped":
+        sweep_archive.save(os.path.join(workdir, point["name"]), archive)
     else:
       tasks.append(task)
   sweep_records.write_results(workdir, planned)
@@ -221,6 +241,8 @@ def run_sweep(
       )
     if stop.signal and record["status"] == "interrupted":
       record = {**record, "signal": stop.signal}  # the sweep's, for the exit
+    if archive and record["status"] == "finished":
+      sweep_archive.save(task.point_dir, archive)
     records[task.name] = record
     sweep_records.write_results(workdir, planned)
 
@@ -328,12 +350,19 @@ class _StopBetweenPoints:
 
 def _check_same_config(point_dir: str, config) -> None:
   """A finished point is reported as current only if it ran this config
-  (e.g. not before a change of ``--set``)."""
+  (e.g. not before a change of ``--set``). Its step budget counts too: a
+  workdir may extend a run (``num_steps`` is safe to change there), but a
+  point finished at another budget did not produce this point's results."""
   path = os.path.join(point_dir, "config.json")
   if not os.path.isfile(path):
     return
   with open(path) as f:
-    differences = workdir_lib.config_differences(json.load(f), config)
+    saved = json.load(f)
+  differences = workdir_lib.config_differences(saved, config)
+  if saved.get("num_steps", config.num_steps) != config.num_steps:
+    differences.append(
+      f"num_steps: {saved['num_steps']!r} -> {config.num_steps!r}"
+    )
   if differences:
     raise workdir_lib.WorkdirError(
       f"{point_dir} finished with another config ({'; '.join(differences)})"
@@ -430,6 +459,14 @@ def _flags() -> flags.FlagValues:
     "of n processes, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT).",
     flag_values=values,
   )
+  flags.DEFINE_string(
+    "archive",
+    None,
+    "Folder of the finished points' small files (record, config, results, "
+    "metrics; no checkpoints) to commit: restored into --workdir first, "
+    "added to as points finish (stn_jax.sweep_archive).",
+    flag_values=values,
+  )
   flags.DEFINE_bool(
     "collect",
     False,
@@ -464,6 +501,7 @@ def main(argv=None) -> int:
       overrides=parse_overrides(values.set),
       extra_arg=extra_arg,
       report_only=values.collect,
+      archive=values.archive,
       shard=launchers.parse_shard(values.shard),
       launcher=launchers.make_launcher(
         values.launcher,

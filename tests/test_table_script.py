@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
     "--scale=cpu",
     f"--workdir={tmp_path / 'runs'}",
     f"--out={out}",
+    f"--archive={tmp_path / 'archive'}",
     "--seeds=2",
     "--distortions=rts",
     "--models=cnn,st_cnn",
@@ -38,12 +40,21 @@ def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   assert set(rows) == {"CNN", "ST-CNN Aff", "ST-CNN Proj", "ST-CNN TPS"}
   assert "(paper 0.8" in rows["CNN"] and "n=2)" in rows["CNN"]
   assert "scale: **cpu**: 2 steps of batch 8" in table
-  # Rerunning reuses every finished run.
+  archived = sorted((tmp_path / "archive" / "table1").iterdir())
+  assert len(archived) == 8  # 4 models x 2 seeds, small files only
+  assert all((a / "record.json").is_file() for a in archived)
+  # Rerunning reuses every finished run, even with the workdir lost: the
+  # archive is restored into a new one.
+  shutil.rmtree(tmp_path / "runs")
   again = subprocess.run(
     command, cwd=REPO, capture_output=True, text=True, timeout=600
   )
-  assert again.returncode == 0
-  assert "(0 runs trained now" in out.read_text()
+  assert again.returncode == 0, again.stderr[-3000:]
+  rerun = out.read_text()
+  assert "(0 runs trained now" in rerun
+  assert [r for r in rerun.splitlines() if r.startswith("| ")] == [
+    r for r in table.splitlines() if r.startswith("| ")
+  ]
 
 
 def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
