@@ -277,6 +277,7 @@ def _prepare(module, point, workdir, overrides):
   config that fails), else (None, its :class:`launchers.PointTask`)."""
   point_dir = os.path.join(workdir, point["name"])
   record = _base_record(point)
+  saved = None
   try:
     config = build_config(module, point, overrides)
     train.validate_config(config)
@@ -286,7 +287,9 @@ def _prepare(module, point, workdir, overrides):
       return {**record, **saved, "status": "skipped"}, None
   except Exception:  # noqa: BLE001 - report it, run the other points
     record.update(status="failed", error=traceback.format_exc())
-    sweep_records.write_record(point_dir, record)
+    if saved is None or saved["status"] != "finished":
+      # (a finished point's record stays: this config is not its run)
+      sweep_records.write_record(point_dir, record)
     return record, None
   task = launchers.PointTask(
     name=point["name"],

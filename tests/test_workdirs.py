@@ -224,6 +224,23 @@ def test_a_changed_set_never_reports_old_results(tiny_tfds, tmp_path):
   assert [r["status"] for r in changed] == ["failed"]
   assert "learning_rate: 0.001 -> 0.1" in changed[0]["error"]
   assert "results are not this point's" in changed[0]["error"]
+  # The step budget counts too: safe to change when extending one run, but
+  # a point finished at 2 steps is not a 3-step sweep's result.
+  longer = sweep.run_sweep(
+    str(config_file),
+    "tiny",
+    str(tmp_path / "s"),
+    overrides={**overrides, "num_steps": 3},
+    **quiet,
+  )
+  assert [r["status"] for r in longer] == ["failed"]
+  assert "num_steps: 2 -> 3" in longer[0]["error"]
+  # Neither refusal touched the finished point's record.
+  back = sweep.run_sweep(
+    str(config_file), "tiny", str(tmp_path / "s"), overrides=overrides, **quiet
+  )
+  assert [r["status"] for r in back] == ["skipped"]
+  assert back[0]["end_time"] == first[0]["end_time"]
 
 
 def test_a_signal_between_points_stops_the_sweep(tmp_path):
