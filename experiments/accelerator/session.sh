@@ -27,7 +27,9 @@
 #   table1      paper-scale Table 1 cells (RTS ST-CNN first), resumable:
 #               stops itself before the command's limit, checkpointing, and
 #               packs its workdir into $OUT/table1_runs.tar; copy that to
-#               .device_runs/ here and carry it to continue.
+#               .device_runs/ here and carry it to continue. Finished runs'
+#               small files come back in $OUT/runs/table1_paper: copy them
+#               to experiments/results/runs/ and commit them (--archive).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/stn_jax_accelerator_out}
@@ -118,8 +120,13 @@ stage_table1() {
     --scale paper --workdir /tmp/table1_runs --seeds 1 \
     --distortions rts --models st_cnn --no_tc --set tfds_dir=/tmp/tfds \
     --set source_dir=.device_data --set steps_per_dispatch=10 \
+    --archive experiments/results/runs/table1_paper \
     --out "$OUT/table1_paper.md"
   tar -cf "$OUT/table1_runs.tar" -C /tmp/table1_runs .
+  if [ -d experiments/results/runs/table1_paper ]; then
+    mkdir -p "$OUT/runs"
+    cp -r experiments/results/runs/table1_paper "$OUT/runs/"
+  fi
   ls -la "$OUT"
 }
 
