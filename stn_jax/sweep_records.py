@@ -30,11 +30,13 @@ POINT_LOCK = ".sweep_point.lock"
 
 def write_json_atomically(path: str, payload: str) -> None:
   """Writes ``payload`` to ``path`` through a temporary file in the same
-  folder and ``os.replace``: readers see the old file or the new one."""
+  folder and ``os.replace``: readers see the old file or the new one. The
+  file is readable by all (0644), as the other files of a run."""
   folder = os.path.dirname(path) or "."
   os.makedirs(folder, exist_ok=True)
   handle, temporary = tempfile.mkstemp(prefix=".tmp_", dir=folder)
   try:
+    os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from others
     with os.fdopen(handle, "w") as f:
       f.write(payload)
     os.replace(temporary, path)

@@ -77,6 +77,7 @@ def test_finished_points_are_archived_and_a_lost_workdir_is_restored(
       assert (archive / name / file).read_text() == (
         workdir / name / file
       ).read_text()
+      assert (archive / name / file).stat().st_mode & 0o777 == 0o644
 
   shutil.rmtree(workdir)  # the machine is gone; the archive was committed
   again = _run(
