@@ -4,11 +4,14 @@
 # Prepare here, before a device machine starts (its minutes are scarce):
 #   bash experiments/accelerator/fetch_wheels.sh   # .whl/ (~11 MB)
 #   bash experiments/accelerator/session.sh pack   # .device_data/ (MNIST, ~11 MB)
-# Then one device `run` per group of stages, e.g.
-#   run(command="bash experiments/accelerator/session.sh env tests",
-#       carry=[".whl", ".device_data"], timeout_s=590)
-#   run(command="bash experiments/accelerator/session.sh sampler models population",
-#       carry=[".whl", ".device_data"], timeout_s=590)
+# A lease is 15 minutes of device time in all, the machine's start (a
+# minute or two) included, so plan two calls at most, the second while the
+# machine is still warm:
+#   run(command="TESTS_S=230 bash experiments/accelerator/session.sh env checks sampler models",
+#       carry=[".whl"], timeout_s=590)
+#   run(command="bash experiments/accelerator/session.sh population",
+#       carry=[".whl"], timeout_s=200)
+# and, in a later lease, the paper-scale Table 1 chunks:
 #   run(command="bash experiments/accelerator/session.sh table1",
 #       carry=[".whl", ".device_data", ".device_runs"], timeout_s=590)
 # Every stage writes its results under $OUT (they come back); copy them to
@@ -18,12 +21,16 @@
 #   pack        (here) copy ../shared/data/mnist into .device_data/ (ignored)
 #   env         GPU model, driver, JAX/torch versions -> $OUT/env.md
 #   tests       the test suite on the GPU (memory preallocation off for the
-#               parallel workers) -> $OUT/tests.log
+#               parallel workers; limit $TESTS_S s) -> $OUT/tests.log
+#   parity      stn_jax on the GPU vs torch CUDA, values and gradients
+#               -> $OUT/parity_torch_cuda.md
+#   checks      tests and parity at once
 #   sampler     bench_sampler.py vs torch CUDA, benchmark and large shapes,
 #               with achieved bandwidth -> $OUT/bench_sampler_cuda.md
 #   models      training throughput vs the same torch networks
 #               -> $OUT/models_torch_cuda.md
-#   population  population mode at K = 1, 8, 32 -> $OUT/population_K*.md
+#   population  population mode at K = 1, 8, 32, paper network
+#               -> $OUT/population_cuda.md
 #   table1      paper-scale Table 1 cells (RTS ST-CNN first), resumable:
 #               stops itself before the command's limit, checkpointing, and
 #               packs its workdir into $OUT/table1_runs.tar; copy that to
@@ -78,29 +85,52 @@ PY
 
 stage_tests() {
   # -p no:cacheprovider: the working tree there may be read-only in parts.
-  timeout 540 python3 -m pytest -n 8 -q -p no:cacheprovider tests \
-    -o addopts="-ra" 2>&1 | tee "$OUT/tests.log" | tail -40
+  # -v: each test's outcome is in the log as it finishes, so a suite cut
+  # short by the limit still says what passed.
+  timeout "${TESTS_S:-540}" python3 -m pytest -n "${TEST_WORKERS:-16}" -v \
+    -p no:cacheprovider tests -o addopts="-ra" --durations=15 \
+    >"$OUT/tests.log" 2>&1
+  local rc=$?
+  grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
+  return $rc
+}
+
+stage_parity() {
+  timeout "${PARITY_S:-150}" python3 experiments/accelerator/parity_torch.py \
+    --torch_device "${TORCH_DEVICE:-cuda}" --cases 4 --out "$OUT/parity_torch_cuda.md" |
+    tail -4
+}
+
+# The tests and the parity check together: neither is timed, and the
+# parity check needs the GPU only for milliseconds at a time.
+stage_checks() {
+  stage_parity &
+  local parity=$!
+  stage_tests
+  local rc=$?
+  wait $parity || rc=1
+  return $rc
 }
 
 stage_sampler() {
-  timeout 270 python3 experiments/bench_sampler.py --torch_device cuda \
+  timeout 100 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
     --repeats 40 --peak_bandwidth_gbs 4800 --out "$OUT/bench_sampler_cuda.md"
-  timeout 270 python3 experiments/bench_sampler.py --torch_device cuda \
+  timeout 100 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
     --repeats 20 --peak_bandwidth_gbs 4800 \
     --shapes 64x256x256x3,32x512x512x3,256x128x128x32 \
-    --out "$OUT/bench_sampler_cuda_large.md"
+    --out /tmp/bench_sampler_cuda_large.md &&
+    { echo; echo "## Large shapes"; echo; cat /tmp/bench_sampler_cuda_large.md; } \
+      >>"$OUT/bench_sampler_cuda.md"
 }
 
 stage_models() {
-  timeout 500 python3 experiments/bench_models_torch.py --torch_device cuda \
+  timeout 150 python3 experiments/bench_models_torch.py --torch_device "${TORCH_DEVICE:-cuda}" \
     --batch 256 --steps 50 --rounds 3 --out "$OUT/models_torch_cuda.md"
 }
 
 stage_population() {
-  for k in 1 8 32; do
-    timeout 170 python3 experiments/bench_population.py --members "$k" \
-      --steps 30 --out "$OUT/population_K$k.md"
-  done
+  timeout 170 python3 experiments/bench_population.py --members 1,8,32 \
+    --paper --steps 20 --out "$OUT/population_cuda.md"
 }
 
 stage_table1() {
@@ -133,9 +163,10 @@ stage_table1() {
 setup
 status=0
 for stage in "$@"; do
-  echo "=== $stage ($(date -u +%H:%M:%S))"
+  echo "=== $stage ($(date -u +%H:%M:%S))" | tee -a "$OUT/session.log"
   if declare -F "stage_$stage" >/dev/null; then
-    "stage_$stage" || status=1
+    "stage_$stage" 2>&1 | tee -a "$OUT/session.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
   else
     echo "unknown stage: $stage" >&2
     status=2
