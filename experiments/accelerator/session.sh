@@ -113,9 +113,9 @@ stage_checks() {
 }
 
 stage_sampler() {
-  timeout 100 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
-    --repeats 40 --peak_bandwidth_gbs 4800 --out "$OUT/bench_sampler_cuda.md"
-  timeout 100 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
+  timeout 80 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
+    --repeats 20 --peak_bandwidth_gbs 4800 --out "$OUT/bench_sampler_cuda.md"
+  timeout 80 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
     --repeats 20 --peak_bandwidth_gbs 4800 \
     --shapes 64x256x256x3,32x512x512x3,256x128x128x32 \
     --out /tmp/bench_sampler_cuda_large.md &&
@@ -124,7 +124,7 @@ stage_sampler() {
 }
 
 stage_models() {
-  timeout 150 python3 experiments/bench_models_torch.py --torch_device "${TORCH_DEVICE:-cuda}" \
+  timeout 130 python3 experiments/bench_models_torch.py --torch_device "${TORCH_DEVICE:-cuda}" \
     --batch 256 --steps 50 --rounds 3 --out "$OUT/models_torch_cuda.md"
 }
 
