@@ -306,8 +306,14 @@ def main(argv=None):
     " timed in 5 round-robin blocks (each after a 0.3 s pause and one untimed "
     "call, so that one library's spinning worker threads do not slow the "
     "next) so that machine load hits all alike",
-    "- stn_jax on the CPU runs its C++ kernels (the default): bilinear "
-    "forward and backward on a zero-bordered copy of each image",
+    (
+      "- stn_jax on the CPU runs its C++ kernels (the default): bilinear "
+      "forward and backward on a zero-bordered copy of each image"
+      if jax.default_backend() == "cpu"
+      else f"- stn_jax on {jax.default_backend()} runs its XLA formulation; "
+      "every call is timed to completion (block_until_ready / "
+      "torch.cuda.synchronize), so small shapes measure launch overhead"
+    ),
     "",
     "| shape (N,H,W,C) | stn_jax fwd | torch fwd | ratio fwd | stn_jax "
     "fwd+bwd | torch fwd+bwd | ratio fwd+bwd | stn_jax theta only | torch "
@@ -328,11 +334,14 @@ def main(argv=None):
     "",
     "ratio = stn_jax time / torch time; <= 1.0 means stn_jax is "
     "at least as fast.",
-    "",
-    "Caveat: on a shared 2-core VM these medians move by up to ~50% "
-    "between runs (for both libraries), so compare ratios across several "
-    "runs of this script, not one table.",
   ]
+  if jax.default_backend() == "cpu":
+    lines += [
+      "",
+      "Caveat: on a shared 2-core VM these medians move by up to ~50% "
+      "between runs (for both libraries), so compare ratios across several "
+      "runs of this script, not one table.",
+    ]
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -152,6 +152,11 @@ class RayLauncher:
     address: str | None = None,
     resources: dict[str, float] | None = None,
   ):
+    # The arguments first: a bad one is named even where Ray is missing.
+    if max_concurrent is not None and max_concurrent < 1:
+      raise ValueError(
+        f"max_concurrent must be a positive int; got {max_concurrent!r}."
+      )
     try:
       import ray  # noqa: F401
     except ImportError:
@@ -159,10 +164,6 @@ class RayLauncher:
         "--launcher=ray needs Ray: pip install -e '.[ray]' (or pip "
         "install ray)."
       ) from None
-    if max_concurrent is not None and max_concurrent < 1:
-      raise ValueError(
-        f"max_concurrent must be a positive int; got {max_concurrent!r}."
-      )
     self.max_concurrent = max_concurrent
     self.address = address or None
     self.resources = {"cpu": 1.0, **(resources or {})}

@@ -300,37 +300,46 @@ def test_population_is_split_over_four_devices_and_matches_one_device(
   import sys
 
   tests = pathlib.Path(__file__).resolve().parent
-  env = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-  }
-  out = subprocess.run(
-    [
-      sys.executable,
-      "-c",
-      SHARDED_POPULATION,
-      str(tests),
-      str(tiny_tfds),
-      str(tmp_path / "sharded"),
-      str(tmp_path / "params.npz"),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    cwd=tests.parent,
-    env=env,
+
+  def run(name, **env):
+    # Host devices, also on a GPU machine: both runs on the same backend.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
+    out = subprocess.run(
+      [
+        sys.executable,
+        "-c",
+        SHARDED_POPULATION,
+        str(tests),
+        str(tiny_tfds),
+        str(tmp_path / name),
+        str(tmp_path / f"{name}.npz"),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      cwd=tests.parent,
+      env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    with np.load(tmp_path / f"{name}.npz") as saved:
+      params = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    return out.stdout, params
+
+  stdout, theirs = run(
+    "sharded", XLA_FLAGS="--xla_force_host_platform_device_count=4"
   )
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "4 device(s) (members split over 4)" in out.stdout
-  report = json.loads(out.stdout.splitlines()[-1])
+  assert "4 device(s) (members split over 4)" in stdout
+  report = json.loads(stdout.splitlines()[-1])
   # Each of the 4 devices holds one whole member (rows 0, 1, 2, 3).
   assert report == {"devices": 4, "shards": [[0, 0], [1, 1], [2, 2], [3, 3]]}
-  here = population.train_population(
-    sharded_configs(tiny_tfds), str(tmp_path / "one"), log=lambda *a: None
-  )
-  ours = [np.asarray(x) for r in here for x in jax.tree.leaves(r["params"])]
-  with np.load(tmp_path / "params.npz") as saved:
-    theirs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+  if jax.default_backend() == "cpu":  # one device here: compare in-process
+    here = population.train_population(
+      sharded_configs(tiny_tfds), str(tmp_path / "one"), log=lambda *a: None
+    )
+    ours = [np.asarray(x) for r in here for x in jax.tree.leaves(r["params"])]
+  else:  # the same population on one host device
+    stdout, ours = run("one")
+    assert json.loads(stdout.splitlines()[-1])["devices"] == 1
   assert len(ours) == len(theirs)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)

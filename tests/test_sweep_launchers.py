@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 from conftest import write_mnist_config_with_sweep
 
@@ -55,7 +56,7 @@ def test_shards_share_one_table_and_every_record_says_where_and_when(
       assert r["status"] == "finished"
       assert before <= r["start_time"] <= r["end_time"] <= time.time()
       assert r["host"] and f"pid {os.getpid()}" in r["worker"]
-      assert "cpu" in r["device"]
+      assert f"({jax.default_backend()})" in r["device"]
       on_disk = json.loads((workdir / r["name"] / "record.json").read_text())
       assert on_disk["status"] == "finished" and on_disk["end_time"]
     table = _read_jsonl(workdir / "results.jsonl")
@@ -169,6 +170,10 @@ def test_parsed_options():
     "gpu": 0.25,
     "tpu_v5": 1.0,
   }
+
+
+def test_ray_task_options_share_the_gpu_memory():
+  pytest.importorskip("ray")
   options = launchers.RayLauncher(resources={"gpu": 0.25})._options()
   assert options["num_gpus"] == 0.25 and options["num_cpus"] == 1.0
   memory = options["runtime_env"]["env_vars"]["XLA_PYTHON_CLIENT_MEM_FRACTION"]

@@ -242,12 +242,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_tfds, tmp_path):
 
 
 def test_four_devices_match_one_device(tiny_tfds, tmp_path):
-  one_run = run_main(tmp_path / "one", tiny_tfds, "--config.num_steps=3")
+  # Both on host devices, also on a GPU machine (where the 4-device run
+  # would otherwise see the one GPU alone).
+  one_run = run_main(
+    tmp_path / "one",
+    tiny_tfds,
+    "--config.num_steps=3",
+    env={"JAX_PLATFORMS": "cpu"},
+  )
   four_run = run_main(
     tmp_path / "four",
     tiny_tfds,
     "--config.num_steps=3",
-    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    env={
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+      "JAX_PLATFORMS": "cpu",
+    },
   )
   assert "1 device(s)" in one_run.stdout
   assert "4 device(s)" in four_run.stdout

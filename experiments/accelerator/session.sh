@@ -4,16 +4,16 @@
 # Prepare here, before a device machine starts (its minutes are scarce):
 #   bash experiments/accelerator/fetch_wheels.sh   # .whl/ (~11 MB)
 #   bash experiments/accelerator/session.sh pack   # .device_data/ (MNIST, ~11 MB)
-# A lease is 15 minutes of device time in all, the machine's start (a
-# minute or two) included, so plan two calls at most, the second while the
-# machine is still warm:
-#   run(command="TESTS_S=230 bash experiments/accelerator/session.sh env checks sampler models",
-#       carry=[".whl"], timeout_s=590)
-#   run(command="bash experiments/accelerator/session.sh population",
-#       carry=[".whl"], timeout_s=200)
-# and, in a later lease, the paper-scale Table 1 chunks:
-#   run(command="bash experiments/accelerator/session.sh table1",
-#       carry=[".whl", ".device_data", ".device_runs"], timeout_s=590)
+# A lease is 15 minutes of device time in all, the machine's start (30 s to
+# two minutes) included, so plan two calls at most, the second while the
+# machine is still warm (it goes back 30 s after a call). The first lease
+# (2026-12-04, experiments/results/accelerator/) measured sampler, models and
+# population; its suite was cut at 88% by a 200 s limit. Next lease:
+#   run(command="STN_COMMIT=<sha> bash experiments/accelerator/session.sh env checks sampler",
+#       carry=[".whl"], timeout_s=560)
+#   run(command="TABLE1_S=240 bash experiments/accelerator/session.sh table1",
+#       carry=[".whl", ".device_data", ".device_runs"], timeout_s=300)
+# (give_back after the last call).
 # Every stage writes its results under $OUT (they come back); copy them to
 # experiments/results/accelerator/ and commit them with the GPU named.
 #
@@ -21,17 +21,20 @@
 #   pack        (here) copy ../shared/data/mnist into .device_data/ (ignored)
 #   env         GPU model, driver, JAX/torch versions -> $OUT/env.md
 #   tests       the test suite on the GPU (memory preallocation off for the
-#               parallel workers; limit $TESTS_S s) -> $OUT/tests.log
+#               parallel workers; limit $TESTS_S s) -> $OUT/tests.log, and
+#               each failure's traceback -> $OUT/test_failures.log
 #   parity      stn_jax on the GPU vs torch CUDA, values and gradients
 #               -> $OUT/parity_torch_cuda.md
 #   checks      tests and parity at once
-#   sampler     bench_sampler.py vs torch CUDA, benchmark and large shapes,
-#               with achieved bandwidth -> $OUT/bench_sampler_cuda.md
+#   sampler     bench_sampler.py vs torch CUDA at the benchmark shapes (and
+#               the large ones with SAMPLER_LARGE=1), with achieved
+#               bandwidth -> $OUT/bench_sampler_cuda.md
 #   models      training throughput vs the same torch networks
 #               -> $OUT/models_torch_cuda.md
 #   population  population mode at K = 1, 8, 32, paper network
 #               -> $OUT/population_cuda.md
-#   table1      paper-scale Table 1 cells (RTS ST-CNN first), resumable:
+#   table1      paper-scale Table 1 cells (RTS ST-CNN first; each cell's 3
+#               seeds as one population, --population), resumable:
 #               stops itself before the command's limit, checkpointing, and
 #               packs its workdir into $OUT/table1_runs.tar; copy that to
 #               .device_runs/ here and carry it to continue. Finished runs'
@@ -69,7 +72,8 @@ stage_env() {
     echo "# Accelerator environment"
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    # The device's copy of .git may lag the working tree: pass STN_COMMIT.
+    echo "- commit: ${STN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
     echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
     python3 - <<'PY'
 import jax
@@ -87,7 +91,10 @@ stage_tests() {
   # -p no:cacheprovider: the working tree there may be read-only in parts.
   # -v: each test's outcome is in the log as it finishes, so a suite cut
   # short by the limit still says what passed.
-  timeout "${TESTS_S:-540}" python3 -m pytest -n "${TEST_WORKERS:-16}" -v \
+  # STN_TEST_FAILURE_LOG (tests/conftest.py): each failure's traceback is
+  # written as it happens, so a cut-short suite still says why.
+  STN_TEST_FAILURE_LOG="$OUT/test_failures.log" \
+  timeout "${TESTS_S:-330}" python3 -m pytest -n "${TEST_WORKERS:-16}" -v \
     -p no:cacheprovider tests -o addopts="-ra" --durations=15 \
     >"$OUT/tests.log" 2>&1
   local rc=$?
@@ -97,7 +104,7 @@ stage_tests() {
 
 stage_parity() {
   timeout "${PARITY_S:-150}" python3 experiments/accelerator/parity_torch.py \
-    --torch_device "${TORCH_DEVICE:-cuda}" --cases 4 --out "$OUT/parity_torch_cuda.md" |
+    --torch_device "${TORCH_DEVICE:-cuda}" --cases 2 --out "$OUT/parity_torch_cuda.md" |
     tail -4
 }
 
@@ -113,8 +120,9 @@ stage_checks() {
 }
 
 stage_sampler() {
-  timeout 80 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
+  timeout 150 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
     --repeats 20 --peak_bandwidth_gbs 4800 --out "$OUT/bench_sampler_cuda.md"
+  [ -n "${SAMPLER_LARGE:-}" ] || return 0
   timeout 80 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
     --repeats 20 --peak_bandwidth_gbs 4800 \
     --shapes 64x256x256x3,32x512x512x3,256x128x128x32 \
@@ -146,8 +154,8 @@ stage_table1() {
     --tfds_dir=/tmp/tfds >/dev/null || return 1
   # SIGTERM at the limit: the run checkpoints and exits; the next call
   # resumes from the tar.
-  timeout -s TERM 450 python3 experiments/table1_distorted_mnist.py \
-    --scale paper --workdir /tmp/table1_runs --seeds 1 \
+  timeout -s TERM "${TABLE1_S:-450}" python3 experiments/table1_distorted_mnist.py \
+    --scale paper --workdir /tmp/table1_runs --seeds 3 --population \
     --distortions rts --models st_cnn --no_tc --set tfds_dir=/tmp/tfds \
     --set source_dir=.device_data --set steps_per_dispatch=10 \
     --archive experiments/results/runs/table1_paper \

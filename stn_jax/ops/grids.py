@@ -295,7 +295,13 @@ def tps_grid(
     source = source_points.astype(dtype)
     system = _tps_system(source, jnp)
     rhs = jnp.eye(num_points + 3, num_points, dtype=dtype)
-    weights = _tps_features(points, source, jnp) @ jnp.linalg.solve(system, rhs)
+    # HIGHEST: on GPUs XLA's default float32 matmul rounds its inputs
+    # (TF32-like), an error of ~1e-3 in the grid.
+    weights = jnp.matmul(
+      _tps_features(points, source, jnp),
+      jnp.linalg.solve(system, rhs),
+      precision=jax.lax.Precision.HIGHEST,
+    )
   else:
     weights = jnp.asarray(
       _tps_weights_numpy(
