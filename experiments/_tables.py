@@ -51,6 +51,13 @@ def table_parser(
     "while the sweep runs elsewhere)",
   )
   parser.add_argument(
+    "--population",
+    action="store_true",
+    help="train each cell's seeds together as one population (one "
+    "vmapped step; for accelerators): one pass over all seeds instead of "
+    "seed by seed (stn_jax.sweep_population)",
+  )
+  parser.add_argument(
     "--archive",
     help="folder keeping every finished run's small files (record, "
     "config, results, metrics; no checkpoints) to commit: restored into "
@@ -101,13 +108,15 @@ def run_in_seed_passes(
   extra_arg: str,
   report_only: bool = False,
   archive: str | None = None,
+  population: bool = False,
 ) -> tuple[list[dict], list[dict]]:
   """Runs the sweeps' points seed by seed: every kept point's seed 0, then
   every kept point's seed 1, and so on.
 
   An interrupted invocation therefore leaves every cell with some seeds
   rather than some cells with none. Rerunning reuses finished points (the
-  sweep runner is resumable).
+  sweep runner is resumable). With ``population`` there is one pass: each
+  cell's seeds train together as one population.
 
   Args:
     config_path: the config file holding ``sweep_<name>`` functions.
@@ -119,6 +128,8 @@ def run_in_seed_passes(
     report_only: train nothing; unfinished points come back 'pending'.
     archive: each sweep's finished points are kept in ``archive/<name>``
       (:mod:`stn_jax.sweep_archive`).
+    population: train each cell's seeds as one population
+      (:mod:`stn_jax.sweep_population`).
 
   Returns:
     (records of the kept points, as the sweep runner returns them;
@@ -129,7 +140,7 @@ def run_in_seed_passes(
   def collected():
     return [r for name in sweep_names for r in by_sweep.get(name, [])]
 
-  for seed in range(seeds):
+  for seed in [seeds - 1] if population else range(seeds):
 
     def select(point, seed=seed):
       a = parse_arg(point["arg"])
@@ -145,6 +156,7 @@ def run_in_seed_passes(
         extra_arg=extra_arg,
         report_only=report_only,
         archive=archive and os.path.join(archive, name),
+        train_population=population,
       )
       trained += [r for r in by_sweep[name] if r["status"] == "finished"]
       if any(r["status"] == "interrupted" for r in by_sweep[name]):

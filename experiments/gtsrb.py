@@ -151,6 +151,7 @@ def main(argv=None):
     extra_arg=extra_arg,
     report_only=args.report_only,
     archive=args.archive,
+    population=args.population,
   )
   wall = time.perf_counter() - start
 

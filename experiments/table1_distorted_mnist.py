@@ -154,6 +154,7 @@ def main(argv=None):
     extra_arg=scale.arg,
     report_only=args.report_only,
     archive=args.archive,
+    population=args.population,
   )
   wall = time.perf_counter() - start
 

@@ -60,7 +60,13 @@ def check_compatible(configs) -> None:
 
 
 def train_population(
-  configs, workdir: str, *, method: str = "vmap", hooks=(), log=print
+  configs,
+  workdir: str,
+  *,
+  method: str = "vmap",
+  member_dirs=None,
+  hooks=(),
+  log=print,
 ) -> list[dict]:
   """Trains the K configs together; returns each member's final metrics.
 
@@ -68,6 +74,10 @@ def train_population(
     configs: K run configs that differ only in ``MAY_DIFFER``.
     workdir: the population's directory (checkpoints, ``population.json``;
       member k's metrics, results and snapshots in ``member_<k>/``).
+    member_dirs: K folders for the members' files instead of
+      ``workdir/member_<k>`` (the sweep runner's point folders); each is
+      checked against its config like a run's workdir. The stacked
+      checkpoints stay in ``workdir``.
     method: ``'vmap'`` (one batched computation) or ``'map'``
       (``jax.lax.map``: members one after another inside the step).
     hooks: extra :class:`stn_jax.hooks.Hook` objects (as in
@@ -89,7 +99,12 @@ def train_population(
     )
   check_compatible(configs)
   results = train.fit(
-    configs, workdir, population_method=method, hooks=hooks, log=log
+    configs,
+    workdir,
+    population_method=method,
+    member_dirs=member_dirs,
+    hooks=hooks,
+    log=log,
   )
   if "interrupted_at_step" in results[0]:
     return results

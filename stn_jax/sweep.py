@@ -35,6 +35,13 @@ Where points run (:mod:`stn_jax.launchers`):
 results, metrics; no checkpoints) in ``DIR/<point>``, to commit: a later
 run with the same ``--archive`` restores them into its workdir and trains
 only the rest (:mod:`stn_jax.sweep_archive`).
+
+``--population`` trains the points that differ only in seed and member
+hyperparameters (learning rate, localisation multiplier, clipping, weight
+decay) together, as one population each: one vmapped step for all, in this
+process; each member keeps its point folder and record
+(:mod:`stn_jax.sweep_population`). For accelerators, where one small run
+leaves the device mostly idle.
 """
 
 from __future__ import annotations
@@ -53,7 +60,15 @@ from typing import Any
 import ml_collections
 from absl import flags
 
-from stn_jax import cli, launchers, sweep_archive, sweep_records, train
+from stn_jax import (
+  cli,
+  launchers,
+  population,
+  sweep_archive,
+  sweep_population,
+  sweep_records,
+  train,
+)
 from stn_jax import workdir as workdir_lib
 from stn_jax.config_args import load_config_module, split_config_spec
 
@@ -154,6 +169,8 @@ def run_sweep(
   archive: str | None = None,
   launcher=None,
   shard: tuple[int, int] | None = None,
+  train_population: bool = False,
+  population_fn: Callable = population.train_population,
   log=print,
 ) -> list[dict]:
   """Runs (or, with ``dry_run``, checks and lists) every point.
@@ -168,7 +185,9 @@ def run_sweep(
   finished points' small files (:mod:`stn_jax.sweep_archive`): restored
   into ``workdir`` first, added to as points finish. ``launcher`` is a
   :mod:`stn_jax.launchers` launcher (default: one point after another in
-  this process).
+  this process). ``train_population`` groups the points to train into
+  populations, trained in this process by ``population_fn``
+  (:mod:`stn_jax.sweep_population`).
 
   Each point writes ``workdir/<point>/record.json``; ``results.jsonl`` and
   ``results.md`` are rebuilt from the records of every kept point (all
@@ -182,6 +201,14 @@ def run_sweep(
     the sweep stops; ``signal`` names it)), results, error, and where
     trained: start_time, end_time, host, worker, device.
   """
+  if train_population and not isinstance(
+    launcher or launchers.LocalLauncher(), launchers.LocalLauncher
+  ):
+    raise ValueError(
+      "--population trains its populations in this process; it does not "
+      "combine with --launcher=ray (use --shard to split a sweep over "
+      "processes)."
+    )
   module = load_config_module(config_path)
   planned = plan(module, name, select=select, extra_arg=extra_arg)
   mine = planned if shard is None else planned[shard[0] :: shard[1]]
@@ -248,7 +275,18 @@ def run_sweep(
 
   launcher = launcher or launchers.LocalLauncher()
   with _StopBetweenPoints() as stop:
-    launcher.run(tasks, train_fn, on_done, stop, on_start=on_start)
+    if train_population:
+      sweep_population.run_units(
+        sweep_population.group(tasks, workdir),
+        train_fn,
+        population_fn,
+        on_done,
+        stop,
+        on_start=on_start,
+        log=log,
+      )
+    else:
+      launcher.run(tasks, train_fn, on_done, stop, on_start=on_start)
   return [records[p["name"]] for p in mine if p["name"] in records]
 
 
@@ -471,6 +509,14 @@ def _flags() -> flags.FlagValues:
     flag_values=values,
   )
   flags.DEFINE_bool(
+    "population",
+    False,
+    "Train the points that differ only in seed and member hyperparameters "
+    "together, one population (one vmapped step) each, in this process; "
+    "for accelerators (stn_jax.sweep_population).",
+    flag_values=values,
+  )
+  flags.DEFINE_bool(
     "collect",
     False,
     "Train nothing: rebuild results.jsonl and results.md from every "
@@ -506,6 +552,7 @@ def main(argv=None) -> int:
       report_only=values.collect,
       archive=values.archive,
       shard=launchers.parse_shard(values.shard),
+      train_population=values.population,
       launcher=launchers.make_launcher(
         values.launcher,
         max_concurrent=values.max_concurrent,

@@ -374,6 +374,7 @@ class _Members:
 
   configs: list
   population_method: str | None  # None: one unstacked run
+  member_dirs: list[str] | None = None  # None: workdir/member_<k>
 
   @property
   def population(self) -> bool:
@@ -382,6 +383,8 @@ class _Members:
   def folders(self, workdir) -> list[str]:
     if not self.population:
       return [workdir]
+    if self.member_dirs is not None:
+      return list(self.member_dirs)
     return [
       os.path.join(workdir, f"member_{k}") for k in range(len(self.configs))
     ]
@@ -405,6 +408,7 @@ def fit(
   workdir: str,
   *,
   population_method: str | None = None,
+  member_dirs: Sequence[str] | None = None,
   hooks: Sequence[hooks_lib.Hook] = (),
   overwrite: bool = False,
   log=print,
@@ -413,11 +417,21 @@ def fit(
   compatible configs in one loop; returns one results dict per member.
 
   The workdir is locked for the run, and refused if it holds a run of
-  another config unless ``overwrite`` (see :mod:`stn_jax.workdir`).
+  another config unless ``overwrite`` (see :mod:`stn_jax.workdir`); so is
+  each member's folder (``member_dirs``, default ``workdir/member_<k>``).
   Use :func:`train_and_evaluate` or
   :func:`stn_jax.population.train_population` rather than this.
   """
-  members = _Members(list(configs), population_method)
+  if member_dirs is not None:
+    member_dirs = [str(d) for d in member_dirs]
+    if population_method is None or len(member_dirs) != len(configs):
+      raise ValueError(
+        "member_dirs needs a population and one folder per config; got "
+        f"{len(member_dirs)} folder(s) for {len(configs)} config(s)."
+      )
+    if len(set(map(os.path.abspath, member_dirs))) != len(member_dirs):
+      raise ValueError(f"member_dirs must differ; got {member_dirs}.")
+  members = _Members(list(configs), population_method, member_dirs)
   for config in members.configs:
     validate_config(config)
   if members.population and distributed.process_count() > 1:

@@ -57,6 +57,62 @@ def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   ]
 
 
+def test_table1_script_trains_each_cells_seeds_as_one_population(
+  tiny_tfds, tmp_path
+):
+  out = tmp_path / "table1.md"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "experiments/table1_distorted_mnist.py",
+      "--scale=cpu",
+      f"--workdir={tmp_path / 'runs'}",
+      f"--out={out}",
+      "--seeds=2",
+      "--distortions=rts",
+      "--models=cnn",
+      "--no_tc",
+      "--population",
+      f"--archive={tmp_path / 'archive'}",
+      f"--set=tfds_dir={tiny_tfds}",
+      "--set=num_steps=2",
+      "--set=batch_size=8",
+      "--set=eval_batch_size=8",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  populations = list((tmp_path / "runs" / "table1" / "populations").iterdir())
+  assert len(populations) == 1  # both seeds of the one cell
+  records = [
+    json.loads(line)
+    for line in (tmp_path / "runs" / "table1" / "results.jsonl")
+    .read_text()
+    .splitlines()
+  ]
+  assert [r["status"] for r in records] == ["finished"] * 2
+  assert {r["population"]["name"] for r in records} == {populations[0].name}
+  # Each member's point folder holds its own run files, which the archive
+  # keeps like any finished point's.
+  with open(populations[0] / "population.json") as f:
+    members = json.load(f)["members"]
+  for record, member in zip(records, members):
+    folder = tmp_path / "runs" / "table1" / record["name"]
+    for name in ("config.json", "results.json", "metrics.jsonl"):
+      assert (folder / name).is_file(), name
+    with open(folder / "config.json") as f:
+      assert json.load(f)["seed"] == member["seed"]
+    assert record["results"]["test_error"] == member["test_error"]
+    assert (
+      tmp_path / "archive" / "table1" / record["name"] / "record.json"
+    ).is_file()
+  row = next(r for r in out.read_text().splitlines() if r.startswith("| CNN"))
+  assert "n=2)" in row
+
+
 def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   out = tmp_path / "gtsrb.md"
   command = [
