@@ -69,20 +69,27 @@ def interleaved_medians_ms(fns, repeats, rounds=5):
 
 
 def inputs(shape, seed=0):
-  n, h, w, c = shape
+  """Image, theta (identity + N(0, 0.1)) and cotangent for an (N, H, W, C)
+  image, or an (N, D, H, W, C) volume."""
+  n, dims = shape[0], len(shape) - 2
   rng = np.random.default_rng(seed)
   image = rng.uniform(size=shape).astype(np.float32)
-  theta = np.tile(np.array([[1, 0, 0], [0, 1, 0]], np.float32), (n, 1, 1))
+  identity = np.eye(dims, dims + 1, dtype=np.float32)
+  theta = np.tile(identity, (n, 1, 1))
   theta += rng.normal(scale=0.1, size=theta.shape).astype(np.float32)
   cotangent = rng.normal(size=shape).astype(np.float32)
   return image, theta, cotangent
 
 
 def stn_jax_fns(shape):
-  _, h, w, _ = shape
+  spatial = shape[1:-1]
+  if len(spatial) == 3:
+    grid_fn, sample = stn_jax.affine_grid_3d, stn_jax.grid_sample_3d
+  else:
+    grid_fn, sample = stn_jax.affine_grid, stn_jax.grid_sample
 
   def warp(image, theta):
-    return stn_jax.grid_sample(image, stn_jax.affine_grid(theta, (h, w)))
+    return sample(image, grid_fn(theta, spatial))
 
   def loss(image, theta, cotangent):
     return jnp.vdot(warp(image, theta), cotangent)
@@ -133,28 +140,29 @@ def torch_closures(shape, device):
   import torch.nn.functional as F
 
   image, theta, cotangent = inputs(shape)
-  n, h, w, c = shape
+  size = (shape[0], shape[-1], *shape[1:-1])  # (N, C, [D,] H, W)
   to = lambda a: torch.tensor(a, device=device)
-  image_const = to(image.transpose(0, 3, 1, 2).copy())
+  channels_first = lambda a: np.moveaxis(a, -1, 1).copy()
+  image_const = to(channels_first(image))
   image = image_const.clone().requires_grad_(True)
   theta = to(theta).requires_grad_(True)
-  cotangent = to(cotangent.transpose(0, 3, 1, 2).copy())
+  cotangent = to(channels_first(cotangent))
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def forward():
     with torch.no_grad():
-      grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
+      grid = F.affine_grid(theta, size, align_corners=False)
       F.grid_sample(image, grid, align_corners=False)
     sync()
 
   def backward():
-    grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
+    grid = F.affine_grid(theta, size, align_corners=False)
     out = F.grid_sample(image, grid, align_corners=False)
     torch.autograd.grad(out, (image, theta), cotangent)
     sync()
 
   def theta_only():  # the image needs no gradient: torch skips its scatter
-    grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
+    grid = F.affine_grid(theta, size, align_corners=False)
     out = F.grid_sample(image_const, grid, align_corners=False)
     torch.autograd.grad(out, (theta,), cotangent)
     sync()
@@ -177,7 +185,7 @@ def bandwidth_lines(rows, peak_gbs):
     "counting only the image-sized float32 arrays each pass must move once "
     "(fwd 2, fwd+bwd 5, theta only 4; the grid and theta are smaller):",
     "",
-    "| shape (N,H,W,C) | stn_jax fwd | torch fwd | stn_jax fwd+bwd | torch "
+    "| shape (N,[D,]H,W,C) | stn_jax fwd | torch fwd | stn_jax fwd+bwd | torch "
     "fwd+bwd | stn_jax theta only | torch theta only |",
     "|---|---|---|---|---|---|---|",
   ]
@@ -243,7 +251,8 @@ def main(argv=None):
   parser.add_argument(
     "--shapes",
     default=None,
-    help="e.g. '256x42x42x1,64x128x128x3' (default: all)",
+    help="e.g. '256x42x42x1,64x128x128x3' (default: all); five numbers "
+    "(N x D x H x W x C) time the volumetric ops",
   )
   args = parser.parse_args(argv)
   shapes = (
@@ -251,6 +260,12 @@ def main(argv=None):
     if not args.shapes
     else [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
   )
+  for shape in shapes:
+    if len(shape) not in (4, 5) or min(shape) < 1:
+      parser.error(
+        "--shapes: expected NxHxWxC or NxDxHxWxC of positive sizes, got "
+        + "x".join(map(str, shape))
+      )
   try:
     import torch
 
@@ -261,14 +276,17 @@ def main(argv=None):
 
   rows = []
   for shape in shapes:
-    fns = jax_closures(stn_jax_fns, shape) + jax_closures(
-      map_coordinates_fns, shape
+    # map_coordinates: images only (a volume's is not this script's point)
+    volume = len(shape) == 5
+    fns = jax_closures(stn_jax_fns, shape) + (
+      [] if volume else jax_closures(map_coordinates_fns, shape)
     )
     if torch_version:
       fns += torch_closures(shape, args.torch_device)
     times = interleaved_medians_ms(fns, args.repeats)
-    ours, mapc = times[0:3], times[3:5]
-    theirs = times[5:8] if torch_version else (float("nan"),) * 3
+    ours = times[0:3]
+    mapc = (float("nan"),) * 2 if volume else times[3:5]
+    theirs = times[len(fns) - 3 :] if torch_version else (float("nan"),) * 3
     rows.append((shape, ours, theirs, mapc))
     print(
       f"{shape}: stn_jax fwd {ours[0]:.2f} ms, fwd+bwd {ours[1]:.2f} ms, "
@@ -308,14 +326,15 @@ def main(argv=None):
     "next) so that machine load hits all alike",
     (
       "- stn_jax on the CPU runs its C++ kernels (the default): bilinear "
-      "forward and backward on a zero-bordered copy of each image"
+      "forward and backward on a zero-bordered copy of each image "
+      "(volumes, N x D x H x W x C: trilinear in XLA, no C++ kernel)"
       if jax.default_backend() == "cpu"
       else f"- stn_jax on {jax.default_backend()} runs its XLA formulation; "
       "every call is timed to completion (block_until_ready / "
       "torch.cuda.synchronize), so small shapes measure launch overhead"
     ),
     "",
-    "| shape (N,H,W,C) | stn_jax fwd | torch fwd | ratio fwd | stn_jax "
+    "| shape (N,[D,]H,W,C) | stn_jax fwd | torch fwd | ratio fwd | stn_jax "
     "fwd+bwd | torch fwd+bwd | ratio fwd+bwd | stn_jax theta only | torch "
     "theta only | ratio theta only | map_coordinates fwd | "
     "map_coordinates fwd+bwd |",

@@ -125,7 +125,7 @@ stage_sampler() {
   [ -n "${SAMPLER_LARGE:-}" ] || return 0
   timeout 80 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
     --repeats 20 --peak_bandwidth_gbs 4800 \
-    --shapes 64x256x256x3,32x512x512x3,256x128x128x32 \
+    --shapes 64x256x256x3,32x512x512x3,256x128x128x32,8x64x64x64x4 \
     --out /tmp/bench_sampler_cuda_large.md &&
     { echo; echo "## Large shapes"; echo; cat /tmp/bench_sampler_cuda_large.md; } \
       >>"$OUT/bench_sampler_cuda.md"
