@@ -30,7 +30,15 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
+import jax
+
 from stn_jax import launchers, population, sweep_records
+
+CPU_NOTE = (
+  "note: --population on the cpu backend is slower than separate points "
+  "(3 small ST-CNNs on 2 cores: 0.16x, experiments/results/population.md); "
+  "it pays on an accelerator"
+)
 
 
 @dataclasses.dataclass
@@ -157,7 +165,10 @@ def run_units(
 ) -> None:
   """Runs populations and single points one after another in this process,
   as :class:`stn_jax.launchers.LocalLauncher` runs points: ``on_start`` and
-  ``on_done(task, record)`` per point; a signal ends the run."""
+  ``on_done(task, record)`` per point; a signal ends the run. On a CPU
+  backend the first population logs :data:`CPU_NOTE` (separate points are
+  faster there)."""
+  noted = False
   for unit in units:
     tasks = unit.tasks if isinstance(unit, PopulationTask) else [unit]
     if stop.signal:
@@ -168,6 +179,9 @@ def run_units(
       for task in tasks:
         on_start(task)
     if isinstance(unit, PopulationTask):
+      if not noted and jax.default_backend() == "cpu":
+        log(CPU_NOTE)
+      noted = True
       log(f"training {len(tasks)} points as {unit.workdir}")
       records = run_population(unit, population_fn, log=log)
     else:
