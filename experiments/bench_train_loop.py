@@ -57,7 +57,11 @@ def run_once(
       *main_command(config, workdir, steps),
       *(f"--config.{item}" for item in overrides),
     ]
-    env = {**os.environ, "PYTHONPATH": path}
+    inherited = os.environ.get("PYTHONPATH")
+    env = {
+      **os.environ,
+      "PYTHONPATH": os.pathsep.join([path, *filter(None, [inherited])]),
+    }
     subprocess.run(
       command, cwd=path, env=env, check=True, capture_output=True, text=True
     )

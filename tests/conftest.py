@@ -41,6 +41,14 @@ requires_torch = pytest.mark.skipif(
 )
 
 
+def pythonpath(*folders) -> str:
+  """``folders`` first, then the inherited ``$PYTHONPATH``: a subprocess's
+  value that keeps whatever the environment put there (where packages are
+  not installed, e.g. the GPU session's wheels on ``PYTHONPATH``)."""
+  inherited = os.environ.get("PYTHONPATH", "")
+  return os.pathsep.join([*map(str, folders), *filter(None, [inherited])])
+
+
 def _config_module(name):
   from stn_jax import config_args
 

@@ -11,6 +11,7 @@ import time
 import data_fixtures
 import numpy as np
 import pytest
+from conftest import pythonpath
 
 from stn_jax.data import __main__ as data_cli
 from stn_jax.data import datasets
@@ -122,7 +123,7 @@ _BUILD_SCRIPT = textwrap.dedent(
 def test_two_concurrent_builds_do_not_crash_each_other(mnist_source, tmp_path):
   env = dict(
     os.environ,
-    PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
+    PYTHONPATH=pythonpath(REPO, REPO / "tests"),
     JAX_PLATFORMS="cpu",
   )
   processes = [

@@ -14,6 +14,7 @@ import zipfile
 import data_fixtures
 import numpy as np
 import pytest
+from conftest import pythonpath
 from http_fixtures import FileServer, closed_port_url
 from PIL import Image
 
@@ -260,7 +261,7 @@ def test_offline_setting_forbids_downloads(online, tmp_path, monkeypatch):
 def run_command(args, env_dir, timeout=120):
   """Runs ``python -m ARGS`` with nothing reachable and an empty data
   directory and cache (``$STN_DATA_DIR=env_dir``)."""
-  env = dict(os.environ, STN_DATA_DIR=str(env_dir), PYTHONPATH=str(REPO))
+  env = dict(os.environ, STN_DATA_DIR=str(env_dir), PYTHONPATH=pythonpath(REPO))
   env.pop(download.OFFLINE_ENV, None)
   env.pop(download.MIRROR_ENV, None)
   return subprocess.run(
