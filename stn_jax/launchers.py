@@ -51,6 +51,17 @@ class PointTask:
     }
 
 
+def settle(record: dict, results: dict) -> None:
+  """Puts a training function's ``results`` into a point's ``record``, with
+  status 'interrupted' (and the signal) when a signal stopped the run,
+  'finished' otherwise."""
+  record["results"] = results
+  if "interrupted_at_step" in results:
+    record.update(status="interrupted", signal=results.get("signal"))
+  else:
+    record["status"] = "finished"
+
+
 def run_point(task: PointTask, train_fn: Callable) -> dict:
   """Trains ``task`` under its point lock, writing its record as it starts
   and ends; returns the record.
@@ -74,12 +85,7 @@ def run_point(task: PointTask, train_fn: Callable) -> dict:
     )
     sweep_records.write_record(task.point_dir, record)
     try:
-      results = dict(train_fn(task.config, task.point_dir))
-      record["results"] = results
-      if "interrupted_at_step" in results:
-        record.update(status="interrupted", signal=results.get("signal"))
-      else:
-        record["status"] = "finished"
+      settle(record, dict(train_fn(task.config, task.point_dir)))
     except Exception:  # noqa: BLE001 - recorded; the other points run
       record.update(status="failed", error=traceback.format_exc())
     except BaseException:  # KeyboardInterrupt before the loop's handler

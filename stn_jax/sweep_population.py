@@ -129,12 +129,9 @@ def run_population(
         log=log,
       )
       for record, member in zip(records, results):
-        member = {k: v for k, v in member.items() if k != "params"}
-        record["results"] = member
-        if "interrupted_at_step" in member:
-          record.update(status="interrupted", signal=member.get("signal"))
-        else:
-          record["status"] = "finished"
+        launchers.settle(
+          record, {k: v for k, v in member.items() if k != "params"}
+        )
     except Exception:  # noqa: BLE001 - recorded; the other points run
       error = traceback.format_exc()
       for record in records:
