@@ -273,11 +273,13 @@ def run_sweep(
     records[task.name] = record
     sweep_records.write_results(workdir, planned)
 
+  units = sweep_population.group(tasks, workdir) if train_population else tasks
+  sweep_population.check_resumes(units, workdir)
   launcher = launcher or launchers.LocalLauncher()
   with _StopBetweenPoints() as stop:
     if train_population:
       sweep_population.run_units(
-        sweep_population.group(tasks, workdir),
+        units,
         train_fn,
         population_fn,
         on_done,

@@ -15,7 +15,9 @@ population's name), so tables, ``--collect``, ``--archive`` and reruns see
 ordinary points. The population's stacked checkpoints live in
 ``DIR/populations/<name>``, where ``<name>`` is a hash of the members' point
 names: a rerun with the same unfinished points forms the same groups and
-resumes them. A member's ``wall_seconds`` is the population's training time
+resumes them. A rerun that would start a saved point from step 0 instead
+(``--population`` dropped or added, or other points grouped with it) is
+refused (:func:`check_resumes`). A member's ``wall_seconds`` is the population's training time
 divided by its size, so a table's total time stays the time spent.
 """
 
@@ -33,6 +35,7 @@ from collections.abc import Callable, Sequence
 import jax
 
 from stn_jax import launchers, population, sweep_records
+from stn_jax import workdir as workdir_lib
 
 CPU_NOTE = (
   "note: --population on the cpu backend is slower than separate points "
@@ -82,6 +85,57 @@ def group(tasks: Sequence, workdir: str) -> list:
       )
     )
   return units
+
+
+def _checkpoint_steps(folder: str) -> list[int]:
+  """The steps saved under ``folder/checkpoints`` (orbax step folders)."""
+  path = os.path.join(folder, "checkpoints")
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(name) for name in os.listdir(path) if name.isdigit())
+
+
+def check_resumes(units: Sequence, workdir: str) -> None:
+  """Refuses to train an unfinished point from step 0 while its checkpoint
+  waits elsewhere: a point saved as a member of a population that this
+  grouping does not form again (``--population`` dropped, or other points
+  beside it, e.g. more seeds), or saved as a separate run that is now
+  grouped into a population. ``units`` as :func:`group` returns them (or
+  plain point tasks, without ``--population``).
+
+  Raises:
+    stn_jax.workdir.WorkdirError: naming the point, where its checkpoint is,
+      and the two ways out (rerun as before, or delete that checkpoint).
+  """
+  for unit in units:
+    is_population = isinstance(unit, PopulationTask)
+    tasks, now = (unit.tasks, unit.name) if is_population else ([unit], None)
+    for task in tasks:
+      saved = sweep_records.read_record(task.point_dir) or {}
+      before = (saved.get("population") or {}).get("name")
+      if before == now:
+        continue
+      folder = (
+        os.path.join(workdir, "populations", before)
+        if before
+        else task.point_dir
+      )
+      steps = _checkpoint_steps(folder)
+      if not steps:
+        continue
+      was = f"population {before}" if before else "a separate run"
+      will = f"in population {now}" if now else "as a separate run"
+      again = (
+        "with --population and the same points beside it"
+        if before
+        else "without --population"
+      )
+      raise workdir_lib.WorkdirError(
+        f"point {task.name} has a checkpoint at step {steps[-1]} from "
+        f"training as {was} ({folder}/checkpoints), but this run would "
+        f"train it {will} from step 0. Rerun {again} to resume it, or "
+        f"delete {folder}/checkpoints to train it afresh."
+      )
 
 
 def run_population(

@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 
 import pytest
 from conftest import write_mnist_config_with_sweep
 
 from stn_jax import config_args, sweep, sweep_records
+from stn_jax import workdir as workdir_lib
 from stn_jax.sweep_population import CPU_NOTE
 
 # Two populations (cnn seeds 0-2; fcn seeds 0-1, one with its own learning
@@ -32,7 +34,8 @@ class FakePopulation:
     self.calls.append((workdir, list(member_dirs)))
     if self.outcome == "fail":
       raise RuntimeError("planted population failure")
-    if self.outcome == "interrupt":
+    if self.outcome == "interrupt":  # as train_population: a checkpoint
+      os.makedirs(os.path.join(workdir, "checkpoints", "5"))
       return [{"interrupted_at_step": 5, "signal": "SIGTERM"} for _ in configs]
     results = []
     for config, folder in zip(configs, member_dirs):
@@ -136,6 +139,86 @@ def test_an_interrupted_population_stops_the_sweep_and_resumes_in_place(
   # The same points form the same population folder, which holds its
   # checkpoints: the rerun resumes it rather than starting a new one.
   assert resumed.calls[0] == stopped.calls[0]
+  assert [r["status"] for r in records] == ["finished"] * 6
+
+
+def interrupted_train(config, workdir):
+  """A separate run stopped by SIGTERM after saving step 5."""
+  os.makedirs(os.path.join(workdir, "checkpoints", "5"))
+  return {"interrupted_at_step": 5, "signal": "SIGTERM"}
+
+
+def test_a_population_checkpoint_is_never_left_behind_silently(tmp_path):
+  stopped = FakePopulation("interrupt")
+  run(tmp_path, stopped)
+  population_dir = stopped.calls[0][0]
+  trained = []
+
+  def train_fn(config, workdir):
+    trained.append(workdir)
+    return fake_train(config, workdir)
+
+  config = write_mnist_config_with_sweep(tmp_path, SIX_POINTS)
+  sweep_dir = str(tmp_path / "sweep")
+  # Without --population the three members would restart from step 0.
+  with pytest.raises(workdir_lib.WorkdirError) as refused:
+    sweep.run_sweep(
+      str(config), "tiny", sweep_dir, train_fn=train_fn, log=lambda *a: None
+    )
+  message = str(refused.value)
+  first = os.path.basename(stopped.calls[0][1][0])
+  assert f"point {first} has a checkpoint at step 5" in message
+  assert f"population {os.path.basename(population_dir)}" in message
+  assert "with --population" in message and "delete" in message
+  assert trained == []
+  # Another seed beside them forms another population: refused too.
+  (tmp_path / "more").mkdir()  # (a new file: no stale bytecode)
+  more = SIX_POINTS.replace("range(3)", "range(4)")
+  config = write_mnist_config_with_sweep(tmp_path / "more", more)
+  fake = FakePopulation()
+  with pytest.raises(workdir_lib.WorkdirError, match="from step 0"):
+    sweep.run_sweep(
+      str(config),
+      "tiny",
+      sweep_dir,
+      train_fn=train_fn,
+      train_population=True,
+      population_fn=fake,
+      log=lambda *a: None,
+    )
+  assert fake.calls == [] and trained == []
+  # Deleting the checkpoint is the way to train them afresh, alone.
+  shutil.rmtree(os.path.join(population_dir, "checkpoints"))
+  config = write_mnist_config_with_sweep(tmp_path, SIX_POINTS)
+  records = sweep.run_sweep(
+    str(config), "tiny", sweep_dir, train_fn=train_fn, log=lambda *a: None
+  )
+  assert [r["status"] for r in records] == ["finished"] * 6
+  assert len(trained) == 6
+
+
+def test_a_separate_runs_checkpoint_is_not_dropped_by_population(tmp_path):
+  config = write_mnist_config_with_sweep(tmp_path, SIX_POINTS)
+  sweep_dir = str(tmp_path / "sweep")
+  records = sweep.run_sweep(
+    str(config),
+    "tiny",
+    sweep_dir,
+    train_fn=interrupted_train,
+    log=lambda *a: None,
+  )
+  assert records[0]["status"] == "interrupted"
+  fake = FakePopulation()
+  with pytest.raises(workdir_lib.WorkdirError) as refused:
+    run(tmp_path, fake)
+  message = str(refused.value)
+  assert f"point {records[0]['name']} has a checkpoint at step 5" in message
+  assert "a separate run" in message and "without --population" in message
+  assert fake.calls == []
+  # Resuming it as it was (separately) is allowed.
+  records = sweep.run_sweep(
+    str(config), "tiny", sweep_dir, train_fn=fake_train, log=lambda *a: None
+  )
   assert [r["status"] for r in records] == ["finished"] * 6
 
 
