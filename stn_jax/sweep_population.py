@@ -123,8 +123,8 @@ def check_resumes(units: Sequence, workdir: str) -> None:
       steps = _checkpoint_steps(folder)
       if not steps:
         continue
-      was = f"population {before}" if before else "a separate run"
-      will = f"in population {now}" if now else "as a separate run"
+      was = f"a member of {before}" if before else "a separate run"
+      will = f"as a member of {now}" if now else "as a separate run"
       again = (
         "with --population and the same points beside it"
         if before

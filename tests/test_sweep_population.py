@@ -168,7 +168,7 @@ def test_a_population_checkpoint_is_never_left_behind_silently(tmp_path):
   message = str(refused.value)
   first = os.path.basename(stopped.calls[0][1][0])
   assert f"point {first} has a checkpoint at step 5" in message
-  assert f"population {os.path.basename(population_dir)}" in message
+  assert f"a member of {os.path.basename(population_dir)}" in message
   assert "with --population" in message and "delete" in message
   assert trained == []
   # Another seed beside them forms another population: refused too.
