@@ -1,4 +1,6 @@
-"""Population mode speed-up: K members in one vmapped step vs K separate steps.
+"""Population mode speed-up: K members in one step vs K separate steps.
+
+The one step is timed vmapped, as a lax.map and unrolled.
 
 Usage: python experiments/bench_population.py [--members 1,8,32] [--steps 30]
        [--paper] [--out experiments/results/population.md]
@@ -48,7 +50,7 @@ def _parse_members(text):
 
 def time_members(config, k, num_steps):
   """Steady-state seconds per step of K members: K separate jitted steps,
-  one vmapped population step and one lax.map population step."""
+  one vmapped, one lax.map and one unrolled population step."""
   batch = config.batch_size
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.uniform(size=(k, batch, 42, 42, 1)), jnp.float32)
@@ -109,6 +111,7 @@ def time_members(config, k, num_steps):
     ("sequential", sequential),
     ("vmap", together("vmap")),
     ("map", together("map")),
+    ("unroll", together("unroll")),
   ):
     fn()  # compile
     fn()
@@ -124,14 +127,15 @@ def time_members(config, k, num_steps):
 
 
 CPU_NOTE = (
-  "On a 2-core CPU population mode is much SLOWER than separate runs, with "
-  "either method (see the CPU table in this file's history: 3 members of "
-  "the small ST-CNN, vmap 0.16x, lax.map 0.17x; the plain CNN likewise). "
-  "XLA's CPU convolutions seem to lose their fast path with per-member "
-  "weights (vmap gives grouped convolutions) and inside loops (lax.map); "
-  "this was not profiled further. On the CPU, run seeds as separate runs "
-  "(the sweep runner). The mode is meant for an accelerator, where one "
-  "small run uses a fraction of the device."
+  "On a 2-core CPU a vmapped or lax.map population step is much SLOWER "
+  "than separate steps (3 members of the small ST-CNN: vmap 0.16x, "
+  "lax.map 0.17x, in this file's history; the plain CNN likewise): XLA's "
+  "CPU convolutions seem to lose their fast path with per-member weights "
+  "(vmap gives grouped convolutions) and inside loops (lax.map); not "
+  "profiled further. The unrolled step (each member traced separately "
+  "into one compiled step) keeps the separate steps' speed, so "
+  "population.train_population's default method ('auto') unrolls on one "
+  "CPU device and vmaps on accelerators."
 )
 
 
@@ -180,6 +184,7 @@ def main(argv=None):
     "sequential": "K separate jitted steps",
     "vmap": "1 population step, `vmap`",
     "map": "1 population step, `lax.map`",
+    "unroll": "1 population step, unrolled",
   }
   for k, timings in results.items():
     for name, label in labels.items():

@@ -5,12 +5,15 @@ The K members may differ in ``seed`` (initialisation and data order),
 ``weight_decay`` (:data:`stn_jax.steps.MEMBER_HYPERPARAMETERS`: the step
 applies each member's own values); everything else must be equal. Their states are stacked
 on a leading member axis and the pure step of :mod:`stn_jax.steps` runs
-under ``jax.vmap`` (or ``jax.lax.map``) inside the same loop and hooks as a
+under ``jax.vmap`` (or ``jax.lax.map``, or unrolled over the members)
+inside the same loop and hooks as a
 single run (:func:`stn_jax.train.fit`): per-member ``metrics.jsonl`` and
 TensorBoard events (``workdir/member_<k>/``), periodic evaluation, a
 non-finite-loss check every step, checkpoints and SIGTERM handling. On an
-accelerator many small runs fit at once; on the CPU it is slower than
-separate runs (``experiments/results/population.md``).
+accelerator many small runs fit at once (vmap). On a CPU a vmapped step is
+several times slower than separate runs, so the default method there
+unrolls the members into one step, as fast as separate runs
+(``experiments/results/population.md``).
 
 Exactness: the optimiser is built with learning rate 1, multiplier 1 and
 neither clipping nor weight decay; each member's gradients are clipped to
@@ -33,10 +36,35 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+
 from stn_jax import steps, train
 
 MAY_DIFFER = ("seed", *steps.MEMBER_HYPERPARAMETERS, "arg")
-METHODS = ("vmap", "map")
+METHODS = ("auto", "vmap", "map", "unroll")
+
+
+def resolve_method(method: str, num_members: int) -> str:
+  """The step method for ``num_members`` members on the local devices.
+
+  ``'auto'``: ``'unroll'`` on a CPU backend when the members share one
+  device (as fast as separate runs there; a vmapped step of 3 paper
+  ST-CNNs was 0.14x, ``experiments/results/population.md``), else
+  ``'vmap'`` (accelerators, and members split over several devices).
+  ``'unroll'`` over several devices is refused: it would not keep each
+  member on its own device. Other methods are returned as they are.
+  """
+  devices = train.population_mesh(num_members).size
+  if method == "auto":
+    one_cpu = jax.default_backend() == "cpu" and devices == 1
+    return "unroll" if one_cpu else "vmap"
+  if method == "unroll" and devices > 1:
+    raise ValueError(
+      f"method 'unroll' runs all members on one device, but these "
+      f"{num_members} members are split over {devices} devices; use "
+      "'vmap' (or 'auto')."
+    )
+  return method
 
 
 def check_compatible(configs) -> None:
@@ -63,7 +91,7 @@ def train_population(
   configs,
   workdir: str,
   *,
-  method: str = "vmap",
+  method: str = "auto",
   member_dirs=None,
   hooks=(),
   log=print,
@@ -78,8 +106,11 @@ def train_population(
       ``workdir/member_<k>`` (the sweep runner's point folders); each is
       checked against its config like a run's workdir. The stacked
       checkpoints stay in ``workdir``.
-    method: ``'vmap'`` (one batched computation) or ``'map'``
-      (``jax.lax.map``: members one after another inside the step).
+    method: ``'vmap'`` (one batched computation), ``'map'``
+      (``jax.lax.map``: members one after another inside the step),
+      ``'unroll'`` (each member's step traced separately into the one
+      compiled step) or ``'auto'`` (:func:`resolve_method`: unroll on one
+      CPU device, vmap otherwise).
     hooks: extra :class:`stn_jax.hooks.Hook` objects (as in
       :func:`stn_jax.train.train_and_evaluate`).
     log: where console lines go.
@@ -101,7 +132,7 @@ def train_population(
   results = train.fit(
     configs,
     workdir,
-    population_method=method,
+    population_method=resolve_method(method, len(configs)),
     member_dirs=member_dirs,
     hooks=hooks,
     log=log,

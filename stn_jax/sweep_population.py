@@ -6,8 +6,9 @@ differ in (``seed`` and the member hyperparameters,
 or more trains as one population (:func:`stn_jax.population.train_population`):
 one vmapped step for all of them. On an accelerator that is where small runs
 pay (on an H200, 32 RTS ST-CNNs ran 2.08x faster than as separate steps:
-``experiments/results/accelerator/``); on a CPU it is slower than separate
-points.
+``experiments/results/accelerator/``). On a CPU the members' steps are
+unrolled into one (:func:`stn_jax.population.resolve_method`), about as
+fast as separate points.
 
 Each member still is a point: its folder ``DIR/<point>`` gets its config,
 metrics, results, snapshots and ``record.json`` (marked with the
@@ -32,16 +33,8 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
-import jax
-
 from stn_jax import launchers, population, sweep_records
 from stn_jax import workdir as workdir_lib
-
-CPU_NOTE = (
-  "note: --population on the cpu backend is slower than separate points "
-  "(3 small ST-CNNs on 2 cores: 0.16x, experiments/results/population.md); "
-  "it pays on an accelerator"
-)
 
 
 @dataclasses.dataclass
@@ -216,10 +209,7 @@ def run_units(
 ) -> None:
   """Runs populations and single points one after another in this process,
   as :class:`stn_jax.launchers.LocalLauncher` runs points: ``on_start`` and
-  ``on_done(task, record)`` per point; a signal ends the run. On a CPU
-  backend the first population logs :data:`CPU_NOTE` (separate points are
-  faster there)."""
-  noted = False
+  ``on_done(task, record)`` per point; a signal ends the run."""
   for unit in units:
     tasks = unit.tasks if isinstance(unit, PopulationTask) else [unit]
     if stop.signal:
@@ -230,9 +220,6 @@ def run_units(
       for task in tasks:
         on_start(task)
     if isinstance(unit, PopulationTask):
-      if not noted and jax.default_backend() == "cpu":
-        log(CPU_NOTE)
-      noted = True
       log(f"training {len(tasks)} points as {unit.workdir}")
       records = run_population(unit, population_fn, log=log)
     else:

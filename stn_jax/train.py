@@ -591,7 +591,9 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     step_fn = lambda s, a, x: train_step(s, a, x, member_values, device_data)
   else:
     step_fn = lambda s, a, x: train_step(s, a, x, device_data)
-  eval_step = steps.make_eval_step(graphdef, population=members.population)
+  eval_step = steps.make_eval_step(
+    graphdef, population=members.population_method or False
+  )
   identity = [{"seed": c.seed, **h} for c, h in zip(members.configs, hyper)]
 
   def data_state():
@@ -639,7 +641,11 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     log(f"resumed from step {step}")
   log(
     f"{first.model} on {first.dataset}: {num_params:,} parameters"
-    + (f" x {len(members.configs)} members" if members.population else "")
+    + (
+      f" x {len(members.configs)} members ({members.population_method})"
+      if members.population
+      else ""
+    )
     + f", {jax.device_count()} device(s)"
     + (
       f" in {distributed.process_count()} processes"

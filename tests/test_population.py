@@ -28,7 +28,7 @@ THREE_MEMBERS = [(0, 1e-3), (1, 2e-3), (2, 5e-4)]  # (seed, learning rate)
 @pytest.fixture(scope="module")
 def three_separate_runs(tiny_tfds, tmp_path_factory):
   """[(test error, parameter leaves)] of THREE_MEMBERS run one by one
-  (shared by both population methods' tests)."""
+  (shared by every population method's test)."""
   runs = []
   for seed, learning_rate in THREE_MEMBERS:
     workdir = str(tmp_path_factory.mktemp(f"separate{seed}"))
@@ -39,7 +39,7 @@ def three_separate_runs(tiny_tfds, tmp_path_factory):
   return runs
 
 
-@pytest.mark.parametrize("method", ["vmap", "map"])
+@pytest.mark.parametrize("method", ["vmap", "map", "unroll"])
 def test_population_of_three_matches_three_separate_runs(
   tiny_tfds, tmp_path, method, three_separate_runs
 ):
@@ -343,6 +343,24 @@ def test_population_is_split_over_four_devices_and_matches_one_device(
   assert len(ours) == len(theirs)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_auto_unrolls_members_on_one_cpu_device_and_vmaps_otherwise(
+  monkeypatch,
+):
+  assert jax.default_backend() == "cpu" and jax.local_device_count() == 1
+  assert population.resolve_method("auto", 3) == "unroll"
+  for method in ("vmap", "map", "unroll"):
+    assert population.resolve_method(method, 3) == method
+  # Members split over 4 devices, or an accelerator: vmap.
+  four = jax.sharding.Mesh(np.array(jax.local_devices() * 4), ("members",))
+  monkeypatch.setattr(train, "population_mesh", lambda k: four)
+  assert population.resolve_method("auto", 4) == "vmap"
+  with pytest.raises(ValueError, match="split over 4 devices; use 'vmap'"):
+    population.resolve_method("unroll", 4)
+  monkeypatch.undo()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert population.resolve_method("auto", 3) == "vmap"
 
 
 def test_population_mesh_uses_the_devices_that_divide_the_members():

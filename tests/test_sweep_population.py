@@ -9,7 +9,6 @@ from conftest import write_mnist_config_with_sweep
 
 from stn_jax import config_args, sweep, sweep_records
 from stn_jax import workdir as workdir_lib
-from stn_jax.sweep_population import CPU_NOTE
 
 # Two populations (cnn seeds 0-2; fcn seeds 0-1, one with its own learning
 # rate, a member hyperparameter) and one point alone (another batch size).
@@ -103,27 +102,6 @@ def test_compatible_points_train_as_one_population_each(tmp_path):
   records = run(tmp_path, again)
   assert again.calls == []
   assert [r["status"] for r in records] == ["skipped"] * 6
-
-
-def test_on_the_cpu_the_first_population_logs_that_separate_points_are_faster(
-  tmp_path,
-):
-  lines = []
-  config = write_mnist_config_with_sweep(tmp_path, SIX_POINTS)
-  sweep.run_sweep(
-    str(config),
-    "tiny",
-    str(tmp_path / "sweep"),
-    train_fn=fake_train,
-    train_population=True,
-    population_fn=FakePopulation(),
-    log=lambda *a: lines.append(" ".join(map(str, a))),
-  )
-  # Two populations, one note, before the first.
-  notes = [k for k, line in enumerate(lines) if line == CPU_NOTE]
-  assert len(notes) == 1, lines
-  assert lines[notes[0] + 1].startswith("training 3 points as ")
-  assert "slower than separate points" in CPU_NOTE
 
 
 def test_an_interrupted_population_stops_the_sweep_and_resumes_in_place(
