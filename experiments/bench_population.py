@@ -166,7 +166,7 @@ def main(argv=None):
 
   network = "paper-size" if args.paper else "small (small=true)"
   lines = [
-    "# Population mode: K runs in one vmapped step",
+    "# Population mode: K runs in one step",
     "",
     f"- command: `python {' '.join(sys.argv)}`",
     f"- commit: {commit_description()}",
