@@ -48,7 +48,10 @@ def _parse_members(text):
   return counts
 
 
-def time_members(config, k, num_steps):
+METHODS = ("vmap", "map", "unroll")
+
+
+def time_members(config, k, num_steps, methods=METHODS):
   """Steady-state seconds per step of K members: K separate jitted steps,
   one vmapped, one lax.map and one unrolled population step."""
   batch = config.batch_size
@@ -107,12 +110,9 @@ def time_members(config, k, num_steps):
     return run
 
   timings = {}
-  for name, fn in (
-    ("sequential", sequential),
-    ("vmap", together("vmap")),
-    ("map", together("map")),
-    ("unroll", together("unroll")),
-  ):
+  contenders = [("sequential", sequential)]
+  contenders += [(method, together(method)) for method in methods]
+  for name, fn in contenders:
     fn()  # compile
     fn()
     start = time.perf_counter()
@@ -139,6 +139,16 @@ CPU_NOTE = (
 )
 
 
+def _parse_methods(text):
+  methods = [m.strip() for m in text.split(",") if m.strip()]
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown or not methods:
+    raise argparse.ArgumentTypeError(
+      f"expected some of {', '.join(METHODS)}, got {text!r}"
+    )
+  return methods
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
@@ -146,6 +156,14 @@ def main(argv=None):
     type=_parse_members,
     default=[3],
     help="member counts K to time, comma-separated (e.g. 1,8,32)",
+  )
+  parser.add_argument(
+    "--methods",
+    type=_parse_methods,
+    default=list(METHODS),
+    help="population step methods to time besides K separate steps "
+    "(comma-separated; default: vmap,map,unroll). The unrolled step "
+    "compiles K copies of the step: slow to compile at large K.",
   )
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--model", default="st_cnn")
@@ -162,7 +180,9 @@ def main(argv=None):
   size = "" if args.paper else ",small=true"
   config = mnist_config(f"distortion=rts,model={args.model}{size}")
   batch = config.batch_size
-  results = {k: time_members(config, k, args.steps) for k in args.members}
+  results = {
+    k: time_members(config, k, args.steps, args.methods) for k in args.members
+  }
 
   network = "paper-size" if args.paper else "small (small=true)"
   lines = [
@@ -187,8 +207,8 @@ def main(argv=None):
     "unroll": "1 population step, unrolled",
   }
   for k, timings in results.items():
-    for name, label in labels.items():
-      seconds = timings[name]
+    for name, seconds in timings.items():
+      label = labels[name]
       lines.append(
         f"| {k} | {label} | {1e3 * seconds:.1f} | {batch / seconds:,.0f} | "
         f"{k * batch / seconds:,.0f} | "
