@@ -6,8 +6,8 @@ The K members may differ in ``seed`` (initialisation and data order),
 applies each member's own values); everything else must be equal. Their states are stacked
 on a leading member axis and the pure step of :mod:`stn_jax.steps` runs
 under ``jax.vmap`` (or ``jax.lax.map``, or unrolled over the members)
-inside the same loop and hooks as a
-single run (:func:`stn_jax.train.fit`): per-member ``metrics.jsonl`` and
+inside the same loop and hooks as a single run
+(:func:`stn_jax.train.fit`): per-member ``metrics.jsonl`` and
 TensorBoard events (``workdir/member_<k>/``), periodic evaluation, a
 non-finite-loss check every step, checkpoints and SIGTERM handling. On an
 accelerator many small runs fit at once (vmap). On a CPU a vmapped step is

@@ -18,8 +18,9 @@ ordinary points. The population's stacked checkpoints live in
 names: a rerun with the same unfinished points forms the same groups and
 resumes them. A rerun that would start a saved point from step 0 instead
 (``--population`` dropped or added, or other points grouped with it) is
-refused (:func:`check_resumes`). A member's ``wall_seconds`` is the population's training time
-divided by its size, so a table's total time stays the time spent.
+refused (:func:`check_resumes`). A member's ``wall_seconds`` is the
+population's training time divided by its size, so a table's total time
+stays the time spent.
 """
 
 from __future__ import annotations
