@@ -122,6 +122,16 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The steps saved under ``workdir/checkpoints``, ascending, read from
+  the folder names alone (no orbax manager, nothing created); [] when
+  there are none."""
+  path = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(path):
+    return []
+  return sorted(int(name) for name in os.listdir(path) if name.isdigit())
+
+
 class Checkpoints:
   """The orbax checkpoints of one run (a single model or a population).
 

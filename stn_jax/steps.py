@@ -361,6 +361,11 @@ def _run_steps(
   return jax.lax.scan(one, (state, accumulator), inputs, unroll=unroll)[0]
 
 
+def stack_members(trees):
+  """K trees of one structure -> one tree with a leading member axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
 def _unrolled(fn, stacked):
   """``fn`` applied to each member of ``stacked`` (a tree with a leading
   member axis), traced once per member; the outputs stacked again. Like
@@ -369,7 +374,7 @@ def _unrolled(fn, stacked):
   outputs = [
     fn(jax.tree.map(lambda t, i=i: t[i], stacked)) for i in range(size)
   ]
-  return jax.tree.map(lambda *ts: jnp.stack(ts), *outputs)
+  return stack_members(outputs)
 
 
 def make_train_step(

@@ -34,7 +34,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
-from stn_jax import launchers, population, sweep_records
+from stn_jax import checkpointing, launchers, population, sweep_records
 from stn_jax import workdir as workdir_lib
 
 
@@ -45,6 +45,12 @@ class PopulationTask:
   name: str
   tasks: list  # launchers.PointTask, one per member
   workdir: str
+
+
+def population_dir(workdir: str, name: str) -> str:
+  """Where population ``name`` of the sweep in ``workdir`` keeps its
+  stacked checkpoints."""
+  return os.path.join(workdir, "populations", name)
 
 
 def _shared_key(config) -> str:
@@ -75,18 +81,10 @@ def group(tasks: Sequence, workdir: str) -> list:
       PopulationTask(
         name=name,
         tasks=members,
-        workdir=os.path.join(workdir, "populations", name),
+        workdir=population_dir(workdir, name),
       )
     )
   return units
-
-
-def _checkpoint_steps(folder: str) -> list[int]:
-  """The steps saved under ``folder/checkpoints`` (orbax step folders)."""
-  path = os.path.join(folder, "checkpoints")
-  if not os.path.isdir(path):
-    return []
-  return sorted(int(name) for name in os.listdir(path) if name.isdigit())
 
 
 def check_resumes(units: Sequence, workdir: str) -> None:
@@ -109,12 +107,8 @@ def check_resumes(units: Sequence, workdir: str) -> None:
       before = (saved.get("population") or {}).get("name")
       if before == now:
         continue
-      folder = (
-        os.path.join(workdir, "populations", before)
-        if before
-        else task.point_dir
-      )
-      steps = _checkpoint_steps(folder)
+      folder = population_dir(workdir, before) if before else task.point_dir
+      steps = checkpointing.saved_steps(folder)
       if not steps:
         continue
       was = f"a member of {before}" if before else "a separate run"

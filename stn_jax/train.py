@@ -399,10 +399,6 @@ def population_mesh(num_members: int) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(devices[:count]), ("members",))
 
 
-def _stack(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
 def fit(
   configs,
   workdir: str,
@@ -498,7 +494,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     placement = NamedSharding(mesh, PartitionSpec("members"))
     replicated = NamedSharding(mesh, PartitionSpec())
     data_placement = None
-    state = jax.device_put(_stack(states), placement)
+    state = jax.device_put(steps.stack_members(states), placement)
     put = lambda x: jax.device_put(x, placement)
   else:
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -675,7 +671,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
   )
   accumulator = steps.empty_accumulator(metric_shapes)
   if members.population:
-    accumulator = _stack([accumulator] * len(members.configs))
+    accumulator = steps.stack_members([accumulator] * len(members.configs))
   context = hooks_lib.LoopContext(
     workdir=workdir,
     num_steps=first.num_steps,
