@@ -1,7 +1,7 @@
 """Training throughput: stn_jax's paper networks vs the same networks in torch.
 
 Usage:
-  python experiments/bench_models_torch.py [--models rts_st_cnn,gtsrb_st_cnn]
+  python experiments/bench_models_torch.py [--models rts_st_cnn,rts_cnn,gtsrb_st_cnn]
       [--batch 256] [--steps 30] [--rounds 3] [--gtsrb_width 1.0]
       [--torch_device cpu|cuda] [--torch_threads 2]
       [--out experiments/results/models_torch.md]
@@ -18,6 +18,7 @@ and warm-up, and the table gives the median examples/s per library.
 * rts_st_cnn: the paper's ST-CNN for RTS (42x42 input, affine conv
   localisation on the 2x max-pooled input, transformer output average-pooled
   to 21x21, CNN 9x9@32 -> 7x7@32).
+* rts_cnn: the paper's CNN for RTS (42x42 input, 9x9@32 -> 7x7@32).
 * gtsrb_st_cnn: the GTSRB CNN with 3 spatial transformers (32x32x3),
   every layer's width scaled by ``--gtsrb_width``.
 """
@@ -51,10 +52,12 @@ def load_config(spec):
 
 def model_configs(gtsrb_width):
   rts = load_config("configs/mnist.py:distortion=rts,model=st_cnn")
+  cnn = load_config("configs/mnist.py:distortion=rts,model=cnn")
   gtsrb = load_config("configs/gtsrb.py:model=gtsrb_st_cnn,size=32")
   gtsrb.model_kwargs.width = gtsrb_width
   return {
     "rts_st_cnn": (rts, (42, 42, 1), 10),
+    "rts_cnn": (cnn, (42, 42, 1), 10),
     "gtsrb_st_cnn": (gtsrb, (32, 32, 3), 43),
   }
 
@@ -161,6 +164,24 @@ def torch_model(name, config, in_shape, num_classes):
 
     return Net()
 
+  if name == "rts_cnn":
+
+    class CNN(nn.Module):
+      def __init__(self):
+        super().__init__()
+        channels = kwargs.get("channels", (32, 32))
+        self.conv1 = nn.Conv2d(in_shape[2], channels[0], 9, padding="same")
+        self.conv2 = nn.Conv2d(channels[0], channels[1], 7, padding="same")
+        h = in_shape[0] // 4
+        self.out = nn.Linear(h * h * channels[1], num_classes)
+
+      def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.out(x.permute(0, 2, 3, 1).flatten(1))
+
+    return CNN()
+
   width = kwargs.width
   scale = lambda c: max(4, int(round(c * width)))
 
@@ -242,7 +263,7 @@ def examples_per_second(fns, batch, steps_per_block, rounds):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", default="rts_st_cnn,gtsrb_st_cnn")
+  parser.add_argument("--models", default="rts_st_cnn,rts_cnn,gtsrb_st_cnn")
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--rounds", type=int, default=3)

@@ -19,10 +19,11 @@ from flax import nnx
 
 from stn_jax.models.contrast import LocalContrastNorm
 from stn_jax.models.layers import SpatialTransformer
+from stn_jax.models.pooling import max_pool
 
 
 def _pool(x, size=2):
-  return nnx.max_pool(x, (size, size), strides=(size, size))
+  return max_pool(x, size)
 
 
 class FCN(nnx.Module):

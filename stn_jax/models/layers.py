@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from stn_jax import ops
+from stn_jax.models.pooling import max_pool
 
 
 def regression_head(
@@ -75,8 +76,8 @@ class ConvLocalisation(nnx.Module):
   def __call__(self, x):
     if self.downsample > 1:
       d = self.downsample
-      x = nnx.max_pool(x, (d, d), strides=(d, d))
-    x = nnx.max_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))
+      x = max_pool(x, d)
+    x = max_pool(nnx.relu(self.conv1(x)), 2)
     x = nnx.relu(self.conv2(x))
     x = nnx.relu(self.fc(x.reshape(x.shape[0], -1)))
     return self.head(x)
