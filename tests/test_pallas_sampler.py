@@ -218,3 +218,60 @@ def test_lowers_to_triton_for_cuda(channels, mode, padding_mode):
   )
   assert "__gpu$xla.gpu.triton" in text
   assert "stn_grid_sample_forward" in text
+
+
+# Volumes: every mode, padding mode and align_corners value appears (not
+# every combination: each one compiles a kernel).
+VOLUME_OPTIONS = [
+  ("bilinear", "zeros", False),
+  ("bilinear", "border", True),
+  ("bilinear", "reflection", True),
+  ("nearest", "reflection", False),
+]
+
+
+@requires_torch
+@pytest.mark.parametrize("mode,padding_mode,align_corners", VOLUME_OPTIONS)
+def test_volumes_equal_xla_and_torch(mode, padding_mode, align_corners):
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(7)
+  image = rng.normal(size=(2, 3, 4, 5, 3)).astype(np.float32)
+  grid = rng.uniform(-1.4, 1.4, size=(2, 2, 3, 4, 3)).astype(np.float32)
+  grid[0, 0, 0, 0] = (np.nan, 0.1, 0.2)
+  grid[1, 1, 1, 1] = (9.3, -7.7, 3.3)
+  cotangent = rng.normal(size=(2, 2, 3, 4, 3)).astype(np.float32)
+  options = dict(
+    mode=mode, padding_mode=padding_mode, align_corners=align_corners
+  )
+
+  def loss(image, grid):
+    return jnp.vdot(stn_jax.grid_sample_3d(image, grid, **options), cotangent)
+
+  results = {}
+  for sampler in ("pallas", "xla"):
+    with _pallas_sampler.use_sampler(sampler):
+      out = stn_jax.grid_sample_3d(image, grid, **options)
+      results[sampler] = (out, *jax.grad(loss, argnums=(0, 1))(image, grid))
+  for got, want in zip(results["pallas"], results["xla"]):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+  got = np.asarray(results["pallas"][0])
+  defined = np.isfinite(grid).all(-1)
+  assert not got[~defined].any()
+  want = torch.nn.functional.grid_sample(
+    torch.tensor(image.transpose(0, 4, 1, 2, 3).copy()),
+    torch.tensor(np.where(defined[..., None], grid, 0)),
+    **options,
+  )
+  want = want.numpy().transpose(0, 2, 3, 4, 1)
+  np.testing.assert_allclose(got[defined], want[defined], atol=1e-5, rtol=0)
+
+
+def test_volume_kernel_lowers_to_triton_and_is_used():
+  text = _pallas_sampler.lower_for_cuda(
+    (2, 3, 4, 5, 3), (2, 24, 3), "bilinear", "reflection", False
+  )
+  assert "__gpu$xla.gpu.triton" in text
+  image, grid = np.ones((1, 2, 2, 2, 1)), np.zeros((1, 1, 1, 1, 3))
+  with _pallas_sampler.use_sampler("pallas"):
+    jaxpr = jax.make_jaxpr(lambda *a: stn_jax.grid_sample_3d(*a))(image, grid)
+  assert "pallas_call" in str(jaxpr)

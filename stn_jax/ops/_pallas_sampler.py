@@ -1,37 +1,44 @@
-"""A Pallas forward kernel for 2-D ``grid_sample`` (opt-in, GPU-oriented).
+"""A Pallas forward kernel for ``grid_sample`` and ``grid_sample_3d``
+(opt-in, for the GPU).
 
-What it is: the forward pass of ``_sampler_math.forward`` as one Pallas
-kernel, for the GPU, where XLA's gathers of 3-channel NHWC pixels reached
-only 7-9% of an H200's memory bandwidth
-(``experiments/results/accelerator/README.md``). Each program of the kernel
-owns a block of output points of one image (and a block of its channels):
-it loads the points' ``(x, y)``, computes every tap's pixel index and weight
-with the same function the XLA path uses (``_sampler_math.point_taps``: one
-home for the coordinate, padding and weight rules), gathers each tap's
-channels from the image with masked loads (an invalid tap reads 0 and
-costs no memory traffic) and writes the weighted sum. Taps are summed in
-the XLA path's order, so values agree with it to float rounding.
+What it is: the forward pass of ``_sampler_math.forward`` (images) and
+``volumetric.forward`` (volumes) as one Pallas kernel, for the GPU, where
+XLA's gathers of 3-channel NHWC pixels reached only 7-9% of an H200's
+memory bandwidth (``experiments/results/accelerator/README.md``). Each
+program owns a block of output points of one image and a block of its
+channels: it loads the points' coordinates, computes every tap's pixel
+index and weight with the XLA path's own function
+(``_sampler_math.point_taps``, ``volumetric.voxel_taps``: one home for the
+coordinate, padding and weight rules), gathers each tap's channels with
+masked loads (an invalid tap reads 0 and costs no memory traffic) and
+writes the weighted sum. Taps are summed in the XLA path's order, so values
+agree with it to float rounding.
 
-It is forward-only. ``_sampler_autodiff.sample`` calls it for its primal;
-the JVP, its transpose and every higher derivative are the existing
-machinery, so gradients are unchanged and exact.
+It is forward-only. ``_sampler_autodiff.sample`` (images) and
+``volumetric._pallas_forward`` (volumes) call it for their primal; the
+JVP, its transpose and every higher derivative are the XLA machinery, so
+gradients are unchanged and exact.
 
-Selection (read by ``sampling.grid_sample`` each time it is traced, and
-passed down as a static option, so jit caches never mix the two):
+Selection (read by ``grid_sample`` and ``grid_sample_3d`` each time they
+are traced; images pass it down as a static option, so the samplers'
+custom-derivative traces never mix):
 
 * ``STN_JAX_SAMPLER=xla`` (or unset): the XLA path (and the C++ forward
   kernel on the CPU), as before. The default everywhere.
-* ``STN_JAX_SAMPLER=pallas``: this kernel, for every mode (``bilinear``,
-  ``nearest``, ``bicubic``), padding mode (``'fill'`` too: it is built
-  from two ``'zeros'`` samples) and ``align_corners``. On a CUDA GPU it is
-  compiled by Pallas' Triton backend; on the CPU it runs in Pallas
-  interpret mode (slow, exact: for tests); on any other platform (TPU,
-  ROCm) the XLA path is used. ``grid_sample_3d`` (volumes) always uses
-  XLA: there is no 5-D kernel yet.
+* ``STN_JAX_SAMPLER=pallas``: this kernel, for every mode (images:
+  ``bilinear``, ``nearest``, ``bicubic``; volumes: ``bilinear``,
+  ``nearest``), padding mode (``'fill'`` too: it is built from two
+  ``'zeros'`` samples) and ``align_corners``: nothing falls back. On a CUDA
+  GPU it is compiled by Pallas' Triton backend; on the CPU it runs in
+  Pallas interpret mode (slow, exact: for tests); on any other platform
+  (TPU, ROCm) the XLA path is used.
 * ``use_sampler('pallas')`` (a context manager) overrides the variable in
   this thread, for code that compares both in one process (the benchmark).
 
-An unknown value raises ``ValueError`` naming the variable.
+An unknown value raises ``ValueError`` naming the variable. Only tracing
+reads the choice: a function already jitted keeps the one it was traced
+with (``jax.jit(grid_sample)`` called again with the same shapes does not
+retrace).
 
 Verified on a CPU only (jax 0.10.2):
 
@@ -39,21 +46,23 @@ Verified on a CPU only (jax 0.10.2):
   batched and unbatched: in interpret mode (``tests/test_pallas_sampler.py``);
 * the kernel lowers to Triton IR: ``jax.jit(...).lower(...,
   lowering_platforms=('cuda',))`` runs Pallas' Triton lowering on this CPU
-  (``lower_for_cuda``; tested). That checks that every op of the kernel
-  has a Triton lowering rule (so ``point_taps`` avoids ``round`` and
-  ``stack``, which have none) and that every loaded and stored block has
-  a power-of-two size (points per program and channels per program are
-  powers of two; a 3-channel image is read as 4 lanes, the 4th a repeat
-  of the 3rd);
-* the index arithmetic of a masked gather: Pallas' Triton lowering turns
-  ``image_ref.at[n, index[:, None], c[None, :]]`` into pointer offsets
-  ``n * H * W * C + index * C + c`` (64-bit when the image exceeds 4 GiB).
+  (``lower_for_cuda``; tested for images and volumes). That checks that
+  every op of the kernel has a Triton lowering rule (so the tap functions
+  round with ``_sampler_math.round_half_even``: ``round`` has none in jax
+  0.10.2) and that every loaded and stored block has a power-of-two size
+  (points and channels per program are powers of two; a 3-channel image
+  is read as 4 lanes, the 4th a repeat of the 3rd).
+* read in the lowering's source, not run: a gather
+  ``image_ref.at[n, index[:, None], c[None, :]]`` becomes pointer offsets
+  ``n * H * W * C + index * C + c`` (64-bit when the image exceeds 4 GiB)
+  and one masked ``tt.load``.
 
 Unverified until a GPU runs it: that the Triton IR compiles to PTX and
-runs (the device's JAX, 0.11.2 at the last lease, may differ); its speed,
-and so the block-size heuristic (``points_per_program``); that the dead
-load Pallas emits before every store (``swap`` returns the old value) is
-removed by Triton's dead-code elimination.
+runs correctly (the device's JAX, 0.11.2 at the last lease, may differ);
+its speed, and so the block-size heuristic (``points_per_program``) and
+the grid order; that the dead load Pallas emits before every store
+(``swap`` returns the old value) is removed by Triton's dead-code
+elimination.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 import os
 
 import jax
@@ -139,13 +149,39 @@ def points_per_program(channels: int) -> int:
   return max(16, min(_MAX_POINTS_PER_PROGRAM, _BLOCK_ELEMENTS // lanes))
 
 
+def _taps(coords, spatial, mode, padding_mode, align_corners):
+  """[(pixel index within the image, valid, weight)] of points given as
+  one array per axis (x, y[, z]) in an image of ``spatial`` (H, W) or
+  (D, H, W): the XLA paths' own tap functions."""
+  if len(spatial) == 2:
+    return [
+      (tap.index, tap.valid, tap.weight)
+      for tap in _sampler_math.point_taps(
+        *coords, *spatial, mode, padding_mode, align_corners
+      )
+    ]
+  from stn_jax.ops import volumetric  # imports sampling, which imports us
+
+  return volumetric.voxel_taps(
+    *coords, *spatial, mode, padding_mode, align_corners
+  )
+
+
+def _xla_forward(image, grid, mode, padding_mode, align_corners):
+  """The XLA path's forward of a 2-D or 3-D image."""
+  if image.ndim == 4:
+    return _sampler_math.forward(image, grid, mode, padding_mode, align_corners)
+  from stn_jax.ops import volumetric
+
+  return volumetric.forward(image, grid, mode, padding_mode, align_corners)
+
+
 def _kernel(
   grid_ref,
   image_ref,
   out_ref,
   *,
-  height,
-  width,
+  spatial,
   channels,
   points,
   block,
@@ -156,8 +192,8 @@ def _kernel(
 ):
   """One program: ``block`` points x ``lanes`` channels of one image.
 
-  Refs are whole arrays: grid (N, P, 2), image (N, H * W, C), out
-  (N, P, C). Lanes past the last point or channel repeat the last one
+  Refs are whole arrays: grid (N, P, 2 or 3), image (N, H * W, C) or
+  (N, D * H * W, C), out (N, P, C). Lanes past the last point or channel repeat the last one
   (clamped indices): every load and store stays in bounds and a repeated
   lane writes the same value as the lane it repeats, so no store needs a
   mask (interpret mode's masked store would race a masked-off lane's old
@@ -170,25 +206,26 @@ def _kernel(
   c = jnp.minimum(
     first_channel + jnp.arange(lanes, dtype=jnp.int32), channels - 1
   )
-  gx = plt.load(grid_ref.at[n, p, 0])
-  gy = plt.load(grid_ref.at[n, p, 1])
+  coords = [plt.load(grid_ref.at[n, p, k]) for k in range(len(spatial))]
   zeros = jnp.zeros((block, lanes), out_ref.dtype)
   out = 0
-  for tap in _sampler_math.point_taps(
-    gx, gy, height, width, mode, padding_mode, align_corners
+  for index, valid, weight in _taps(
+    coords, spatial, mode, padding_mode, align_corners
   ):
-    valid = jnp.broadcast_to(tap.valid[:, None], (block, lanes))
+    valid = jnp.broadcast_to(valid[:, None], (block, lanes))
     values = plt.load(
-      image_ref.at[n, tap.index[:, None], c[None, :]], mask=valid, other=zeros
+      image_ref.at[n, index[:, None], c[None, :]], mask=valid, other=zeros
     )
-    # The XLA path's expression and order (``_sampler_math.forward``).
-    out = out + tap.weight[:, None] * values
+    # The XLA paths' expression and order (``_sampler_math.forward``).
+    out = out + weight[:, None] * values
   plt.store(out_ref.at[n, p[:, None], c[None, :]], out)
 
 
 def _call(image, grid, mode, padding_mode, align_corners, block, interpret):
-  """The pallas_call: image (N, H, W, C), grid (N, P, 2) -> (N, P, C)."""
-  n, height, width, channels = image.shape
+  """The pallas_call: image (N, [D,] H, W, C), grid (N, P, 2 or 3) ->
+  (N, P, C)."""
+  n, *spatial, channels = image.shape
+  pixels = math.prod(spatial)
   points = grid.shape[1]
   lanes = _channels_per_program(channels)
   block = block or points_per_program(channels)
@@ -196,8 +233,7 @@ def _call(image, grid, mode, padding_mode, align_corners, block, interpret):
     raise ValueError(f"points per program must be a power of two; got {block}")
   kernel = functools.partial(
     _kernel,
-    height=height,
-    width=width,
+    spatial=tuple(spatial),
     channels=channels,
     points=points,
     block=block,
@@ -216,7 +252,7 @@ def _call(image, grid, mode, padding_mode, align_corners, block, interpret):
     interpret=interpret,
     compiler_params=None if interpret else plt.CompilerParams(num_warps=4),
     name="stn_grid_sample_forward",
-  )(grid, image.reshape(n, height * width, channels))
+  )(grid, image.reshape(n, pixels, channels))
 
 
 @functools.cache
@@ -226,9 +262,7 @@ def _batchable(mode, padding_mode, align_corners, block):
   @jax.custom_batching.custom_vmap
   def sample(image, grid):
     def xla(image, grid):
-      return _sampler_math.forward(
-        image, grid, mode, padding_mode, align_corners
-      )
+      return _xla_forward(image, grid, mode, padding_mode, align_corners)
 
     options = (mode, padding_mode, align_corners, block)
     return jax.lax.platform_dependent(
@@ -254,16 +288,20 @@ def _batchable(mode, padding_mode, align_corners, block):
 
 def forward(image, grid, mode, padding_mode, align_corners, block=None):
   """image (N, H, W, C), grid (N, P, 2) -> (N, P, C), like
-  ``_sampler_math.forward`` (options static; ``padding_mode`` one of
-  PyTorch's three). The Pallas kernel on CUDA (compiled) and the CPU
-  (interpreted), the XLA path elsewhere. ``block``: points per program, a
-  power of two (default ``points_per_program(C)``). Not differentiable by
-  itself: ``_sampler_autodiff.sample`` supplies its derivatives."""
+  ``_sampler_math.forward``; or a volume (N, D, H, W, C), grid (N, P, 3),
+  like ``volumetric.forward``. Options static; ``padding_mode`` one of
+  PyTorch's three; volumes: bilinear or nearest. The Pallas kernel on
+  CUDA (compiled) and the CPU (interpreted), the XLA path elsewhere.
+  ``block``: points per program, a power of two (default
+  ``points_per_program(C)``). Not differentiable by itself:
+  ``_sampler_autodiff.sample`` (2-D) and ``volumetric`` (3-D) supply its
+  derivatives."""
   return _batchable(mode, padding_mode, align_corners, block)(image, grid)
 
 
 def lower_for_cuda(image_shape, grid_shape, mode, padding_mode, align_corners):
-  """StableHLO text of the compiled (Triton) kernel for CUDA, lowered on
+  """StableHLO text of the compiled (Triton) kernel for CUDA (image
+  ``(N, [D,] H, W, C)``, grid ``(N, P, 2 or 3)``, float32), lowered on
   this machine, whatever its backend: runs Pallas' Triton lowering, which
   raises if an op of the kernel has no Triton rule or a block is not a
   power of two. Compiling that IR to PTX needs a GPU and is not done."""
