@@ -22,9 +22,9 @@ the command, the commit and the machine.
 ``--samplers xla,pallas`` also times stn_jax with its Pallas forward kernel
 (``STN_JAX_SAMPLER=pallas``, ``stn_jax/ops/_pallas_sampler.py``; the same
 three passes, the backward being XLA's either way) and adds a table of it
-beside the XLA forward and torch, images only (volumes have no Pallas
-kernel). On the CPU the kernel runs in Pallas interpret mode: that checks
-the wiring at a tiny shape, its times mean nothing.
+beside the XLA forward and torch, for images and volumes. On the CPU the
+kernel runs in Pallas interpret mode: that checks the wiring at a tiny
+shape, its times mean nothing.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def pallas_lines(pallas_rows, peak_gbs):
       else f"Compiled by Pallas' Triton backend on {backend}."
     ),
     "",
-    "| shape (N,H,W,C) | pallas fwd | xla fwd | torch fwd | pallas / torch "
+    "| shape (N,[D,]H,W,C) | pallas fwd | xla fwd | torch fwd | pallas / torch "
     "fwd | pallas / xla fwd | pallas fwd GB/s (share) | pallas fwd+bwd | "
     "xla fwd+bwd | pallas theta only | xla theta only |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -256,7 +256,8 @@ def pallas_lines(pallas_rows, peak_gbs):
   lines += [
     "",
     "Targets (issue 37): pallas / torch fwd <= 0.5 and >= 50% of peak "
-    "bandwidth at (64,256,256,3), (32,512,512,3), (256,128,128,32); "
+    "bandwidth at (64,256,256,3), (32,512,512,3), (256,128,128,32) and "
+    "a volume; "
     "fwd+bwd and theta only no slower than xla.",
     "",
     "The timed loss, `vdot(out, cotangent)`, is linear in the output, so "
@@ -328,7 +329,7 @@ def main(argv=None):
     default="xla",
     help="stn_jax forward samplers to time, comma-separated: 'xla' (the "
     "default path, always timed) and 'pallas' (the Pallas kernel, images "
-    "only; interpret mode on the CPU)",
+    "and volumes; interpret mode on the CPU)",
   )
   parser.add_argument(
     "--no_map_coordinates",
@@ -365,11 +366,10 @@ def main(argv=None):
   nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
   rows, pallas_rows = [], []
   for shape in shapes:
-    # map_coordinates and the Pallas kernel: images only (a volume's
-    # map_coordinates is not this script's point; volumes have no kernel)
+    # map_coordinates: images only (a volume's is not this script's point)
     volume = len(shape) == 5
     with_mapc = not (volume or args.no_map_coordinates)
-    with_pallas = "pallas" in samplers and not volume
+    with_pallas = "pallas" in samplers
     fns = jax_closures(stn_jax_fns, shape)
     if with_pallas:
       fns += jax_closures(
