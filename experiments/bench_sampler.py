@@ -2,6 +2,7 @@
 
 Usage:
   python experiments/bench_sampler.py [--repeats 20] [--out experiments/results/bench_sampler.md]
+      [--shapes 64x256x256x3,...] [--samplers xla,pallas] [--no_map_coordinates]
 
 Times, per shape (N, H, W, C), the forward pass and the forward + backward
 pass (gradients to the image and to theta), and the forward + backward pass
@@ -17,11 +18,19 @@ output of the input's size, bilinear, zero padding, align_corners=False:
 
 Writes a markdown table of medians (ms) and the ratio stn_jax / torch, with
 the command, the commit and the machine.
+
+``--samplers xla,pallas`` also times stn_jax with its Pallas forward kernel
+(``STN_JAX_SAMPLER=pallas``, ``stn_jax/ops/_pallas_sampler.py``; the same
+three passes, the backward being XLA's either way) and adds a table of it
+beside the XLA forward and torch, for images and volumes. On the CPU the
+kernel runs in Pallas interpret mode: that checks the wiring at a tiny
+shape, its times mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -34,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stn_jax
+from stn_jax.ops import _pallas_sampler
 
 SHAPES = [
   (256, 42, 42, 1),
@@ -81,7 +91,9 @@ def inputs(shape, seed=0):
   return image, theta, cotangent
 
 
-def stn_jax_fns(shape):
+def stn_jax_fns(shape, sampler="xla"):
+  """jitted (forward, grad to image and theta, grad to theta) of the warp,
+  traced with forward sampler ``sampler`` (``'xla'`` or ``'pallas'``)."""
   spatial = shape[1:-1]
   if len(spatial) == 3:
     grid_fn, sample = stn_jax.affine_grid_3d, stn_jax.grid_sample_3d
@@ -89,7 +101,9 @@ def stn_jax_fns(shape):
     grid_fn, sample = stn_jax.affine_grid, stn_jax.grid_sample
 
   def warp(image, theta):
-    return sample(image, grid_fn(theta, spatial))
+    # Entered while jit traces: the choice is made at trace time.
+    with _pallas_sampler.use_sampler(sampler):
+      return sample(image, grid_fn(theta, spatial))
 
   def loss(image, theta, cotangent):
     return jnp.vdot(warp(image, theta), cotangent)
@@ -200,6 +214,62 @@ def bandwidth_lines(rows, peak_gbs):
   return lines
 
 
+def pallas_lines(pallas_rows, peak_gbs):
+  """Markdown lines: the Pallas forward kernel beside the XLA forward and
+  torch (ms; achieved forward bandwidth where the peak is known)."""
+  backend = jax.default_backend()
+  lines = [
+    "",
+    "## Pallas forward kernel (`STN_JAX_SAMPLER=pallas`)",
+    "",
+    "The same passes with stn_jax's Pallas forward kernel "
+    "(`stn_jax/ops/_pallas_sampler.py`); its gradients are the XLA path's. "
+    + (
+      "On the CPU the kernel runs in Pallas interpret mode: these times "
+      "check the wiring only and mean nothing."
+      if backend == "cpu"
+      else f"Compiled by Pallas' Triton backend on {backend}."
+    ),
+    "",
+    "| shape (N,[D,]H,W,C) | pallas fwd | xla fwd | torch fwd | pallas / torch "
+    "fwd | pallas / xla fwd | pallas fwd GB/s (share) | pallas fwd+bwd | "
+    "xla fwd+bwd | pallas theta only | xla theta only |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for shape, pallas, xla, theirs in pallas_rows:
+    gbs = IMAGE_SIZED_ARRAYS[0] * 4 * int(np.prod(shape)) / pallas[0] / 1e6
+    share = f" ({100 * gbs / peak_gbs:.2g}%)" if peak_gbs else ""
+    cells = [
+      str(shape),
+      f"{pallas[0]:.2f}",
+      f"{xla[0]:.2f}",
+      f"{theirs[0]:.2f}",
+      f"{pallas[0] / theirs[0]:.2f}",
+      f"{pallas[0] / xla[0]:.2f}",
+      f"{gbs:.3g}{share}",
+      f"{pallas[1]:.2f}",
+      f"{xla[1]:.2f}",
+      f"{pallas[2]:.2f}",
+      f"{xla[2]:.2f}",
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += [
+    "",
+    "Targets (issue 37): pallas / torch fwd <= 0.5 and >= 50% of peak "
+    "bandwidth at (64,256,256,3), (32,512,512,3), (256,128,128,32) and "
+    "a volume; "
+    "fwd+bwd and theta only no slower than xla.",
+    "",
+    "The timed loss, `vdot(out, cotangent)`, is linear in the output, so "
+    "its gradient never reads the forward value and XLA removes the "
+    "forward from the compiled fwd+bwd and theta-only passes (seen on the "
+    "CPU: their compiled HLO has no trace of the interpreted kernel). "
+    "Those two columns time the backward, which is the same code for both "
+    "samplers.",
+  ]
+  return lines
+
+
 def machine_description():
   cpu = platform.processor() or platform.machine()
   try:
@@ -254,7 +324,26 @@ def main(argv=None):
     help="e.g. '256x42x42x1,64x128x128x3' (default: all); five numbers "
     "(N x D x H x W x C) time the volumetric ops",
   )
+  parser.add_argument(
+    "--samplers",
+    default="xla",
+    help="stn_jax forward samplers to time, comma-separated: 'xla' (the "
+    "default path, always timed) and 'pallas' (the Pallas kernel, images "
+    "and volumes; interpret mode on the CPU)",
+  )
+  parser.add_argument(
+    "--no_map_coordinates",
+    action="store_true",
+    help="skip the map_coordinates contender (saves time at large shapes)",
+  )
   args = parser.parse_args(argv)
+  samplers = args.samplers.split(",")
+  for name in samplers:
+    if name not in _pallas_sampler.SAMPLERS:
+      parser.error(
+        f"--samplers: expected names from {_pallas_sampler.SAMPLERS}, got "
+        f"{name!r}"
+      )
   shapes = (
     SHAPES
     if not args.shapes
@@ -274,25 +363,40 @@ def main(argv=None):
   except ImportError:
     torch_version = None
 
-  rows = []
+  nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
+  rows, pallas_rows = [], []
   for shape in shapes:
     # map_coordinates: images only (a volume's is not this script's point)
     volume = len(shape) == 5
-    fns = jax_closures(stn_jax_fns, shape) + (
-      [] if volume else jax_closures(map_coordinates_fns, shape)
-    )
+    with_mapc = not (volume or args.no_map_coordinates)
+    with_pallas = "pallas" in samplers
+    fns = jax_closures(stn_jax_fns, shape)
+    if with_pallas:
+      fns += jax_closures(
+        functools.partial(stn_jax_fns, sampler="pallas"), shape
+      )
+    if with_mapc:
+      fns += jax_closures(map_coordinates_fns, shape)
     if torch_version:
       fns += torch_closures(shape, args.torch_device)
-    times = interleaved_medians_ms(fns, args.repeats)
-    ours = times[0:3]
-    mapc = (float("nan"),) * 2 if volume else times[3:5]
-    theirs = times[len(fns) - 3 :] if torch_version else (float("nan"),) * 3
+    times = iter(interleaved_medians_ms(fns, args.repeats))
+    ours = [next(times) for _ in range(3)]
+    pallas = [next(times) for _ in range(3)] if with_pallas else None
+    mapc = [next(times) for _ in range(2)] if with_mapc else nan2
+    theirs = [next(times) for _ in range(3)] if torch_version else nan3
     rows.append((shape, ours, theirs, mapc))
+    if pallas:
+      pallas_rows.append((shape, pallas, ours, theirs))
     print(
       f"{shape}: stn_jax fwd {ours[0]:.2f} ms, fwd+bwd {ours[1]:.2f} ms, "
       f"theta only {ours[2]:.2f} ms | torch {theirs[0]:.2f} / "
       f"{theirs[1]:.2f} / {theirs[2]:.2f} | map_coordinates "
-      f"{mapc[0]:.2f} / {mapc[1]:.2f}",
+      f"{mapc[0]:.2f} / {mapc[1]:.2f}"
+      + (
+        f" | pallas {pallas[0]:.2f} / {pallas[1]:.2f} / {pallas[2]:.2f}"
+        if pallas
+        else ""
+      ),
       flush=True,
     )
 
@@ -349,6 +453,8 @@ def main(argv=None):
     lines.append("| " + " | ".join(cells) + " |")
   if args.peak_bandwidth_gbs:
     lines += bandwidth_lines(rows, args.peak_bandwidth_gbs)
+  if pallas_rows:
+    lines += pallas_lines(pallas_rows, args.peak_bandwidth_gbs)
   lines += [
     "",
     "ratio = stn_jax time / torch time; <= 1.0 means stn_jax is "

@@ -18,6 +18,10 @@
 #   run(command="TABLE1_S=200 bash experiments/accelerator/session.sh table1",
 #       carry=[".whl", ".device_data", ".device_runs"], timeout_s=270)
 # (give_back after the last call). With the start, about 14 of 15 minutes.
+# The Pallas forward kernel (issue 37; experiments/results/accelerator/
+# pallas_sampler.md) needs a lease of its own, or the second call's place:
+#   run(command="STN_COMMIT=<sha> bash experiments/accelerator/session.sh env pallas",
+#       carry=[".whl"], timeout_s=480)     # about 10 + 150 + 300 s
 # Every stage writes its results under $OUT (they come back); copy them to
 # experiments/results/accelerator/ and commit them with the GPU named.
 #
@@ -33,6 +37,12 @@
 #   sampler     bench_sampler.py vs torch CUDA at the benchmark shapes (and
 #               the large ones with SAMPLER_LARGE=1), with achieved
 #               bandwidth -> $OUT/bench_sampler_cuda.md
+#   pallas      the Pallas forward kernel: its tests on the GPU (the
+#               compiled Triton kernel against the XLA path, torch and
+#               finite differences; limit $PALLAS_TESTS_S s)
+#               -> $OUT/pallas_tests.log, then bench_sampler.py
+#               --samplers xla,pallas at the large shapes (3 images,
+#               1 volume) -> $OUT/bench_pallas_cuda.md
 #   models      training throughput vs the same torch networks
 #               -> $OUT/models_torch_cuda.md
 #   population  population mode at K = 1, 8, 32, paper network
@@ -151,6 +161,21 @@ stage_sampler() {
     --out /tmp/bench_sampler_cuda_large.md &&
     { echo; echo "## Large shapes"; echo; cat /tmp/bench_sampler_cuda_large.md; } \
       >>"$OUT/bench_sampler_cuda.md"
+}
+
+stage_pallas() {
+  local peak=${PEAK_GBS:-$(peak_gbs)} rc=0
+  STN_TEST_FAILURE_LOG="$OUT/pallas_test_failures.log" \
+  timeout "${PALLAS_TESTS_S:-150}" python3 -m pytest -p no:cacheprovider -v \
+    tests/test_pallas_sampler.py -o addopts="-ra" --durations=10 \
+    >"$OUT/pallas_tests.log" 2>&1 || rc=1
+  tail -3 "$OUT/pallas_tests.log"
+  # No map_coordinates: it is not what this stage measures (time).
+  timeout 300 python3 experiments/bench_sampler.py --torch_device "${TORCH_DEVICE:-cuda}" \
+    --repeats 20 --peak_bandwidth_gbs "$peak" --samplers xla,pallas --no_map_coordinates \
+    --shapes 64x256x256x3,32x512x512x3,256x128x128x32,8x64x64x64x4 \
+    --out "$OUT/bench_pallas_cuda.md" || rc=1
+  return $rc
 }
 
 stage_models() {

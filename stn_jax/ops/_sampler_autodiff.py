@@ -29,7 +29,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from stn_jax.ops import _cpu_kernel, _sampler_math
+from stn_jax.ops import _cpu_kernel, _pallas_sampler, _sampler_math
 
 __all__ = ["sample"]
 
@@ -188,15 +188,22 @@ def _cotangents_jvp(
   return out, out_tangent
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
-def sample(image, grid, mode, padding_mode, align_corners, deterministic):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def sample(
+  image, grid, mode, padding_mode, align_corners, deterministic, sampler
+):
   """image (N, H, W, C), grid (N, P, 2) -> (N, P, C); options static.
 
-  On the CPU, bilinear sampling runs the C++ forward kernel where it
-  applies (``_cpu_kernel.has_forward``); elsewhere XLA ops.
+  ``sampler`` (``_pallas_sampler.selected()``) picks the forward pass:
+  ``'pallas'`` runs the Pallas kernel (``_pallas_sampler.forward``);
+  ``'xla'`` runs, on the CPU, the C++ forward kernel for bilinear sampling
+  where it applies (``_cpu_kernel.has_forward``), and XLA ops elsewhere.
+  Derivatives are the same either way: only the primal is replaced.
   """
   del deterministic  # only gradients have a summation order
   options = (mode, padding_mode, align_corners)
+  if sampler == "pallas":
+    return _pallas_sampler.forward(image, grid, *options)
 
   def xla(image, grid):
     return _sampler_math.forward(image, grid, *options)
@@ -216,7 +223,7 @@ def sample(image, grid, mode, padding_mode, align_corners, deterministic):
 
 @functools.partial(sample.defjvp, symbolic_zeros=True)
 def _sample_jvp(
-  mode, padding_mode, align_corners, deterministic, primals, tangents
+  mode, padding_mode, align_corners, deterministic, sampler, primals, tangents
 ):
   image, grid = primals
   d_image, d_grid = (
@@ -224,7 +231,9 @@ def _sample_jvp(
   )
   if mode == "nearest":  # piecewise constant in the grid
     d_grid = None
-  out = sample(image, grid, mode, padding_mode, align_corners, deterministic)
+  out = sample(
+    image, grid, mode, padding_mode, align_corners, deterministic, sampler
+  )
   if d_image is None and d_grid is None:
     return out, jnp.zeros_like(out)
   present = [t for t in (d_image, d_grid) if t is not None]

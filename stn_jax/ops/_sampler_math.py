@@ -99,6 +99,17 @@ def _padded_jvp(size, padding_mode, align_corners, primals, tangents):
   return out, jax.lax.stop_gradient(slope) * tangent
 
 
+def round_half_even(x):
+  """``jnp.round(x)`` (half to even, as PyTorch's nearest mode) for finite
+  ``x``, from floor and select only: the Pallas Triton lowering has no
+  ``round``. Exact: ``x - floor(x)`` is exact in floating point."""
+  low = jnp.floor(x)
+  frac = x - low
+  odd = jnp.fmod(low, 2) != 0
+  up = (frac > 0.5) | ((frac == 0.5) & odd)
+  return jnp.where(up, low + 1, low)
+
+
 def _cubic_weights(t):
   """Bicubic weights of taps at offsets -1, 0, 1, 2 and their d/dt."""
   a = _CUBIC_A
@@ -152,7 +163,7 @@ def _axis_taps(coord, size, mode, padding_mode, align_corners):
     pixel = padded(pixel, size, padding_mode, align_corners)
     if mode == "nearest":
       zero = jnp.zeros_like(pixel)
-      taps = [(jnp.round(pixel), jnp.ones_like(pixel), zero)]
+      taps = [(round_half_even(pixel), jnp.ones_like(pixel), zero)]
     else:
       start = jnp.floor(pixel)
       frac = pixel - start
@@ -168,7 +179,20 @@ def _axis_taps(coord, size, mode, padding_mode, align_corners):
 
 def taps(grid, height, width, mode, padding_mode, align_corners) -> list[_Tap]:
   """The taps of a batch of grids (N, P, 2): 1, 4 or 16 of them."""
-  gx, gy = grid[..., 0], grid[..., 1]
+  return point_taps(
+    grid[..., 0], grid[..., 1], height, width, mode, padding_mode, align_corners
+  )
+
+
+def point_taps(
+  gx, gy, height, width, mode, padding_mode, align_corners
+) -> list[_Tap]:
+  """The taps of points given as separate x and y arrays of one shape.
+
+  ``taps`` for a grid; also called inside the Pallas forward kernel
+  (``_pallas_sampler.py``) on a block of points, so it uses only ops that
+  the Pallas Triton lowering has (no stack, no ``round``).
+  """
   defined = jnp.isfinite(gx) & jnp.isfinite(gy)
   gx = jnp.where(defined, gx, 0)
   gy = jnp.where(defined, gy, 0)

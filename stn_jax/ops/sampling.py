@@ -16,13 +16,19 @@ CPU a fused C++ kernel (``_cpu_kernel.py``) computes that transpose; XLA ops
 are used elsewhere. Every JAX transform composes (jvp, jacfwd, linearize,
 hessian, grad of grad, vmap, jit), with the kernel on or off
 (``_sampler_autodiff.py``).
+
+Opt-in: with ``STN_JAX_SAMPLER=pallas`` in the environment when a call is
+traced, the forward gathers run as one Pallas kernel instead (compiled by
+Triton on a CUDA GPU, interpreted on the CPU; ``_pallas_sampler.py``), for
+every mode and padding mode; gradients are unchanged. The default,
+``xla``, is the path above.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from stn_jax.ops import _sampler_autodiff
+from stn_jax.ops import _pallas_sampler, _sampler_autodiff
 from stn_jax.ops import _validation as v
 
 __all__ = ["MODES", "PADDING_MODES", "ALL_PADDING_MODES", "grid_sample"]
@@ -133,13 +139,20 @@ def grid_sample(
   dtype = v.compute_dtype(image.dtype, grid.dtype)
   n, out_height, out_width, _ = grid.shape
   points = grid.astype(dtype).reshape(n, -1, 2)
+  sampler = _pallas_sampler.selected()
   if padding_mode == "fill":
     out = _sampler_autodiff.sample(
-      image.astype(dtype), points, mode, "zeros", align_corners, deterministic
+      image.astype(dtype),
+      points,
+      mode,
+      "zeros",
+      align_corners,
+      deterministic,
+      sampler,
     )
     ones = jnp.ones((*image.shape[:3], 1), dtype)
     mass = _sampler_autodiff.sample(
-      ones, points, mode, "zeros", align_corners, deterministic
+      ones, points, mode, "zeros", align_corners, deterministic, sampler
     )
     # Undefined (non-finite) points read 0, as in the other modes.
     defined = jnp.isfinite(points).all(-1, keepdims=True)
@@ -152,6 +165,7 @@ def grid_sample(
       padding_mode,
       align_corners,
       deterministic,
+      sampler,
     )
   out = out.reshape(n, out_height, out_width, -1).astype(image.dtype)
   return out if image_batched else out[0]

@@ -15,15 +15,23 @@ differ from PyTorch is the padding of a coordinate (``border`` clamps it,
 coordinate is clamped, on and beyond the edges; the mirror's sign) through
 a ``jax.custom_jvp`` whose tangent rule is linear. A ``nan`` or ``inf`` grid
 point reads 0 and passes no gradient, as in 2-D.
+
+With ``STN_JAX_SAMPLER=pallas`` (see ``sampling.py``) the forward values
+come from the Pallas kernel (``_pallas_sampler.py``) instead, through a
+``jax.custom_jvp`` whose tangent is this XLA formulation's: same
+derivatives, every transform still composes.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
-from stn_jax.ops import _sampler_math, grids, sampling
+from stn_jax.ops import _pallas_sampler, _sampler_math, grids, sampling
 from stn_jax.ops import _validation as v
 
 __all__ = ["VOLUMETRIC_MODES", "affine_grid_3d", "grid_sample_3d"]
@@ -38,7 +46,8 @@ def _axis(coord, size, mode, padding_mode, align_corners):
     pixel = jnp.clip(pixel, -4.0, size + 3.0)
   pixel = _sampler_math.padded(pixel, size, padding_mode, align_corners)
   if mode == "nearest":
-    taps = [(jax.lax.stop_gradient(jnp.round(pixel)), jnp.ones_like(pixel))]
+    nearest = _sampler_math.round_half_even(pixel)  # jnp.round's values
+    taps = [(jax.lax.stop_gradient(nearest), jnp.ones_like(pixel))]
   else:
     start = jax.lax.stop_gradient(jnp.floor(pixel))
     frac = pixel - start
@@ -51,6 +60,84 @@ def _axis(coord, size, mode, padding_mode, align_corners):
     )
     for p, w in taps
   ]
+
+
+def voxel_taps(
+  x, y, z, depth, height, width, mode, padding_mode, align_corners
+):
+  """The taps of points given as normalised x, y, z arrays of one shape:
+  [(int32 voxel index ``(z * H + y) * W + x``, valid, weight)], 8 or 1.
+  A non-finite point's taps are invalid (weight 0). Also called inside the
+  Pallas forward kernel (``_pallas_sampler.py``) on a block of points."""
+  defined = jnp.isfinite(x) & jnp.isfinite(y) & jnp.isfinite(z)
+  x, y, z = (jnp.where(defined, c, 0) for c in (x, y, z))
+  x_taps, y_taps, z_taps = (
+    _axis(c, size, mode, padding_mode, align_corners)
+    for c, size in ((x, width), (y, height), (z, depth))
+  )
+  taps = []
+  for zi, z_in, wz in z_taps:
+    for yi, y_in, wy in y_taps:
+      for xi, x_in, wx in x_taps:
+        valid = defined & x_in & y_in & z_in
+        index = (zi * height + yi) * width + xi
+        taps.append((index, valid, jnp.where(valid, wx * wy * wz, 0)))
+  return taps
+
+
+def forward(image, points, mode, padding_mode, align_corners):
+  """image (N, D, H, W, C), points (N, P, 3) -> (N, P, C); the XLA path,
+  differentiable by plain autodiff (``padded`` gives PyTorch's padding
+  derivative)."""
+  n, depth, height, width, channels = image.shape
+  flat = image.reshape(n * depth * height * width, channels)
+  offset = (jnp.arange(n, dtype=jnp.int32) * (depth * height * width))[:, None]
+  out = jnp.zeros((*points.shape[:2], channels), image.dtype)
+  for index, valid, weight in voxel_taps(
+    points[..., 0],
+    points[..., 1],
+    points[..., 2],
+    depth,
+    height,
+    width,
+    mode,
+    padding_mode,
+    align_corners,
+  ):
+    values = jnp.where(valid[..., None], flat[index + offset], 0)
+    out = out + weight[..., None] * values
+  return out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _pallas_forward(image, points, mode, padding_mode, align_corners):
+  """``forward``'s values from the Pallas kernel; its derivatives are
+  ``forward``'s (the JVP of the XLA path, for the tangents present)."""
+  return _pallas_sampler.forward(
+    image, points, mode, padding_mode, align_corners
+  )
+
+
+@functools.partial(_pallas_forward.defjvp, symbolic_zeros=True)
+def _pallas_forward_jvp(mode, padding_mode, align_corners, primals, tangents):
+  options = (mode, padding_mode, align_corners)
+  out = _pallas_forward(*primals, *options)
+  present = [not isinstance(t, SymbolicZero) for t in tangents]
+  if not any(present):
+    return out, jnp.zeros_like(out)
+
+  def xla(*args):  # forward as a function of the arguments with tangents
+    args = iter(args)
+    return forward(
+      *(next(args) if p else x for x, p in zip(primals, present)), *options
+    )
+
+  _, out_tangent = jax.jvp(
+    xla,
+    [x for x, p in zip(primals, present) if p],
+    [t for t, p in zip(tangents, present) if p],
+  )
+  return out, out_tangent
 
 
 def grid_sample_3d(
@@ -105,26 +192,13 @@ def grid_sample_3d(
   v.check_choice("padding_mode", padding_mode, sampling.PADDING_MODES)
   align_corners = v.check_bool("align_corners", align_corners)
   dtype = v.compute_dtype(image.dtype, grid.dtype)
-  n, depth, height, width, channels = image.shape
+  n, channels = image.shape[0], image.shape[-1]
   out_shape = grid.shape[:-1]
   points = grid.astype(dtype).reshape(n, -1, 3)
-  defined = jnp.isfinite(points).all(-1)
-  points = jnp.where(defined[..., None], points, 0)
-  axes = [
-    _axis(points[..., k], size, mode, padding_mode, align_corners)
-    for k, size in enumerate((width, height, depth))
-  ]
-  flat = image.astype(dtype).reshape(n * depth * height * width, channels)
-  offset = (jnp.arange(n, dtype=jnp.int32) * (depth * height * width))[:, None]
-  out = jnp.zeros((*points.shape[:2], channels), dtype)
-  for z, z_in, wz in axes[2]:
-    for y, y_in, wy in axes[1]:
-      for x, x_in, wx in axes[0]:
-        valid = defined & x_in & y_in & z_in
-        index = ((z * height + y) * width + x) + offset
-        values = jnp.where(valid[..., None], flat[index], 0)
-        weight = jnp.where(valid, wx * wy * wz, 0)
-        out = out + weight[..., None] * values
+  sample = (
+    _pallas_forward if _pallas_sampler.selected() == "pallas" else forward
+  )
+  out = sample(image.astype(dtype), points, mode, padding_mode, align_corners)
   out = out.reshape(*out_shape, channels).astype(image.dtype)
   return out if image_batched else out[0]
 
