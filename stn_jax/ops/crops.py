@@ -236,7 +236,7 @@ def center_crop(image, out_size):
   is 1.5, 3.5, ...
 
   Args:
-    image: ``(N, H, W, C)`` or ``(H, W, C)`` array.
+    image: ``(N, H, W, C)`` or ``(H, W, C)`` float array.
     out_size: ``(h, w)`` with ``h <= H`` and ``w <= W`` (static).
 
   Returns:
@@ -266,7 +266,7 @@ def crop_by_indices(image, offsets, size):
   indices).
 
   Args:
-    image: ``(N, H, W, C)`` or ``(H, W, C)`` array.
+    image: ``(N, H, W, C)`` or ``(H, W, C)`` float array.
     offsets: ``(N, 2)`` or ``(2,)`` integer array of the top-left pixel
       ``(x, y)`` of each window, batched like ``image``.
     size: ``(h, w)``, at most the image size (static).
