@@ -5,6 +5,17 @@ No Flax here. See :mod:`stn_jax.ops.grids` for the normalised coordinate
 convention and :mod:`stn_jax.ops.geometry` for the pixel one.
 """
 
+from stn_jax.ops.affine_matrices import (
+  get_affine_matrix2d,
+  get_rotation_matrix2d,
+  get_shear_matrix2d,
+)
+from stn_jax.ops.crops import (
+  center_crop,
+  crop_by_boxes,
+  crop_by_indices,
+  crop_by_transform_mat,
+)
 from stn_jax.ops.fitting import (
   ThinPlateSpline,
   fit_tps,
@@ -33,6 +44,7 @@ from stn_jax.ops.grids import (
   tps_grid,
   tps_source_points,
 )
+from stn_jax.ops.remap import PIXEL_PADDING_MODES, remap
 from stn_jax.ops.sampling import (
   ALL_PADDING_MODES,
   MODES,
@@ -50,23 +62,41 @@ from stn_jax.ops.volumetric import (
   affine_grid_3d,
   grid_sample_3d,
 )
+from stn_jax.ops.warp3d import (
+  VOLUMETRIC_PADDING_MODES,
+  get_perspective_transform3d,
+  get_projective_transform,
+  warp_affine3d,
+  warp_perspective3d,
+)
 
 __all__ = [
   "ALL_PADDING_MODES",
   "MODES",
   "PADDING_MODES",
+  "PIXEL_PADDING_MODES",
   "TRANSFORMS",
   "VOLUMETRIC_MODES",
+  "VOLUMETRIC_PADDING_MODES",
   "ThinPlateSpline",
   "affine_grid",
   "affine_grid_3d",
   "attention_theta",
   "base_coordinates",
+  "center_crop",
   "crop_and_resize",
+  "crop_by_boxes",
+  "crop_by_indices",
+  "crop_by_transform_mat",
   "denormalize_points",
   "fit_tps",
+  "get_affine_matrix2d",
   "get_affine_transform",
   "get_perspective_transform",
+  "get_perspective_transform3d",
+  "get_projective_transform",
+  "get_rotation_matrix2d",
+  "get_shear_matrix2d",
   "grid_sample",
   "grid_sample_3d",
   "identity_params",
@@ -78,11 +108,14 @@ __all__ = [
   "pixel_to_normalized_homography",
   "pixel_to_theta",
   "projective_grid",
+  "remap",
   "rotation_matrix",
   "theta_to_pixel",
   "tps_grid",
   "tps_source_points",
   "tps_warp_points",
   "warp_affine",
+  "warp_affine3d",
   "warp_perspective",
+  "warp_perspective3d",
 ]
