@@ -44,6 +44,7 @@ from stn_jax.data import (
   preview,
 )
 from stn_jax.hooks import TrainingDiverged  # noqa: F401 - re-exported
+from stn_jax.models import convolution
 from stn_jax.normalization import Normalization
 
 OPTIMIZERS = steps.OPTIMIZERS
@@ -127,6 +128,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
         f"config.{key} must be a positive int; got {config[key]!r}."
       )
+  convolution.check_weight_gradient(config.get("conv_weight_gradient", "xla"))
   snapshot_every = config.get("snapshot_every", 0)
   if not isinstance(snapshot_every, int) or snapshot_every < 0:
     raise ValueError(
@@ -656,6 +658,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     + f", workdir {workdir}"
     + (", training split on the device" if on_device else "")
     + (f", {first.steps_per_dispatch} steps per dispatch" if multi_step else "")
+    + f", conv weight gradient {first.get('conv_weight_gradient', 'xla')}"
   )
 
   batch_shape = {

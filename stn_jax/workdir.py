@@ -37,6 +37,7 @@ SAFE_TO_CHANGE = (
   "compilation_cache_dir",
   "data_on_device",  # the same batches, gathered on the device or the host
   "steps_per_dispatch",  # the same steps, dispatched k at a time
+  "conv_weight_gradient",  # the same gradient, rounded differently
   "async_checkpoints",
 )
 # Values that fields not recorded by older versions of stn_jax had
@@ -53,6 +54,7 @@ IMPLICIT_DEFAULTS = {
   "model_kwargs.width": 1.0,  # GtsrbCNN's default, explicit since 2.0.0
   "data_on_device": False,
   "steps_per_dispatch": 1,
+  "conv_weight_gradient": "xla",
   "async_checkpoints": False,
   "augment_on_device": False,
   "weight_decay": 0.0,

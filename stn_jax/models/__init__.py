@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from stn_jax.models import convolution
 from stn_jax.models.classifiers import (
   CNN,
   FCN,
@@ -55,19 +56,23 @@ def get_model(
 def from_config(config, in_shape) -> nnx.Module:
   """The model a run config describes (``config.model``,
   ``config.model_kwargs``, ``config.num_classes``), initialised from
-  ``config.seed``. Works on a config read back from a workdir's
-  ``config.json`` (JSON lists become tuples again)."""
+  ``config.seed``, its convolutions' weight gradient computed as
+  ``config.conv_weight_gradient`` says (:mod:`stn_jax.models.convolution`;
+  ``'xla'`` for configs written before the key existed). Works on a config
+  read back from a workdir's ``config.json`` (JSON lists become tuples
+  again)."""
   kwargs = {
     k: tuple(v) if isinstance(v, list) else v
     for k, v in config.model_kwargs.to_dict().items()
   }
-  return get_model(
-    config.model,
-    in_shape=in_shape,
-    num_classes=config.num_classes,
-    rngs=nnx.Rngs(config.seed),
-    **kwargs,
-  )
+  with convolution.weight_gradient(config.get("conv_weight_gradient", "xla")):
+    return get_model(
+      config.model,
+      in_shape=in_shape,
+      num_classes=config.num_classes,
+      rngs=nnx.Rngs(config.seed),
+      **kwargs,
+    )
 
 
 def count_params(model: nnx.Module) -> int:

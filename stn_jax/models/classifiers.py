@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from stn_jax.models.contrast import LocalContrastNorm
+from stn_jax.models.convolution import conv
 from stn_jax.models.layers import SpatialTransformer
 from stn_jax.models.pooling import max_pool
 
@@ -53,8 +54,8 @@ class CNN(nnx.Module):
     rngs: nnx.Rngs,
   ):
     height, width, in_channels = in_shape
-    self.conv1 = nnx.Conv(in_channels, channels[0], (9, 9), rngs=rngs)
-    self.conv2 = nnx.Conv(channels[0], channels[1], (7, 7), rngs=rngs)
+    self.conv1 = conv(in_channels, channels[0], (9, 9), rngs=rngs)
+    self.conv2 = conv(channels[0], channels[1], (7, 7), rngs=rngs)
     self.out = nnx.Linear(
       (height // 4) * (width // 4) * channels[1], num_classes, rngs=rngs
     )
@@ -218,9 +219,7 @@ class GtsrbCNN(nnx.Module):
           )
         )
       self.convs.append(
-        nnx.Conv(
-          channels[i], channels[i + 1], (kernels[i], kernels[i]), rngs=rngs
-        )
+        conv(channels[i], channels[i + 1], (kernels[i], kernels[i]), rngs=rngs)
       )
       h, w = h // 2, w // 2
     self.fc = nnx.Linear(h * w * channels[3], scale(400), rngs=rngs)
@@ -233,10 +232,10 @@ class GtsrbCNN(nnx.Module):
 
   def __call__(self, x):
     x = self.transformer_input(x)
-    for i, conv in enumerate(self.convs):
+    for i, layer in enumerate(self.convs):
       if i < len(self.transformers):
         x = self.transformers[i](x)
-      x = _pool(nnx.relu(conv(x)))
+      x = _pool(nnx.relu(layer(x)))
       if self.contrast_norm_blocks:
         x = self.contrast_norm(x)
     x = nnx.relu(self.fc(x.reshape(x.shape[0], -1)))
@@ -248,18 +247,18 @@ class ResidualBlock(nnx.Module):
 
   def __init__(self, in_channels, out_channels, stride, *, rngs):
     groups = lambda c: min(8, c)
-    self.conv1 = nnx.Conv(
+    self.conv1 = conv(
       in_channels, out_channels, (3, 3), strides=(stride, stride), rngs=rngs
     )
     self.norm1 = nnx.GroupNorm(
       out_channels, num_groups=groups(out_channels), rngs=rngs
     )
-    self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), rngs=rngs)
+    self.conv2 = conv(out_channels, out_channels, (3, 3), rngs=rngs)
     self.norm2 = nnx.GroupNorm(
       out_channels, num_groups=groups(out_channels), rngs=rngs
     )
     self.shortcut = (
-      nnx.Conv(
+      conv(
         in_channels, out_channels, (1, 1), strides=(stride, stride), rngs=rngs
       )
       if stride != 1 or in_channels != out_channels
@@ -299,7 +298,7 @@ class ResNet(nnx.Module):
       if transformer_on_input
       else None
     )
-    self.stem = nnx.Conv(c, widths[0], (3, 3), rngs=rngs)
+    self.stem = conv(c, widths[0], (3, 3), rngs=rngs)
     self.stages = nnx.List()
     stage_transformer = None
     self.transformer_after_stage = transformer_after_stage

@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from stn_jax import ops
+from stn_jax.models.convolution import conv
 from stn_jax.models.pooling import max_pool
 
 
@@ -66,8 +67,8 @@ class ConvLocalisation(nnx.Module):
   ):
     height, width, in_channels = in_shape
     self.downsample = downsample
-    self.conv1 = nnx.Conv(in_channels, channels[0], (5, 5), rngs=rngs)
-    self.conv2 = nnx.Conv(channels[0], channels[1], (5, 5), rngs=rngs)
+    self.conv1 = conv(in_channels, channels[0], (5, 5), rngs=rngs)
+    self.conv2 = conv(channels[0], channels[1], (5, 5), rngs=rngs)
     h = height // downsample // 2
     w = width // downsample // 2
     self.fc = nnx.Linear(h * w * channels[1], hidden, rngs=rngs)

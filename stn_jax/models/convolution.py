@@ -1,0 +1,274 @@
+"""2-D convolution layers whose weight gradient is fast on XLA's CPU backend.
+
+On a CPU, XLA computes a convolution's weight gradient as another
+convolution (input and output gradient swap roles, the batch becomes the
+contracted feature). For the paper networks' shapes that runs at 5-20
+GFLOP/s on a 2-core AMD EPYC, 4-9x slower than the forward pass
+(``experiments/results/cpu_profile.md``): it was the largest cost of every
+paper network's training step once max pooling was fixed.
+
+``weight_gradient='patches'`` computes the same gradient as matrix
+products instead: for a chunk of a few images at a time (chosen so the
+chunk's patches fill about 6 MB, near the CPU's cache), the patch matrix
+``P (k*k*C_in, chunk*H*W)`` is built from ``k*k`` shifted views of the
+zero-padded input and multiplied by the output gradient
+``(chunk*H*W, C_out)``; a ``lax.scan`` adds the chunks. With at most 4
+input channels (a network's first layer, or a layer after a transformer
+on the image) the input gradient is computed by columns too
+(:func:`input_gradient_by_columns`), where XLA's transposed convolution is
+slowest. The forward pass is XLA's, unchanged; the gradients' float
+rounding differs (summation order: about 1e-6 of their scale, up to 3e-5
+for weights with 1-3 input channels). ``'xla'`` keeps XLA's own gradients,
+bitwise as before.
+
+Runs choose with ``config.conv_weight_gradient`` (default ``'patches'``;
+workdirs written before the key existed read ``'xla'``, what they ran
+with). The layers are ordinary ``nnx.Conv`` modules (same parameters, same
+checkpoints); the choice is made when a model is built, inside
+:func:`weight_gradient`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+WEIGHT_GRADIENTS = ("patches", "xla")
+# Bytes of patches per chunk of images: about what stays in this class of
+# CPU's caches (chunks of 2-8 paper-network images were fastest).
+_CHUNK_BYTES = 6 * 2**20
+
+# Input channels up to which the input gradient is computed by columns
+# (below); XLA's is faster above (measured at 32).
+_MAX_SCATTER_CHANNELS = 4
+
+_method = "xla"
+
+
+def check_weight_gradient(method) -> None:
+  """Refuses a ``config.conv_weight_gradient`` not in
+  :data:`WEIGHT_GRADIENTS`."""
+  if method not in WEIGHT_GRADIENTS:
+    raise ValueError(
+      "config.conv_weight_gradient must be one of "
+      f"{', '.join(WEIGHT_GRADIENTS)}; got {method!r}."
+    )
+
+
+@contextlib.contextmanager
+def weight_gradient(method: str) -> Iterator[None]:
+  """Layers made by :func:`conv` inside this context compute their weight
+  gradient by ``method``: ``'patches'`` (matrix products over patch
+  chunks) or ``'xla'`` (XLA's own convolution). Outside any context:
+  ``'xla'``."""
+  global _method
+  check_weight_gradient(method)
+  previous, _method = _method, method
+  try:
+    yield
+  finally:
+    _method = previous
+
+
+def conv(
+  in_features: int,
+  out_features: int,
+  kernel_size: Sequence[int],
+  *,
+  rngs: nnx.Rngs,
+  **kwargs,
+) -> nnx.Conv:
+  """An ``nnx.Conv`` (NHWC, ``'SAME'`` padding unless ``kwargs`` say
+  otherwise) whose weight gradient follows the enclosing
+  :func:`weight_gradient` context."""
+  function = (
+    patch_gradient_conv if _method == "patches" else lax.conv_general_dilated
+  )
+  return nnx.Conv(
+    in_features,
+    out_features,
+    tuple(kernel_size),
+    rngs=rngs,
+    conv_general_dilated=function,
+    **kwargs,
+  )
+
+
+def patch_gradient_conv(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  **kwargs,
+):
+  """``lax.conv_general_dilated`` with the patch-product weight gradient
+  (module docstring) where it applies: 2-D NHWC/HWIO, unit strides and
+  dilations, one feature group. Anything else is passed
+  to ``lax.conv_general_dilated`` unchanged."""
+  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  simple = (
+    lhs.ndim == 4
+    and tuple(dims.lhs_spec) == (0, 3, 1, 2)
+    and tuple(dims.rhs_spec) == (3, 2, 0, 1)
+    and tuple(dims.out_spec) == (0, 3, 1, 2)
+    and all(s == 1 for s in window_strides)
+    and all(d == 1 for d in (lhs_dilation or (1, 1)))
+    and all(d == 1 for d in (rhs_dilation or (1, 1)))
+    and feature_group_count == 1
+    and not kwargs.get("preferred_element_type")
+    and kwargs.get("out_sharding") is None
+  )
+  if not simple:
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      precision=precision,
+      **kwargs,
+    )
+  if isinstance(padding, str):  # 'SAME' or 'VALID' as lax reads them
+    padding = lax.padtype_to_pads(
+      lhs.shape[1:3], rhs.shape[:2], (1, 1), padding
+    )
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if min(min(pair) for pair in padding) < 0:  # cropping: XLA's own
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      dimension_numbers=dimension_numbers,
+      precision=precision,
+      **kwargs,
+    )
+  return _conv(lhs, rhs, padding, precision)
+
+
+def _xla_conv(x, kernel, padding, precision):
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    (1, 1),
+    padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=precision,
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, padding, precision):
+  return _xla_conv(x, kernel, padding, precision)
+
+
+def _conv_fwd(x, kernel, padding, precision):
+  return _conv(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv_bwd(padding, precision, residuals, cotangent):
+  x, kernel = residuals
+  if x.shape[-1] <= _MAX_SCATTER_CHANNELS:
+    x_grad = input_gradient_by_columns(cotangent, kernel, x.shape, padding)
+  else:
+    _, input_vjp = jax.vjp(
+      lambda x: _xla_conv(x, kernel, padding, precision), x
+    )
+    (x_grad,) = input_vjp(cotangent)
+  kernel_grad = weight_gradient_by_patches(
+    x, cotangent, kernel.shape[:2], padding
+  )
+  return x_grad, kernel_grad.astype(kernel.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def input_gradient_by_columns(cotangent, kernel, in_shape, padding):
+  """The gradient of ``sum(cotangent * conv(x, kernel))`` with respect to
+  ``x`` of shape ``in_shape (N, H, W, C_in)``, for a stride-1 convolution
+  with zero ``padding ((top, bottom), (left, right))``.
+
+  Each output pixel's contribution to its ``kh x kw`` input window is one
+  matrix product, ``(N*H_out*W_out, C_out) @ (C_out, kh*kw*C_in)``; the
+  windows are then added back in place (``kh*kw`` shifted, zero-padded
+  views, which XLA fuses into one pass). With few input channels this is
+  several times faster on a CPU than XLA's transposed convolution, whose
+  output then has 1-3 channels. Returns ``in_shape``.
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  n, h_out, w_out, _ = cotangent.shape
+  (top, _), (left, _) = padding
+  columns = cotangent.reshape(-1, c_out) @ kernel.reshape(-1, c_out).T
+  columns = columns.reshape(n, h_out, w_out, kh, kw, c_in)
+  total = 0
+  for i in range(kh):
+    for j in range(kw):
+      total = total + jnp.pad(
+        columns[:, :, :, i, j, :],
+        ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)),
+      )
+  # total is the gradient of the padded input; crop the padding away.
+  _, h, w, _ = in_shape
+  return total[:, top : top + h, left : left + w].astype(cotangent.dtype)
+
+
+def _chunk_size(batch: int, patch_bytes_per_image: int) -> int:
+  """The largest divisor of ``batch`` whose patches fit :data:`_CHUNK_BYTES`
+  (at least 1)."""
+  limit = max(1, _CHUNK_BYTES // max(1, patch_bytes_per_image))
+  return max(d for d in range(1, min(batch, limit) + 1) if batch % d == 0)
+
+
+def weight_gradient_by_patches(x, cotangent, kernel_size, padding):
+  """The gradient of ``sum(cotangent * conv(x, w))`` with respect to ``w``.
+
+  Args:
+    x: ``(N, H, W, C_in)`` input.
+    cotangent: ``(N, H_out, W_out, C_out)`` output gradient, for a stride-1
+      convolution of ``x`` padded by ``padding``.
+    kernel_size: ``(kh, kw)``.
+    padding: ``((top, bottom), (left, right))`` zero padding.
+
+  Returns:
+    ``(kh, kw, C_in, C_out)`` (HWIO), float32 for float32 inputs.
+  """
+  kh, kw = kernel_size
+  n, _, _, c_in = x.shape
+  _, h_out, w_out, c_out = cotangent.shape
+  # Channel-major, so each shifted view is a contiguous row block of P.
+  padded = jnp.pad(x, ((0, 0), *padding, (0, 0))).transpose(3, 0, 1, 2)
+  per_image = kh * kw * c_in * h_out * w_out * x.dtype.itemsize
+  chunk = _chunk_size(n, per_image)
+  padded = padded.reshape(c_in, n // chunk, chunk, *padded.shape[2:])
+  padded = padded.transpose(1, 0, 2, 3, 4)  # (chunks, C_in, chunk, Hp, Wp)
+  cotangent = cotangent.reshape(n // chunk, chunk * h_out * w_out, c_out)
+
+  def add_chunk(total, inputs):
+    x_chunk, cotangent_chunk = inputs
+    patches = jnp.stack(
+      [
+        x_chunk[:, :, i : i + h_out, j : j + w_out]
+        for i in range(kh)
+        for j in range(kw)
+      ]
+    ).reshape(kh * kw * c_in, chunk * h_out * w_out)
+    return total + patches @ cotangent_chunk, None
+
+  total = jnp.zeros((kh * kw * c_in, c_out), jnp.result_type(x, cotangent))
+  total, _ = lax.scan(add_chunk, total, (padded, cotangent))
+  return total.reshape(kh, kw, c_in, c_out)

@@ -1,0 +1,162 @@
+"""stn_jax.models.convolution: the patch-product weight gradient against
+XLA's convolution gradient and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+from jax.test_util import check_grads
+
+from stn_jax.models import convolution
+
+
+def xla_conv(x, kernel, padding="SAME"):
+  return lax.conv_general_dilated(
+    x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+def patch_conv(x, kernel, padding="SAME"):
+  return convolution.patch_gradient_conv(
+    x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+def inputs(n, h, w, c_in, c_out, k, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(n, h, w, c_in)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(*k, c_in, c_out)), jnp.float32)
+  return x, kernel
+
+
+@pytest.mark.parametrize(
+  "shape",
+  [
+    (4, 9, 9, 1, 5, (5, 5)),  # one input channel, odd kernel
+    (6, 8, 7, 3, 4, (4, 4)),  # even kernel: SAME pads (1, 2)
+    (2, 5, 6, 4, 3, (3, 2)),  # rectangular kernel and image
+    (3, 6, 6, 2, 2, (1, 1)),
+    (2, 6, 5, 6, 3, (3, 3)),  # more channels: XLA's input gradient
+  ],
+)
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3))])
+def test_gradients_equal_xla_and_forward_is_bitwise(shape, padding):
+  n, h, w, c_in, c_out, k = shape
+  x, kernel = inputs(*shape)
+  ours, ours_vjp = jax.vjp(lambda x, w: patch_conv(x, w, padding), x, kernel)
+  theirs, theirs_vjp = jax.vjp(lambda x, w: xla_conv(x, w, padding), x, kernel)
+  np.testing.assert_array_equal(ours, theirs)
+  cotangent = jnp.asarray(
+    np.random.default_rng(1).normal(size=ours.shape), jnp.float32
+  )
+  (x_grad, w_grad), (x_ref, w_ref) = ours_vjp(cotangent), theirs_vjp(cotangent)
+  if c_in > convolution._MAX_SCATTER_CHANNELS:
+    np.testing.assert_array_equal(x_grad, x_ref)  # XLA's input gradient
+  np.testing.assert_allclose(x_grad, x_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(w_grad, w_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_gradient_from_the_definition():
+  # sum_{n,y,x} x_pad[n, y+i, x+j, c] * g[n, y, x, d], written as loops.
+  x, kernel = inputs(2, 5, 4, 2, 3, (3, 3), seed=3)
+  g = np.random.default_rng(4).normal(size=(2, 5, 4, 3))
+  padded = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  expected = np.zeros((3, 3, 2, 3))
+  for i in range(3):
+    for j in range(3):
+      expected[i, j] = np.einsum(
+        "nyxc,nyxd->cd", padded[:, i : i + 5, j : j + 4], g
+      )
+  got = convolution.weight_gradient_by_patches(
+    x, jnp.asarray(g, jnp.float32), (3, 3), ((1, 1), (1, 1))
+  )
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("c_in", [2, 6])  # input gradient by columns, XLA
+def test_gradient_matches_finite_differences(c_in):
+  x, kernel = inputs(3, 6, 6, c_in, 3, (3, 3), seed=5)
+  check_grads(patch_conv, (x, kernel), order=1, modes=("rev",), atol=2e-2)
+
+
+def test_input_gradient_from_the_definition():
+  # dx[n, y, x, c] = sum over outputs (p, q) and taps (i, j) with
+  # p + i - top = y, q + j - left = x of g[n, p, q, d] * w[i, j, c, d].
+  x, kernel = inputs(2, 5, 4, 2, 3, (3, 2), seed=6)
+  padding = ((2, 0), (1, 0))
+  g = np.random.default_rng(7).normal(size=(2, 5, 4, 3))
+  w = np.asarray(kernel, np.float64)
+  expected = np.zeros((2, 5, 4, 2))
+  for p in range(5):
+    for q in range(4):
+      for i in range(3):
+        for j in range(2):
+          y, xx = p + i - 2, q + j - 1
+          if 0 <= y < 5 and 0 <= xx < 4:
+            expected[:, y, xx] += g[:, p, q] @ w[i, j].T
+  got = convolution.input_gradient_by_columns(
+    jnp.asarray(g, jnp.float32), kernel, x.shape, padding
+  )
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 12])
+def test_chunks_cover_any_batch(batch, monkeypatch):
+  # Tiny chunks: several scan steps, and a batch with no divisor but 1.
+  monkeypatch.setattr(convolution, "_CHUNK_BYTES", 3000)
+  x, kernel = inputs(batch, 6, 5, 2, 3, (3, 3), seed=batch)
+  g = jnp.ones((batch, 6, 5, 3))
+  expected = jax.vjp(lambda w: xla_conv(x, w), kernel)[1](g)[0]
+  got = jax.vjp(lambda w: patch_conv(x, w), kernel)[1](g)[0]
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_jit_and_vmap():
+  x, kernel = inputs(2, 6, 6, 2, 3, (3, 3))
+  xs = jnp.stack([x, x + 1.0])
+
+  def loss(w, x):
+    return jnp.sum(patch_conv(x, w) ** 2)
+
+  def reference(w, x):
+    return jnp.sum(xla_conv(x, w) ** 2)
+
+  got = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(kernel, xs)
+  expected = jax.vmap(jax.grad(reference), in_axes=(None, 0))(kernel, xs)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_unsupported_options_fall_back_to_xla():
+  x, kernel = inputs(2, 8, 8, 2, 3, (3, 3))
+  strided = convolution.patch_gradient_conv(
+    x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  expected = lax.conv_general_dilated(
+    x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  np.testing.assert_array_equal(strided, expected)
+  w_grad = jax.grad(
+    lambda w: convolution.patch_gradient_conv(
+      x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ).sum()
+  )(kernel)
+  assert w_grad.shape == kernel.shape
+
+
+def test_layers_follow_the_context_and_keep_nnx_parameters():
+  rngs = nnx.Rngs(0)
+  plain = convolution.conv(2, 3, (3, 3), rngs=rngs)
+  with convolution.weight_gradient("patches"):
+    fast = convolution.conv(2, 3, (3, 3), rngs=nnx.Rngs(0))
+  assert plain.conv_general_dilated is lax.conv_general_dilated
+  assert fast.conv_general_dilated is convolution.patch_gradient_conv
+  assert jax.tree.structure(nnx.state(plain)) == jax.tree.structure(
+    nnx.state(fast)
+  )
+  with (
+    pytest.raises(ValueError, match="conv_weight_gradient must be one of"),
+    convolution.weight_gradient("fast"),
+  ):
+    pass
