@@ -106,6 +106,22 @@ def test_public_name_has_docstring_and_api_page(name):
   )
 
 
+def test_every_public_module_on_an_api_page():
+  # A new module (not _private) gets its "::: stn_jax.x" line on the API
+  # page of its area in docs/api/; a package counts when its modules do.
+  documented = _documented_modules()
+  for path in sorted((ROOT / "stn_jax").rglob("*.py")):
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+      parts.pop()
+    if any(p.startswith("_") and p != "__main__" for p in parts):
+      continue
+    module = ".".join(parts)
+    assert any(d == module or d.startswith(module + ".") for d in documented), (
+      f"{module} is on no page of docs/api/: add '::: {module}'"
+    )
+
+
 def test_every_page_in_the_nav():
   # mkdocs --strict also fails on this; here it fails without mkdocs.
   nav = MKDOCS_YML.read_text()
