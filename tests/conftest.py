@@ -24,7 +24,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # in full float32 and a fixed order (a population equals separate runs, a
 # resumed run equals an unbroken one, batches equal one call), so the suite
 # asks for both, as PyTorch's own tests turn TF32 off. On a CPU neither
-# changes a number. Users' runs keep XLA's defaults (README, "GPUs").
+# changes a number. Users' runs keep XLA's defaults (docs/accelerators.md).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (
