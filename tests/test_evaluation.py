@@ -55,6 +55,16 @@ def test_the_identity_magnitude_renders_the_clean_images(size):
     assert out.sum() == images.sum()  # nothing else in the canvas
 
 
+def test_colour_signs_at_their_own_size():
+  signs = np.random.default_rng(0).integers(1, 256, (4, 32, 32, 3))
+  signs = signs.astype(np.uint8)
+  same, _ = evaluation.distorted_images(signs, "elastic", 0, size=32)
+  np.testing.assert_array_equal(same, signs)
+  half, _ = evaluation.distorted_images(signs, "scale", 0.5, size=32)
+  assert half.shape == signs.shape
+  assert half[:, :7].max() == 0 and half[:, 9:23, 9:23].min() > 0
+
+
 def test_rotation_by_90_degrees_is_a_quarter_turn():
   images, _ = _digits()
   out, _ = evaluation.distorted_images(images, "rotation", 90, size=28)
