@@ -83,3 +83,6 @@ def test_ic_st_cnn_config():
     MNIST.get_config("model=ic_st_cnn,transform=tps")
   with pytest.raises(ValueError, match="recurrences must be >= 1"):
     MNIST.get_config("model=ic_st_cnn,recurrences=0")
+  config.model_kwargs.recurrences = 0  # an override after get_config
+  with pytest.raises(ValueError, match="recurrences .* must be an int >= 1"):
+    train.validate_config(config)

@@ -375,6 +375,7 @@ CONTROLLED_IDENTITY = {
 
 
 def check_family(family: str) -> str:
+  """``family`` if it is one of ``CONTROLLED_FAMILIES``, else ValueError."""
   if family not in CONTROLLED_FAMILIES:
     raise ValueError(
       f"family must be one of {', '.join(CONTROLLED_FAMILIES)}; got {family!r}."
