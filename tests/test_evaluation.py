@@ -85,8 +85,9 @@ def test_draws_are_fixed_by_the_seed():
 
 def test_map_points_agrees_with_the_rendering_grid():
   """The composed maps use the distortion the images were rendered with:
-  a point mapped by map_points and a single bright pixel moved by the
-  render agree, for every family, on a canvas larger than the object."""
+  where the render moves a bright spot at the object's centre, map_points
+  reads the object's centre, on a canvas larger than the object (a
+  translation of 8.4 px, and a scale that must keep the centre)."""
   image = np.zeros((1, 28, 28, 1), np.uint8)
   image[0, 13:15, 13:15] = 255  # around the centre
   for family, magnitude in (("scale", 0.5), ("translation", 0.2)):
