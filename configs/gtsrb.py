@@ -26,6 +26,8 @@ from stn_jax import TRANSFORMS, config_args
 common = config_args.import_sibling(__file__, "common")
 
 MODELS = ("gtsrb_cnn", "gtsrb_st_cnn", "resnet", "resnet_stn")
+# The models with a spatial transformer (they take `transform`).
+TRANSFORMER_MODELS = ("gtsrb_st_cnn", "resnet_stn")
 
 
 def get_config(arg=None):
@@ -45,7 +47,7 @@ def get_config(arg=None):
   config.num_classes = 43
   config.seed = args["seed"]
   config.model = args["model"]
-  if args["model"] in ("gtsrb_st_cnn", "resnet_stn"):
+  if args["model"] in TRANSFORMER_MODELS:
     config.model_kwargs.transform = args["transform"]
   if args["model"].startswith("gtsrb"):
     config.model_kwargs.width = 1.0  # every layer's width (1.0 = paper)

@@ -15,8 +15,12 @@ batch 256. Paper: ST-CNN Aff on RTS 0.5%, CNN 0.8% (Table 1).
 
 Arguments (typed; unknown keys or values are rejected):
   distortion: plain, r, rts, p, e, tc        (default rts)
-  model: fcn, cnn, st_fcn, st_cnn, resnet, resnet_stn (default st_cnn)
-  transform: affine, projective, tps, attention (default affine)
+  model: fcn, cnn, st_fcn, st_cnn, ic_st_cnn, resnet, resnet_stn
+                                             (default st_cnn)
+  transform: affine, projective, tps, attention (default affine; ic_st_cnn
+             takes affine and projective)
+  recurrences: ic_st_cnn's number of inverse compositional updates
+                                             (int >= 1, default 4)
   small: size everything for a 2-core CPU     (default false)
   on_the_fly: fresh training distortions each epoch from the plain digits
   seed: int
@@ -28,7 +32,17 @@ common = config_args.import_sibling(__file__, "common")
 
 # Tied to the library's lists by tests/test_configs.py.
 DISTORTIONS = ("plain", "r", "rts", "p", "e", "tc")
-MODELS = ("fcn", "cnn", "st_fcn", "st_cnn", "resnet", "resnet_stn")
+MODELS = (
+  "fcn",
+  "cnn",
+  "st_fcn",
+  "st_cnn",
+  "ic_st_cnn",
+  "resnet",
+  "resnet_stn",
+)
+# The models with a spatial transformer (they take `transform`).
+TRANSFORMER_MODELS = ("st_fcn", "st_cnn", "ic_st_cnn", "resnet_stn")
 
 
 def get_config(arg=None):
@@ -41,6 +55,7 @@ def get_config(arg=None):
       small=False,
       on_the_fly=False,
       seed=0,
+      recurrences=4,
     ),
     choices=dict(distortion=DISTORTIONS, model=MODELS, transform=TRANSFORMS),
   )
@@ -51,9 +66,20 @@ def get_config(arg=None):
     config.on_the_fly = args["distortion"]
   config.seed = args["seed"]
   config.model = args["model"]
-  if args["model"] in ("st_fcn", "st_cnn", "resnet_stn"):
+  if args["model"] in TRANSFORMER_MODELS:
     config.model_kwargs.transform = args["transform"]
-  if args["model"] in ("st_fcn", "st_cnn") and args["distortion"] in (
+  if args["model"] == "ic_st_cnn":
+    if args["transform"] not in ("affine", "projective"):
+      raise ValueError(
+        "transform must be affine or projective for model=ic_st_cnn; got "
+        f"{args['transform']!r}."
+      )
+    if args["recurrences"] < 1:
+      raise ValueError(f"recurrences must be >= 1; got {args['recurrences']}.")
+    config.model_kwargs.recurrences = args["recurrences"]
+  if args["model"] in ("st_fcn", "st_cnn", "ic_st_cnn") and args[
+    "distortion"
+  ] in (
     "rts",
     "tc",
   ):
@@ -62,9 +88,9 @@ def get_config(arg=None):
   # 50k steps, 150k steps of 256.
   if args["small"]:
     common.apply_cpu_scale(config, num_steps=3000, lr_decay_every=2000)
-    if args["model"] in ("cnn", "st_cnn"):
+    if args["model"] in ("cnn", "st_cnn", "ic_st_cnn"):
       config.model_kwargs.channels = (16, 32)
-    if args["model"] == "st_cnn":
+    if args["model"] in ("st_cnn", "ic_st_cnn"):
       config.model_kwargs.localisation_channels = (8, 16)
       config.model_kwargs.localisation_hidden = 32
     if args["model"] in ("fcn", "st_fcn"):

@@ -34,6 +34,8 @@ class Restored:
     step: the checkpoint's training step.
     model: the Flax NNX module.
     normalization: the run's input :class:`~stn_jax.normalization.Normalization`.
+    transform_name: the first spatial transformer's family (``'affine'``,
+      ...), None without one.
   """
 
   def __init__(self, config, model, in_shape, step):
@@ -53,8 +55,19 @@ class Restored:
         lambda s, x: models.warp_input(nnx.merge(graphdef, s), x)
       )
       self._warp_spec = jax.eval_shape(self._warp, state, example)
+      self._params = jax.jit(
+        lambda s, x: models.first_transform_params(nnx.merge(graphdef, s), x)
+      )
+      self._params_spec = jax.eval_shape(self._params, state, example)
+      self.transform_name = models.transformers(model)[0].transform
     else:
       self._warp = self._warp_spec = None
+      self._params = self._params_spec = self.transform_name = None
+
+  @property
+  def in_shape(self) -> tuple[int, ...]:
+    """``(H, W, C)``: the image shape the model takes."""
+    return self._in_shape
 
   def _check(self, images) -> np.ndarray:
     """Checks shape, dtype and range of the whole input; returns NumPy."""
@@ -181,6 +194,28 @@ class Restored:
       batch_size,
       post=self.normalization.to_unit,
     )
+
+  def transform_params(self, images, *, batch_size: int = DEFAULT_BATCH_SIZE):
+    """The flat parameters the first spatial transformer regresses
+    (:func:`stn_jax.models.first_transform_params`; family
+    :attr:`transform_name`, layout :mod:`stn_jax.ops.transforms`; for an
+    IC-STN the composed warp).
+
+    Args:
+      images: as for :meth:`predict`.
+      batch_size: as for :meth:`predict`.
+
+    Returns:
+      float32 NumPy ``(N, P)``.
+
+    Raises:
+      ValueError: as :meth:`transform`.
+    """
+    if self._params is None:
+      raise ValueError(
+        f"model {self.config.model!r} has no spatial transformer."
+      )
+    return self._batched(self._params, self._params_spec, images, batch_size)
 
 
 def restore(workdir: str) -> Restored:

@@ -70,6 +70,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.model must be one of "
       f"{', '.join(models.MODELS)}; got {config.model!r}."
     )
+  recurrences = config.model_kwargs.get("recurrences", 1)
+  if (
+    isinstance(recurrences, bool)
+    or not isinstance(recurrences, int)
+    or recurrences < 1
+  ):
+    raise ValueError(
+      "config.model_kwargs.recurrences (ic_st_cnn's updates) must be an "
+      f"int >= 1; got {recurrences!r}."
+    )
   datasets.get_builder(config.dataset)  # raises on unknown datasets
   datasets.get_builder(train_dataset(config))
   if config.on_the_fly:

@@ -168,6 +168,78 @@ def error_plot(curves, path, size=(640, 400)):
   image.save(path)
 
 
+COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+
+
+def line_plot(curves, path, *, title, xlabel, ylabel, size=(640, 400)):
+  """A line plot, one line per curve, y from 0.
+
+  Args:
+    curves: ``[(name, [(x, y), ...]), ...]``.
+    path: the PNG to write.
+    title, xlabel, ylabel: texts.
+  """
+  image = Image.new("RGB", size, "white")
+  draw = ImageDraw.Draw(image)
+  left, top, right, bottom = 60, 30, size[0] - 20, size[1] - 40
+  points = [p for _, line in curves for p in line]
+  low_x, high_x = min(x for x, _ in points), max(x for x, _ in points)
+  high_y = max(y for _, y in points) * 1.1 or 1.0
+  span_x = (high_x - low_x) or 1.0
+  sx = lambda x: left + (right - left) * (x - low_x) / span_x
+  sy = lambda y: bottom - (bottom - top) * y / high_y
+  draw.rectangle((left, top, right, bottom), outline="black")
+  for i in range(5):
+    y = bottom - (bottom - top) * i / 4
+    draw.text((8, y - 6), f"{high_y * i / 4:.3g}", fill="black")
+    draw.line((left, y, right, y), fill="#dddddd")
+  draw.text((left, bottom + 8), f"{low_x:g}", fill="black")
+  draw.text((right - 30, bottom + 8), f"{high_x:g}", fill="black")
+  draw.text(((left + right) // 2 - 40, bottom + 22), xlabel, fill="black")
+  for i, (name, line) in enumerate(curves):
+    colour = COLOURS[i % len(COLOURS)]
+    xy = [(sx(x), sy(y)) for x, y in sorted(line)]
+    if len(xy) > 1:
+      draw.line(xy, fill=colour, width=2)
+    for x, y in xy:
+      draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+    draw.text((left + 10, top + 8 + 14 * i), name, fill=colour)
+  draw.text((left, 8), f"{title} ({ylabel})", fill="black")
+  image.save(path)
+
+
+def reliability_diagram(counts, accuracy, confidence, path, *, title):
+  """Accuracy per confidence bin (bars) against the diagonal of perfect
+  calibration, with each bin's mean confidence marked; bins of
+  :func:`stn_jax.calibration.reliability_bins`."""
+  size = (480, 480)
+  image = Image.new("RGB", size, "white")
+  draw = ImageDraw.Draw(image)
+  left, top, right, bottom = 50, 40, size[0] - 20, size[1] - 40
+  sx = lambda v: left + (right - left) * v
+  sy = lambda v: bottom - (bottom - top) * v
+  draw.rectangle((left, top, right, bottom), outline="black")
+  bins = len(counts)
+  for b in range(bins):
+    if counts[b] == 0:
+      continue
+    x0, x1 = sx(b / bins), sx((b + 1) / bins)
+    draw.rectangle(
+      (x0 + 1, sy(accuracy[b]), x1 - 1, bottom), fill="#1f77b4", outline="white"
+    )
+    y = sy(confidence[b])
+    draw.line((x0 + 1, y, x1 - 1, y), fill="#d62728", width=2)
+  draw.line((sx(0), sy(0), sx(1), sy(1)), fill="#777777", width=1)
+  for v in (0, 0.5, 1):
+    draw.text((sx(v) - 8, bottom + 8), f"{v:g}", fill="black")
+    draw.text((18, sy(v) - 6), f"{v:g}", fill="black")
+  draw.text(
+    (left + 90, bottom + 22), "confidence (red: bin mean)", fill="black"
+  )
+  draw.text((left, 12), f"{title}; bars: accuracy", fill="black")
+  image.save(path)
+
+
 FIGURES = ("transformer", "gif", "saliency", "error")
 
 

@@ -84,6 +84,7 @@ RUN_FILES = (
   "results.json",
   "population.json",
   "transformer.png",
+  "evaluation",  # python -m stn_jax.evaluate's default --out
   "config.json",
   "in_shape.json",
 )

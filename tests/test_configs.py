@@ -53,3 +53,36 @@ def test_config_files_import_common_from_anywhere(tmp_path, monkeypatch):
 
   module = config_args.load_config_module(str(REPO / "configs" / "gtsrb.py"))
   assert module.get_config("").dataset == "gtsrb/32"
+
+
+def test_transformer_model_lists_agree():
+  """The library's TRANSFORMER_MODELS, the configs' lists and the models
+  themselves (tests/test_models.py checks that exactly these models
+  contain a SpatialTransformer)."""
+  for module in (MNIST, GTSRB):
+    assert set(module.TRANSFORMER_MODELS) == set(module.MODELS) & set(
+      models.TRANSFORMER_MODELS
+    ), module.__name__
+    for name in module.TRANSFORMER_MODELS:  # they all take `transform`
+      config = module.get_config(f"model={name},transform=projective")
+      assert config.model_kwargs.transform == "projective"
+  assert set(MNIST.TRANSFORMER_MODELS) | set(GTSRB.TRANSFORMER_MODELS) == set(
+    models.TRANSFORMER_MODELS
+  )
+
+
+def test_ic_st_cnn_config():
+  config = MNIST.get_config("model=ic_st_cnn,recurrences=2,small=true")
+  train.validate_config(config)
+  assert config.model_kwargs.recurrences == 2
+  assert config.model_kwargs.pool_output  # RTS, as the ST-CNN
+  model = models.from_config(config, (42, 42, 1))
+  assert model.transformer.recurrences == 2
+  assert "recurrences" not in MNIST.get_config("model=st_cnn").model_kwargs
+  with pytest.raises(ValueError, match="affine or projective"):
+    MNIST.get_config("model=ic_st_cnn,transform=tps")
+  with pytest.raises(ValueError, match="recurrences must be >= 1"):
+    MNIST.get_config("model=ic_st_cnn,recurrences=0")
+  config.model_kwargs.recurrences = 0  # an override after get_config
+  with pytest.raises(ValueError, match="recurrences .* must be an int >= 1"):
+    train.validate_config(config)

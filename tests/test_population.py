@@ -366,3 +366,33 @@ def test_auto_unrolls_members_on_one_cpu_device_and_vmaps_otherwise(
 def test_population_mesh_uses_the_devices_that_divide_the_members():
   mesh = train.population_mesh(3)
   assert mesh.axis_names == ("members",) and mesh.size == 1  # one device here
+
+
+def test_an_ic_stn_population_matches_separate_runs(tiny_tfds, tmp_path):
+  """The recurrent transformer trains as a population like the others."""
+
+  def config(seed, learning_rate):
+    config = tiny(
+      MNIST.get_config(f"model=ic_st_cnn,recurrences=2,small=true,seed={seed}"),
+      tiny_tfds,
+      num_steps=2,
+    )
+    config.learning_rate = learning_rate
+    return config
+
+  members = [(0, 1e-3), (1, 2e-3)]
+  results = population.train_population(
+    [config(s, lr) for s, lr in members],
+    str(tmp_path / "pop"),
+    method="vmap",
+    log=lambda *a: None,
+  )
+  for k, (seed, learning_rate) in enumerate(members):
+    workdir = str(tmp_path / f"separate{seed}")
+    result = train.train_and_evaluate(config(seed, learning_rate), workdir)
+    theirs = jax.tree.leaves(stn_jax.restore(workdir).model)
+    ours = jax.tree.leaves(results[k]["params"])
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+      np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    assert abs(results[k]["test_error"] - result["test_error"]) < 1e-6

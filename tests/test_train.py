@@ -21,6 +21,9 @@ MODEL_CONFIGS = {
   "cnn": lambda: MNIST.get_config("model=cnn,small=true"),
   "st_fcn": lambda: MNIST.get_config("model=st_fcn,small=true"),
   "st_cnn": lambda: MNIST.get_config("model=st_cnn,small=true"),
+  "ic_st_cnn": lambda: MNIST.get_config(
+    "model=ic_st_cnn,recurrences=2,small=true"
+  ),
   "resnet": lambda: MNIST.get_config("model=resnet,small=true"),
   "resnet_stn": lambda: MNIST.get_config("model=resnet_stn,small=true"),
   "gtsrb_cnn": lambda: GTSRB.get_config("model=gtsrb_cnn,small=true"),

@@ -20,6 +20,7 @@ from stn_jax.models.classifiers import (
   GtsrbCNN,
   ResNet,
   STClassifier,
+  ic_st_cnn,
   resnet_stn,
   st_cnn,
   st_fcn,
@@ -27,6 +28,7 @@ from stn_jax.models.classifiers import (
 from stn_jax.models.layers import (
   ConvLocalisation,
   FCLocalisation,
+  ICSpatialTransformer,
   SpatialTransformer,
   SpatialTransformer3D,
 )
@@ -36,12 +38,21 @@ MODELS = {
   "cnn": CNN,
   "st_fcn": st_fcn,
   "st_cnn": st_cnn,
+  "ic_st_cnn": ic_st_cnn,
   "gtsrb_cnn": functools.partial(GtsrbCNN, num_transformers=0),
   "gtsrb_st_cnn": functools.partial(GtsrbCNN, num_transformers=3),
   "resnet": ResNet,
   "resnet_stn": resnet_stn,
 }
-TRANSFORMER_MODELS = ("st_fcn", "st_cnn", "gtsrb_st_cnn", "resnet_stn")
+# The models with a spatial transformer (tests/test_configs.py ties this
+# list to the models themselves and to the configs' lists).
+TRANSFORMER_MODELS = (
+  "st_fcn",
+  "st_cnn",
+  "ic_st_cnn",
+  "gtsrb_st_cnn",
+  "resnet_stn",
+)
 
 
 def get_model(
@@ -156,6 +167,7 @@ __all__ = [
   "FCLocalisation",
   "FCN",
   "GtsrbCNN",
+  "ICSpatialTransformer",
   "MODELS",
   "ResNet",
   "STClassifier",

@@ -19,7 +19,7 @@ from flax import nnx
 
 from stn_jax.models.contrast import LocalContrastNorm
 from stn_jax.models.convolution import conv
-from stn_jax.models.layers import SpatialTransformer
+from stn_jax.models.layers import ICSpatialTransformer, SpatialTransformer
 from stn_jax.models.pooling import max_pool
 
 
@@ -70,7 +70,9 @@ class STClassifier(nnx.Module):
   """A spatial transformer on the input, then a classifier.
 
   ``pool_output`` average-pools the transformer's output by 2 (the paper
-  does this for RTS and TC).
+  does this for RTS and TC). ``transformer_type`` is the transformer's
+  class (:class:`SpatialTransformer` or :class:`ICSpatialTransformer`),
+  built with ``transformer_kwargs``.
   """
 
   def __init__(
@@ -85,10 +87,11 @@ class STClassifier(nnx.Module):
     localisation_kwargs=None,
     pool_output: bool = False,
     transformer_kwargs=None,
+    transformer_type: type = SpatialTransformer,
     rngs: nnx.Rngs,
   ):
     height, width, channels = in_shape
-    self.transformer = SpatialTransformer(
+    self.transformer = transformer_type(
       in_shape,
       transform=transform,
       localisation=localisation,
@@ -150,6 +153,39 @@ def st_cnn(
   rngs,
 ):
   """ST-CNN: conv localisation net + CNN."""
+  return ic_st_cnn(
+    in_shape,
+    num_classes,
+    transform=transform,
+    channels=channels,
+    localisation_channels=localisation_channels,
+    localisation_hidden=localisation_hidden,
+    pool_output=pool_output,
+    recurrences=None,
+    rngs=rngs,
+  )
+
+
+def ic_st_cnn(
+  in_shape,
+  num_classes,
+  *,
+  transform="affine",
+  channels=(32, 32),
+  localisation_channels=(20, 20),
+  localisation_hidden=20,
+  pool_output=False,
+  recurrences=4,
+  rngs,
+):
+  """IC-STN + CNN: the ST-CNN with its transformer applied ``recurrences``
+  times inverse-compositionally (:class:`ICSpatialTransformer`; affine or
+  projective). ``recurrences=None`` is the plain ST-CNN."""
+  if recurrences is None:
+    transformer_type, transformer_kwargs = SpatialTransformer, None
+  else:
+    transformer_type = ICSpatialTransformer
+    transformer_kwargs = {"recurrences": recurrences}
   return STClassifier(
     in_shape,
     num_classes,
@@ -162,6 +198,8 @@ def st_cnn(
       "hidden": localisation_hidden,
     },
     pool_output=pool_output,
+    transformer_kwargs=transformer_kwargs,
+    transformer_type=transformer_type,
     rngs=rngs,
   )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -216,5 +217,92 @@ class SpatialTransformer3D(nnx.Module):
       self.grid(x),
       mode=self.mode,
       padding_mode=self.padding_mode,
+      align_corners=self.align_corners,
+    )
+
+
+class ICSpatialTransformer(SpatialTransformer):
+  """The inverse compositional spatial transformer (IC-STN, Lin & Lucey,
+  CVPR 2017): one localisation net applied ``recurrences`` times.
+
+  With ``M_0 = I``, step ``k`` warps the ORIGINAL input with ``M_k`` (at
+  the input's size), regresses an update ``D_k`` from it and composes
+  ``M_{k+1} = M_k @ D_k`` (3x3 maps from output to input coordinates,
+  :func:`stn_jax.ops.params_to_matrix`); the output samples the original
+  input once, with ``M_K``. The update head starts at the identity (zero
+  weights, identity bias), so at initialisation every ``D_k`` and the
+  composed warp are the identity. ``recurrences = 1`` is the plain
+  :class:`SpatialTransformer` with the same parameters.
+
+  :meth:`transform_params` returns the composed warp's flat parameters
+  (``affine``: 6, ``projective``: 8 with ``h33 = 1``), :meth:`grid` its
+  grid, so every tool that reads a transformer reads the composed warp.
+
+  Args:
+    in_shape: ``(H, W, C)`` of the input feature map.
+    transform: ``'affine'`` or ``'projective'``.
+    recurrences: K >= 1, the number of updates.
+    **kwargs: ``out_size``, ``localisation``, ``localisation_kwargs``,
+      ``mode``, ``padding_mode``, ``align_corners``: as
+      :class:`SpatialTransformer`.
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    *,
+    transform: str = "affine",
+    recurrences: int = 4,
+    rngs: nnx.Rngs,
+    **kwargs,
+  ):
+    if transform not in ("affine", "projective"):
+      raise ValueError(
+        "transform of an IC-STN must be 'affine' or 'projective' (maps "
+        f"that compose as 3x3 matrices); got {transform!r}."
+      )
+    if (
+      isinstance(recurrences, bool)
+      or not isinstance(recurrences, (int, np.integer))
+      or recurrences < 1
+    ):
+      raise ValueError(f"recurrences must be an int >= 1; got {recurrences!r}.")
+    super().__init__(in_shape, transform=transform, rngs=rngs, **kwargs)
+    self.recurrences = int(recurrences)
+    self.in_size = tuple(in_shape[:2])
+
+  def updates(self, x):
+    """The composed warps ``(K + 1, N, 3, 3)`` ``M_0 = I, ..., M_K`` for
+    input ``x (N, H, W, C)``."""
+    warp = jnp.broadcast_to(jnp.eye(3, dtype=x.dtype), (x.shape[0], 3, 3))
+    warps = [warp]
+    for _ in range(self.recurrences):
+      if len(warps) == 1:
+        seen = x  # M_0 = I: sampling with the identity returns x
+      else:
+        grid = ops.params_to_grid(
+          self.transform,
+          ops.matrix_to_params(self.transform, warp),
+          self.in_size,
+          align_corners=self.align_corners,
+        )
+        seen = self.sample(x, grid)
+      update = ops.params_to_matrix(self.transform, self.localisation(seen))
+      warp = jnp.einsum(
+        "nij,njk->nik", warp, update, precision=jax.lax.Precision.HIGHEST
+      )
+      warps.append(warp)
+    return jnp.stack(warps)
+
+  def transform_params(self, x):
+    """The composed warp's flat parameters ``(N, P)`` for input ``x``."""
+    return ops.matrix_to_params(self.transform, self.updates(x)[-1])
+
+  def grid(self, x):
+    """The composed warp's sampling grid ``(N, H_out, W_out, 2)``."""
+    return ops.params_to_grid(
+      self.transform,
+      self.transform_params(x),
+      self.out_size,
       align_corners=self.align_corners,
     )

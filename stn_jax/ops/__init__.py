@@ -52,10 +52,13 @@ from stn_jax.ops.sampling import (
   grid_sample,
 )
 from stn_jax.ops.transforms import (
+  MATRIX_TRANSFORMS,
   TRANSFORMS,
   identity_params,
+  matrix_to_params,
   num_transform_params,
   params_to_grid,
+  params_to_matrix,
 )
 from stn_jax.ops.volumetric import (
   VOLUMETRIC_MODES,
@@ -72,6 +75,7 @@ from stn_jax.ops.warp3d import (
 
 __all__ = [
   "ALL_PADDING_MODES",
+  "MATRIX_TRANSFORMS",
   "MODES",
   "PADDING_MODES",
   "PIXEL_PADDING_MODES",
@@ -101,10 +105,12 @@ __all__ = [
   "grid_sample_3d",
   "identity_params",
   "invert_affine",
+  "matrix_to_params",
   "normalize_points",
   "normalized_to_pixel_homography",
   "num_transform_params",
   "params_to_grid",
+  "params_to_matrix",
   "pixel_to_normalized_homography",
   "pixel_to_theta",
   "projective_grid",

@@ -27,9 +27,14 @@ __all__ = [
   "num_transform_params",
   "identity_params",
   "params_to_grid",
+  "params_to_matrix",
+  "matrix_to_params",
+  "MATRIX_TRANSFORMS",
 ]
 
 TRANSFORMS = ("affine", "projective", "tps", "attention")
+# The families whose maps are 3x3 matrices (they compose by matrix product).
+MATRIX_TRANSFORMS = ("affine", "projective", "attention")
 
 
 def num_transform_params(
@@ -100,10 +105,8 @@ def params_to_grid(
       params.reshape(-1, 2, 3), out_shape, align_corners=align_corners
     )
   elif transform == "projective":
-    ones = jnp.ones_like(params[:, :1])
-    homography = jnp.concatenate([params, ones], axis=1).reshape(-1, 3, 3)
     grid = grids.projective_grid(
-      homography, out_shape, align_corners=align_corners
+      _matrix(transform, params), out_shape, align_corners=align_corners
     )
   elif transform == "attention":
     grid = grids.affine_grid(
@@ -114,3 +117,63 @@ def params_to_grid(
       params.reshape(-1, size // 2, 2), out_shape, align_corners=align_corners
     )
   return grid if batched else grid[0]
+
+
+def _matrix(transform, params):
+  """``(N, 3, 3)`` from checked ``(N, P)`` flat parameters."""
+  if transform == "attention":
+    params = grids.attention_theta(params).reshape(-1, 6)
+  if transform in ("affine", "attention"):
+    last = jnp.zeros_like(params[:, :3]).at[:, 2].set(1)
+  else:
+    last = jnp.ones_like(params[:, :1])
+  return jnp.concatenate([params, last], axis=1).reshape(-1, 3, 3)
+
+
+def params_to_matrix(transform: str, params):
+  """The 3x3 matrix of flat parameters of a matrix family.
+
+  The matrix maps homogeneous normalised OUTPUT points ``(x, y, 1)`` to
+  INPUT points (as the grids do), so two maps compose by matrix product:
+  sampling with ``A`` an image already sampled with ``B`` is sampling the
+  original with ``B @ A``.
+
+  Args:
+    transform: one of ``MATRIX_TRANSFORMS`` (``affine``, ``projective``,
+      ``attention``).
+    params: ``(N, P)`` or ``(P,)`` float array, laid out as in the module
+      docstring.
+
+  Returns:
+    ``(N, 3, 3)`` (or ``(3, 3)``); last row ``(0, 0, 1)`` for ``affine``
+    and ``attention``, ``h33 = 1`` for ``projective``.
+  """
+  v.check_choice("transform", transform, MATRIX_TRANSFORMS)
+  size = num_transform_params(transform)
+  params, batched = v.check_float_array(
+    "params", params, (size,), f"(N, {size})"
+  )
+  matrix = _matrix(transform, params)
+  return matrix if batched else matrix[0]
+
+
+def matrix_to_params(transform: str, matrix):
+  """Flat parameters of a 3x3 matrix: the inverse of
+  :func:`params_to_matrix` for ``affine`` (the first two rows) and
+  ``projective`` (the matrix divided by ``h33``, which must not be 0).
+
+  Args:
+    transform: ``affine`` or ``projective``.
+    matrix: ``(N, 3, 3)`` or ``(3, 3)`` float array. For ``affine`` its
+      last row is ignored (it should be ``(0, 0, 1)``).
+
+  Returns:
+    ``(N, P)`` (or ``(P,)``) flat parameters, ``P`` = 6 or 8.
+  """
+  v.check_choice("transform", transform, ("affine", "projective"))
+  matrix, batched = v.check_float_array("matrix", matrix, (3, 3), "(N, 3, 3)")
+  if transform == "affine":
+    params = matrix[:, :2].reshape(-1, 6)
+  else:
+    params = (matrix / matrix[:, 2:, 2:]).reshape(-1, 9)[:, :8]
+  return params if batched else params[0]
