@@ -84,11 +84,11 @@ def base(arg: str) -> ml_collections.ConfigDict:
   # Steps run per dispatch (lax.scan); the log, eval and checkpoint steps
   # stay exact.
   config.steps_per_dispatch = 1
-  # How convolutions' weight gradients are computed: 'patches' (matrix
-  # products, several times faster on a CPU; float rounding differs from
-  # XLA's) or 'xla' (XLA's own; what runs used before the key existed).
-  # stn_jax.models.convolution.
-  config.conv_weight_gradient = "patches"
+  # How convolutions' gradients are computed: 'patches' (matrix products,
+  # several times faster on a CPU; float rounding differs from XLA's),
+  # 'xla' (XLA's own; what runs used before the key existed) or 'auto'
+  # (patches on the CPU, xla elsewhere). stn_jax.models.convolution.
+  config.conv_weight_gradient = "auto"
   # Periodic checkpoints are written in the background while training goes
   # on (a run killed during a write resumes from the checkpoint before).
   config.async_checkpoints = True

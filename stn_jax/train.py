@@ -668,7 +668,10 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     + f", workdir {workdir}"
     + (", training split on the device" if on_device else "")
     + (f", {first.steps_per_dispatch} steps per dispatch" if multi_step else "")
-    + f", conv weight gradient {first.get('conv_weight_gradient', 'xla')}"
+    + ", conv gradients "
+    + convolution.resolve_weight_gradient(
+      first.get("conv_weight_gradient", "xla")
+    )
   )
 
   batch_shape = {

@@ -152,6 +152,9 @@ def test_layers_follow_the_context_and_keep_nnx_parameters():
     fast = convolution.conv(2, 3, (3, 3), rngs=nnx.Rngs(0))
   assert plain.conv_general_dilated is lax.conv_general_dilated
   assert fast.conv_general_dilated is convolution.patch_gradient_conv
+  assert convolution.resolve_weight_gradient("auto") == (
+    "patches" if jax.default_backend() == "cpu" else "xla"
+  )
   assert jax.tree.structure(nnx.state(plain)) == jax.tree.structure(
     nnx.state(fast)
   )
@@ -160,3 +163,36 @@ def test_layers_follow_the_context_and_keep_nnx_parameters():
     convolution.weight_gradient("fast"),
   ):
     pass
+
+
+def test_forward_mode_and_second_order():
+  # The tangent is conv(dx, w) + conv(x, dw); jacfwd equals jacrev, and a
+  # Hessian-vector product equals XLA's.
+  x, kernel = inputs(2, 5, 5, 2, 3, (3, 3), seed=8)
+  tx, tk = inputs(2, 5, 5, 2, 3, (3, 3), seed=9)
+  _, ours = jax.jvp(patch_conv, (x, kernel), (tx, tk))
+  _, theirs = jax.jvp(xla_conv, (x, kernel), (tx, tk))
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+  f = lambda w: jnp.tanh(patch_conv(x, w)).sum(axis=(1, 2))  # noqa: E731
+  np.testing.assert_allclose(
+    jax.jacfwd(f)(kernel), jax.jacrev(f)(kernel), rtol=1e-4, atol=1e-4
+  )
+  g = lambda conv: lambda w: jnp.sum(jnp.tanh(conv(x, w)))  # noqa: E731
+  hvp = lambda conv: jax.jvp(jax.grad(g(conv)), (kernel,), (tk,))[1]  # noqa: E731
+  np.testing.assert_allclose(
+    hvp(patch_conv), hvp(xla_conv), rtol=1e-4, atol=1e-3
+  )
+
+
+def test_vmap_over_kernels_and_inputs():
+  x, kernel = inputs(2, 5, 5, 2, 3, (3, 3), seed=10)
+  kernels = jnp.stack([kernel, 2 * kernel])
+  xs = jnp.stack([x, -x])
+  for in_axes, args in [((None, 0), (x, kernels)), ((0, 0), (xs, kernels))]:
+    loss = lambda conv: lambda x, w: jnp.sum(conv(x, w) ** 2)  # noqa: E731
+    grads = jax.vmap(jax.grad(loss(patch_conv), (0, 1)), in_axes)(*args)
+    expected = jax.vmap(jax.grad(loss(xla_conv), (0, 1)), in_axes)(*args)
+    for a, b in zip(grads, expected):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    out = jax.vmap(patch_conv, in_axes)(*args)
+    np.testing.assert_array_equal(out, jax.vmap(xla_conv, in_axes)(*args))

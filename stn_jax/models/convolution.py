@@ -21,9 +21,9 @@ rounding differs (summation order: about 1e-6 of their scale, up to 3e-5
 for weights with 1-3 input channels). ``'xla'`` keeps XLA's own gradients,
 bitwise as before.
 
-Runs choose with ``config.conv_weight_gradient`` (default ``'patches'``;
-workdirs written before the key existed read ``'xla'``, what they ran
-with). The layers are ordinary ``nnx.Conv`` modules (same parameters, same
+Runs choose with ``config.conv_weight_gradient`` (default ``'auto'``:
+``'patches'`` on the CPU, ``'xla'`` on accelerators; workdirs written
+before the key existed read ``'xla'``, what they ran with). The layers are ordinary ``nnx.Conv`` modules (same parameters, same
 checkpoints); the choice is made when a model is built, inside
 :func:`weight_gradient`.
 """
@@ -38,8 +38,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
-WEIGHT_GRADIENTS = ("patches", "xla")
+WEIGHT_GRADIENTS = ("auto", "patches", "xla")
 # Bytes of patches per chunk of images: about what stays in this class of
 # CPU's caches (chunks of 2-8 paper-network images were fastest).
 _CHUNK_BYTES = 6 * 2**20
@@ -61,15 +63,24 @@ def check_weight_gradient(method) -> None:
     )
 
 
+def resolve_weight_gradient(method: str) -> str:
+  """``method``, with ``'auto'`` resolved: ``'patches'`` on the CPU
+  backend, ``'xla'`` elsewhere (GPUs' own convolution gradients are fast,
+  and the patch products are unmeasured there)."""
+  check_weight_gradient(method)
+  if method == "auto":
+    return "patches" if jax.default_backend() == "cpu" else "xla"
+  return method
+
+
 @contextlib.contextmanager
 def weight_gradient(method: str) -> Iterator[None]:
-  """Layers made by :func:`conv` inside this context compute their weight
-  gradient by ``method``: ``'patches'`` (matrix products over patch
-  chunks) or ``'xla'`` (XLA's own convolution). Outside any context:
-  ``'xla'``."""
+  """Layers made by :func:`conv` inside this context compute their
+  gradients by ``method``: ``'patches'`` (matrix products over patch
+  chunks), ``'xla'`` (XLA's own convolution) or ``'auto'``
+  (:func:`resolve_weight_gradient`). Outside any context: ``'xla'``."""
   global _method
-  check_weight_gradient(method)
-  previous, _method = _method, method
+  previous, _method = _method, resolve_weight_gradient(method)
   try:
     yield
   finally:
@@ -157,10 +168,10 @@ def patch_gradient_conv(
       precision=precision,
       **kwargs,
     )
-  return _conv(lhs, rhs, padding, precision)
+  return conv_p.bind(lhs, rhs, padding=padding, precision=precision)
 
 
-def _xla_conv(x, kernel, padding, precision):
+def _xla_conv(x, kernel, *, padding, precision):
   return lax.conv_general_dilated(
     x,
     kernel,
@@ -171,31 +182,83 @@ def _xla_conv(x, kernel, padding, precision):
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, kernel, padding, precision):
-  return _xla_conv(x, kernel, padding, precision)
+# conv(x, kernel), stride 1, NHWC/HWIO, explicit zero padding: XLA's
+# convolution, differentiated as the bilinear map it is (the tangent is
+# conv(dx, kernel) + conv(x, dkernel), so forward mode and every higher
+# order work), with a transpose that computes the weight gradient by patch
+# products and, for <= 4 input channels, the input gradient by columns.
+conv_p = Primitive("stn_conv_patch_gradient")
+conv_p.def_impl(_xla_conv)
+mlir.register_lowering(
+  conv_p, mlir.lower_fun(_xla_conv, multiple_results=False)
+)
 
 
-def _conv_fwd(x, kernel, padding, precision):
-  return _conv(x, kernel, padding, precision), (x, kernel)
+@conv_p.def_abstract_eval
+def _conv_abstract_eval(x, kernel, **params):
+  out = jax.eval_shape(functools.partial(_xla_conv, **params), x, kernel)
+  return x.update(shape=out.shape, dtype=out.dtype)
 
 
-def _conv_bwd(padding, precision, residuals, cotangent):
-  x, kernel = residuals
-  if x.shape[-1] <= _MAX_SCATTER_CHANNELS:
-    x_grad = input_gradient_by_columns(cotangent, kernel, x.shape, padding)
-  else:
-    _, input_vjp = jax.vjp(
-      lambda x: _xla_conv(x, kernel, padding, precision), x
-    )
-    (x_grad,) = input_vjp(cotangent)
-  kernel_grad = weight_gradient_by_patches(
-    x, cotangent, kernel.shape[:2], padding
+def _conv_jvp(primals, tangents, **params):
+  x, kernel = primals
+  dx, dkernel = tangents
+  out = conv_p.bind(x, kernel, **params)
+  terms = []
+  if type(dx) is not ad.Zero:
+    terms.append(conv_p.bind(dx, kernel, **params))
+  if type(dkernel) is not ad.Zero:
+    terms.append(conv_p.bind(x, dkernel, **params))
+  if not terms:  # JAX calls a JVP rule with a nonzero tangent only
+    return out, jnp.zeros_like(out)
+  return out, functools.reduce(lambda a, b: a + b, terms)
+
+
+def _conv_transpose(cotangent, x, kernel, *, padding, precision):
+  want_x, want_kernel = (
+    ad.is_undefined_primal(x),
+    ad.is_undefined_primal(kernel),
   )
-  return x_grad, kernel_grad.astype(kernel.dtype)
+  if want_x and want_kernel:
+    raise NotImplementedError("conv is linear in one operand at a time.")
+  if want_kernel:
+    if type(cotangent) is ad.Zero:
+      return [None, ad.Zero(kernel.aval)]
+    grad = weight_gradient_by_patches(
+      x, cotangent, kernel.aval.shape[:2], padding
+    )
+    return [None, grad.astype(kernel.aval.dtype)]
+  if type(cotangent) is ad.Zero:
+    return [ad.Zero(x.aval), None]
+  if x.aval.shape[-1] <= _MAX_SCATTER_CHANNELS:
+    grad = input_gradient_by_columns(cotangent, kernel, x.aval.shape, padding)
+  else:
+    (grad,) = jax.linear_transpose(
+      lambda x: _xla_conv(x, kernel, padding=padding, precision=precision),
+      jax.ShapeDtypeStruct(x.aval.shape, x.aval.dtype),
+    )(cotangent)
+  return [grad.astype(x.aval.dtype), None]
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+def _conv_batch(operands, dims, **params):
+  x, kernel = operands
+  x_dim, kernel_dim = dims
+  if kernel_dim is None:  # the vmapped axis joins the batch axis
+    x = jnp.moveaxis(x, x_dim, 0)
+    size = x.shape[0]
+    out = conv_p.bind(x.reshape(-1, *x.shape[2:]), kernel, **params)
+    return out.reshape(size, -1, *out.shape[1:]), 0
+  # A kernel per vmapped element: XLA's batched convolution (gradients
+  # through it are XLA's too).
+  out = jax.vmap(
+    functools.partial(_xla_conv, **params), in_axes=(x_dim, kernel_dim)
+  )(x, kernel)
+  return out, 0
+
+
+ad.primitive_jvps[conv_p] = _conv_jvp
+ad.primitive_transposes[conv_p] = _conv_transpose
+batching.primitive_batchers[conv_p] = _conv_batch
 
 
 def input_gradient_by_columns(cotangent, kernel, in_shape, padding):

@@ -13,8 +13,10 @@ maximum over each window, and the gradient goes, as ``select_and_scatter``
 sends it, to the first maximum of each window in raster order (row by row,
 left to right), with every other position zero. For finite inputs the
 values and gradients are bitwise equal to ``nnx.max_pool``'s (tested); the
-gradient is written with elementwise comparisons that XLA fuses into one
-pass. Windows holding a ``nan`` may route the gradient differently.
+derivative is a custom JVP whose tangent is the first maximum's, linear in
+the tangent, so forward mode works and reverse mode is its transpose: a
+broadcast and a select that XLA fuses into one pass. Windows holding a
+``nan`` may route the gradient differently.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _blocks(x, window):
   return x.reshape(n, rows, window, cols, window, c)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _max_pool(x, window):
   # reduce_window: XLA's CPU forward is fastest this way (a reshape and
   # max copies the map first when the size is not a multiple of window).
@@ -64,16 +66,14 @@ def _max_pool(x, window):
   )
 
 
-def _max_pool_fwd(x, window):
+@_max_pool.defjvp
+def _max_pool_jvp(window, primals, tangents):
+  """The tangent of each window's first maximum (raster order). It is
+  linear in the tangent with a mask fixed by the primal, so reverse mode
+  transposes it into a broadcast and a select, which XLA fuses."""
+  (x,), (tangent,) = primals, tangents
   pooled = _max_pool(x, window)
-  return pooled, (x, pooled)
-
-
-def _max_pool_bwd(window, residuals, cotangent):
-  x, pooled = residuals
   blocks = _blocks(x, window)
-  # The raster position of each window's first maximum, at the pooled
-  # resolution; then one broadcast comparison routes the cotangent there.
   first = jnp.full(pooled.shape, window * window - 1, jnp.int32)
   for position in reversed(range(window * window - 1)):
     a, b = divmod(position, window)
@@ -81,15 +81,9 @@ def _max_pool_bwd(window, residuals, cotangent):
   positions = jnp.arange(window * window, dtype=jnp.int32).reshape(
     1, 1, window, 1, window, 1
   )
-  grad = jnp.where(
+  chosen = jnp.where(
     positions == first[:, :, None, :, None, :],
-    cotangent[:, :, None, :, None, :],
-    jnp.zeros((), cotangent.dtype),
+    _blocks(tangent, window),
+    jnp.zeros((), tangent.dtype),
   )
-  n, h, w, c = x.shape
-  grad = grad.reshape(n, pooled.shape[1] * window, pooled.shape[2] * window, c)
-  pad = [(0, 0), (0, h - grad.shape[1]), (0, w - grad.shape[2]), (0, 0)]
-  return (jnp.pad(grad, pad),)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+  return pooled, chosen.sum(axis=(2, 4))
