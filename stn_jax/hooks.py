@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -144,14 +145,41 @@ def _summary_writer_class():
   return SummaryWriter
 
 
+def repair_jsonl(path: str) -> int:
+  """Cuts a partial last line (a run killed mid-write, a full disk) off the
+  append-only JSON-lines file ``path``, so that the next record starts on
+  a line of its own; returns the bytes removed (0: nothing to repair)."""
+  if not os.path.isfile(path):
+    return 0
+  with open(path, "rb+") as f:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+      return 0
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+      return 0
+    f.seek(max(0, size - (1 << 20)))
+    tail = f.read()
+    keep = size - len(tail) + tail.rfind(b"\n") + 1
+    f.truncate(keep)
+  warnings.warn(
+    f"{path}: removed a partial last line ({size - keep} bytes, a record "
+    "cut short when the run was stopped) before appending.",
+    stacklevel=2,
+  )
+  return size - keep
+
+
 class MetricWriter:
   """``metrics.jsonl`` and TensorBoard events (tensorboardX) in a folder."""
 
   def __init__(self, folder: str):
     SummaryWriter = _summary_writer_class()
     os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "metrics.jsonl")
+    repair_jsonl(path)
     # Open for the whole run (appended to on resume); closed by close().
-    self._jsonl = open(os.path.join(folder, "metrics.jsonl"), "a")  # noqa: SIM115
+    self._jsonl = open(path, "a")  # noqa: SIM115
     self._tensorboard = SummaryWriter(os.path.join(folder, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:

@@ -65,6 +65,7 @@ USER_ERRORS = (
   SourceError,
   hooks.TrainingDiverged,
   checkpointing.CheckpointError,
+  checkpointing.CheckpointMismatch,
   workdir.WorkdirError,
 )
 EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}

@@ -5,9 +5,10 @@ import json
 import os
 
 import pytest
-from conftest import write_mnist_config_with_sweep
+from conftest import MNIST, tiny, write_mnist_config_with_sweep
 
-from stn_jax import sweep, sweep_records
+import stn_jax
+from stn_jax import checkpointing, sweep, sweep_records, train, viz, workdir
 
 THREE = (
   "def sweep_tiny(add):\n"
@@ -143,3 +144,88 @@ def test_a_truncated_record_names_the_file_and_blocks_nothing(
   owner = run(sweep_config, work, shard=(1, 3))
   assert [r["status"] for r in owner] == ["finished"]
   assert sweep_records.read_record(str(damaged.parent))["status"] == "finished"
+
+
+# ---------------------------------------------------------------------------
+# Workdirs and checkpoints (tiny training runs).
+
+
+def small(tfds_dir, arg="model=cnn,small=true", **overrides):
+  return tiny(MNIST.get_config(arg), tfds_dir, **overrides)
+
+
+# Case 2: checkpoints without a config.json are not claimed by another run.
+def test_checkpoints_without_config_json_are_refused(tiny_tfds, tmp_path):
+  train.train_and_evaluate(small(tiny_tfds), str(tmp_path))
+  (tmp_path / "config.json").unlink()
+  other = small(tiny_tfds, seed=3, learning_rate=0.5)
+  with pytest.raises(workdir.WorkdirError, match="but no config.json"):
+    train.train_and_evaluate(other, str(tmp_path))
+  assert not (tmp_path / "config.json").exists()  # nothing claimed
+  assert checkpointing.saved_steps(str(tmp_path)) == [2]
+  train.train_and_evaluate(other, str(tmp_path), overwrite=True)
+  assert stn_jax.restore(str(tmp_path)).config.seed == 3
+
+
+# Case 9: a damaged config.json names itself, and --overwrite clears it.
+def test_a_damaged_config_json_is_named_and_overwrite_clears_it(
+  tiny_tfds, tmp_path
+):
+  train.train_and_evaluate(small(tiny_tfds), str(tmp_path))
+  (tmp_path / "config.json").write_text('{"model": "cn')
+  with pytest.raises(workdir.WorkdirError, match="config.json is damaged"):
+    train.train_and_evaluate(small(tiny_tfds), str(tmp_path))
+  train.train_and_evaluate(small(tiny_tfds), str(tmp_path), overwrite=True)
+  assert json.loads((tmp_path / "config.json").read_text())["model"] == "cnn"
+
+
+# Case 3: intact checkpoints of other parameter shapes are a refusal.
+def test_checkpoints_of_other_shapes_are_refused_not_moved(tiny_tfds, tmp_path):
+  train.train_and_evaluate(small(tiny_tfds), str(tmp_path))
+  # A code change: the same config now builds a narrower first layer
+  # (here: config.json edited to say so, so that the config check passes).
+  narrower = small(tiny_tfds)
+  narrower.model_kwargs.channels = (8, 32)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  saved["model_kwargs"]["channels"] = [8, 32]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(checkpointing.CheckpointMismatch) as error:
+    train.train_and_evaluate(narrower, str(tmp_path))
+  assert "(16,) -> (8,)" in str(error.value)
+  assert "Nothing was moved" in str(error.value)
+  assert not (tmp_path / "checkpoints_unreadable").exists()
+  assert checkpointing.saved_steps(str(tmp_path)) == [2]
+
+
+# Case 5: a partial last line of metrics.jsonl is cut off before appending.
+def test_a_partial_metrics_line_is_repaired_on_resume(tiny_tfds, tmp_path):
+  train.train_and_evaluate(small(tiny_tfds), str(tmp_path))
+  metrics = tmp_path / "metrics.jsonl"
+  whole = metrics.read_text()
+  metrics.write_text(whole + '{"step": 3, "train_lo')  # killed mid-write
+  with pytest.warns(UserWarning, match="removed a partial last line"):
+    train.train_and_evaluate(small(tiny_tfds, num_steps=4), str(tmp_path))
+  lines = metrics.read_text().splitlines()
+  records = [json.loads(line) for line in lines]  # every line is JSON
+  assert [r["step"] for r in records][-3:] == [3, 4, 4]
+  assert metrics.read_text().startswith(whole)
+  assert len(viz._errors(str(tmp_path))) == 2
+
+
+# Case 5 (viz) and case 12: a damaged line or no evaluation yet names the
+# file, before any figure is written.
+def test_viz_names_the_metrics_file_and_writes_nothing_first(
+  tiny_tfds, tmp_path
+):
+  run = tmp_path / "run"
+  train.train_and_evaluate(small(tiny_tfds), str(run))
+  metrics = run / "metrics.jsonl"
+  lines = metrics.read_text().splitlines()
+  metrics.write_text("\n".join(lines[:1] + ['{"step": 2, "te'] + lines[1:]))
+  with pytest.raises(ValueError, match="metrics.jsonl line 2 is not a JSON"):
+    viz.make_figures(str(run), str(tmp_path / "out"))
+  unevaluated = [line for line in lines if "test_error" not in line]
+  metrics.write_text("\n".join(unevaluated) + "\n")
+  with pytest.raises(ValueError, match="metrics.jsonl has no test_error yet"):
+    viz.make_figures(str(run), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
