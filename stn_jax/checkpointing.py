@@ -38,7 +38,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from stn_jax import distributed
+from stn_jax import cli, distributed
 
 FORMAT = 2
 MANIFEST = "stn_jax_sha256.json"
@@ -230,12 +230,18 @@ class Checkpoints:
   def _errors(self, step: int):
     try:
       yield
-    except OSError as error:
+    except Exception as error:
+      # Orbax reports a full disk as ValueError('RESOURCE_EXHAUSTED ...').
+      if not isinstance(error, OSError) and not cli.is_full_disk(error):
+        raise
       self._pending = None
       kept = [s for s in self.manager.all_steps() if s != step]
+      reason = getattr(error, "strerror", None) or (
+        "No space left on device" if cli.is_full_disk(error) else error
+      )
       raise CheckpointError(
         f"could not write checkpoint {step} to {self.directory}: "
-        f"{error.strerror or error}. The earlier checkpoints "
+        f"{reason}. The earlier checkpoints "
         f"({', '.join(map(str, kept)) or 'none'}) are intact; free space "
         "and rerun the same command to resume."
       ) from error

@@ -209,6 +209,9 @@ def run_sweep(
       "combine with --launcher=ray (use --shard to split a sweep over "
       "processes)."
     )
+  for flag, folder in (("--workdir", workdir), ("--archive", archive)):
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+      raise ValueError(f"{flag} {folder} is a file, not a folder.")
   module = load_config_module(config_path)
   planned = plan(module, name, select=select, extra_arg=extra_arg)
   mine = planned if shard is None else planned[shard[0] :: shard[1]]

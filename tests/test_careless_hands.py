@@ -1,14 +1,35 @@
 """Issue 33 ("Careless hands 2"): a careless or unlucky user's cases, each
 held here: nothing silently wrong, nothing lost, one clear line."""
 
+import errno
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
-from conftest import MNIST, tiny, write_mnist_config_with_sweep
+from conftest import (
+  MNIST,
+  REPO,
+  pythonpath,
+  tiny,
+  write_mnist_config_with_sweep,
+)
 
 import stn_jax
-from stn_jax import checkpointing, sweep, sweep_records, train, viz, workdir
+from stn_jax import (
+  checkpointing,
+  cli,
+  hooks,
+  sweep,
+  sweep_records,
+  train,
+  viz,
+  workdir,
+)
+from stn_jax.data import sources
+from stn_jax.data.sources import SourceError
 
 THREE = (
   "def sweep_tiny(add):\n"
@@ -229,3 +250,231 @@ def test_viz_names_the_metrics_file_and_writes_nothing_first(
   with pytest.raises(ValueError, match="metrics.jsonl has no test_error yet"):
     viz.make_figures(str(run), str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------
+# A really full disk (case 7): a small tmpfs filled by the test.
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 64 MiB tmpfs mounted at tmp_path/disk (root only; skipped with the
+  reason where it cannot be mounted), unmounted afterwards."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  result = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+    capture_output=True,
+    text=True,
+  )
+  if result.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+  yield disk
+  subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(folder):
+  """Fills the filesystem of ``folder`` up to its last byte."""
+  with open(os.path.join(folder, "filler"), "wb", buffering=0) as f:
+    try:
+      while True:
+        f.write(b"\0" * (1 << 16))
+    except OSError as error:
+      assert error.errno == errno.ENOSPC
+  with open(os.path.join(folder, "filler_small"), "wb", buffering=0) as f:
+    try:
+      while True:
+        f.write(b"\0")
+    except OSError:
+      pass
+
+
+class FillDiskAt(hooks.Hook):
+  def __init__(self, step, folder):
+    self.step, self.folder = step, folder
+
+  def after_step(self, context):
+    if context.step == self.step:
+      fill(self.folder)
+
+
+def test_a_full_disk_is_a_checkpoint_error_and_a_fresh_run_one_line(
+  tiny_tfds, small_disk
+):
+  work = small_disk / "run"
+  config = small(
+    tiny_tfds,
+    num_steps=6,
+    checkpoint_every=2,
+    log_every=1000,
+    async_checkpoints=False,
+  )
+  with pytest.raises(checkpointing.CheckpointError) as error:
+    train.train_and_evaluate(
+      config, str(work), hooks=[FillDiskAt(3, small_disk)]
+    )
+  message = str(error.value)
+  assert "could not write checkpoint 4" in message
+  assert "No space left on device" in message
+  assert "earlier checkpoints (2) are intact" in message
+  assert stn_jax.restore(str(work)).step == 2
+  # A fresh run on the full disk: one line at the command line.
+  result = run_main(
+    "--config=configs/mnist.py:model=cnn,small=true",
+    f"--workdir={small_disk / 'fresh'}",
+    f"--config.tfds_dir={tiny_tfds}",
+  )
+  assert result.returncode == 1, result.stderr
+  assert "No space left on device" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  # Space freed: the same command resumes from checkpoint 2 and finishes.
+  os.remove(small_disk / "filler")
+  train.train_and_evaluate(config, str(work))
+  assert stn_jax.restore(str(work)).step == 6
+
+
+def run_main(*args, env=None):
+  return subprocess.run(
+    [sys.executable, "-m", "stn_jax.main", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": pythonpath(REPO), **(env or {})},
+  )
+
+
+# ---------------------------------------------------------------------------
+# Filesystem errors (case 6): one line naming the path and the way out.
+
+
+def test_error_line_names_the_file_and_the_way_out():
+  line = cli.error_line(
+    NotADirectoryError(errno.ENOTDIR, "Not a directory", "/a/f")
+  )
+  assert line.startswith("/a/f: Not a directory; a part of that path is a file")
+  line = cli.error_line(OSError(errno.EROFS, "Read-only file system", "/ro"))
+  assert (
+    line
+    == "/ro: Read-only file system; that filesystem is read-only: "
+    + ("choose a writable folder.")
+  )
+  full = ValueError("RESOURCE_EXHAUSTED: Failed writing: x\nmore")
+  assert cli.error_line(full).startswith("no space left on device (RESOURCE")
+  assert "\n" not in cli.error_line(full)
+  damaged = json.JSONDecodeError("Unterminated string", '{"a', 1)
+  assert "a JSON file is damaged" in cli.error_line(damaged)
+
+
+@pytest.fixture
+def read_only_disk(small_disk):
+  """``(disk, make_read_only)``: a small tmpfs and a function that remounts
+  it read-only."""
+
+  def make_read_only():
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+
+  return small_disk, make_read_only
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "read_only"])
+def test_an_unusable_workdir_is_one_line(tmp_path, read_only_disk, where):
+  disk, make_read_only = read_only_disk
+  (tmp_path / "f").write_text("")
+  workdir = {
+    "file": tmp_path / "f",
+    "under_file": tmp_path / "f" / "run",
+    "read_only": disk / "run",
+  }[where]
+  if where == "read_only":
+    make_read_only()
+  result = run_main(
+    "--config=configs/mnist.py:small=true", f"--workdir={workdir}"
+  )
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert str(workdir) in result.stderr or str(tmp_path / "f") in result.stderr
+
+
+def test_a_mistyped_config_path_is_one_line(tmp_path):
+  result = run_main(
+    "--config=configs/mnst.py:small=true", f"--workdir={tmp_path}"
+  )
+  assert result.returncode in (1, 2)
+  lines = result.stderr.strip().splitlines()
+  assert lines[0].startswith("python -m stn_jax.main: error: --config: cannot")
+  assert "configs/mnst.py" in lines[0] and len(lines) <= 2  # + a --help hint
+
+
+def test_a_read_only_dataset_folder_trains_and_viz_refuses_in_one_line(
+  tiny_tfds, tmp_path, read_only_disk
+):
+  disk, make_read_only = read_only_disk
+  shutil.copytree(tiny_tfds, disk / "tfds")
+  run = disk / "run"
+  train.train_and_evaluate(small(tiny_tfds), str(run))
+  make_read_only()
+  # A built dataset in a read-only folder is read without its build lock.
+  results = train.train_and_evaluate(
+    small(disk / "tfds"), str(tmp_path / "elsewhere")
+  )
+  assert "test_error" in results
+  # viz into the read-only workdir: one line, status 1.
+  assert viz.main([f"--workdir={run}", "--figures=transformer"]) == 1
+
+
+def test_a_sweep_archive_that_is_a_file_is_refused_first(
+  sweep_config, tmp_path
+):
+  (tmp_path / "archive").write_text("")
+  with pytest.raises(ValueError, match="--archive .* is a file, not a folder"):
+    run(sweep_config, tmp_path / "s", archive=str(tmp_path / "archive"))
+  assert not (tmp_path / "s").exists()
+
+
+def test_a_damaged_gzip_from_a_mirror_is_the_checksum_message(tmp_path):
+  import gzip
+
+  data = bytearray(gzip.compress(bytes(range(256)) * 64))
+  data[20:40] = b"\xff" * 20  # damaged deflate data behind a valid header
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  path.write_bytes(bytes(data))
+  verify = sources._verify_mnist("train-images-idx3-ubyte", None, "MIRROR")
+  with pytest.raises(SourceError, match="is not a valid gzip file"):
+    verify(path)
+
+
+# ---------------------------------------------------------------------------
+# Case 8: config values refused before anything is written; no unbounded
+# evaluation batch.
+
+
+def test_a_batch_larger_than_the_split_leaves_no_config_behind(
+  tiny_tfds, tmp_path
+):
+  with pytest.raises(ValueError, match="larger than the"):
+    train.train_and_evaluate(small(tiny_tfds, batch_size=100000), str(tmp_path))
+  assert not (tmp_path / "config.json").exists()
+  # The corrected rerun is not refused as "another config".
+  train.train_and_evaluate(small(tiny_tfds), str(tmp_path))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31, 2**40])
+def test_a_seed_out_of_range_is_refused_before_anything(
+  tiny_tfds, tmp_path, seed
+):
+  with pytest.raises(ValueError, match=r"config.seed must be an int in \[0"):
+    train.train_and_evaluate(small(tiny_tfds, seed=seed), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_huge_eval_batch_evaluates_in_one_split_sized_batch(
+  tiny_tfds, tmp_path
+):
+  results = train.train_and_evaluate(
+    small(tiny_tfds, eval_batch_size=10**8), str(tmp_path)
+  )
+  again = train.train_and_evaluate(small(tiny_tfds), str(tmp_path / "same"))
+  assert results["test_error"] == again["test_error"]
