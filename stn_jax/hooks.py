@@ -86,10 +86,18 @@ def _raise_if_diverged(first_nonfinite_step: np.ndarray, workdir: str):
       if first_nonfinite_step.size == 1
       else f" of member(s) {', '.join(map(str, bad))}"
     )
+    saved = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+      name.isdigit()
+      for name in os.listdir(os.path.join(workdir, "checkpoints"))
+    )
+    kept = (
+      f"The last good checkpoint in {workdir}/checkpoints is kept"
+      if saved
+      else "No checkpoint was saved before it (the rerun starts from step 0)"
+    )
     raise TrainingDiverged(
       f"loss{which} is nan or inf at step "
-      f"{int(first_nonfinite_step[bad[0]])}; stopped. The last good "
-      f"checkpoint in {workdir}/checkpoints is kept (try a lower "
+      f"{int(first_nonfinite_step[bad[0]])}; stopped. {kept} (try a lower "
       "learning rate, a smaller localisation_lr_multiplier or "
       "grad_clip_norm)."
     )

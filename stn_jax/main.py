@@ -77,6 +77,8 @@ def run(argv, hooks=()) -> int:
   through it)."""
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}.")
+  if not _WORKDIR.value.strip():
+    raise ValueError("--workdir is empty; give the run's folder.")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   distributed.initialize(
     _COORDINATOR.value,

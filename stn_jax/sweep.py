@@ -209,6 +209,8 @@ def run_sweep(
       "combine with --launcher=ray (use --shard to split a sweep over "
       "processes)."
     )
+  if not str(workdir).strip():
+    raise ValueError("--workdir is empty; give the sweep's folder.")
   for flag, folder in (("--workdir", workdir), ("--archive", archive)):
     if folder and os.path.exists(folder) and not os.path.isdir(folder):
       raise ValueError(f"{flag} {folder} is a file, not a folder.")

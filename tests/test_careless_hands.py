@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import (
   MNIST,
@@ -28,7 +29,7 @@ from stn_jax import (
   viz,
   workdir,
 )
-from stn_jax.data import sources
+from stn_jax.data import download, sources
 from stn_jax.data.sources import SourceError
 
 THREE = (
@@ -478,3 +479,127 @@ def test_a_huge_eval_batch_evaluates_in_one_split_sized_batch(
   )
   again = train.train_and_evaluate(small(tiny_tfds), str(tmp_path / "same"))
   assert results["test_error"] == again["test_error"]
+
+
+# ---------------------------------------------------------------------------
+# Case 11: a population member's folder says where its checkpoint is.
+
+
+def test_restore_of_a_population_member_names_the_population_checkpoint(
+  tmp_path,
+):
+  point = tmp_path / "sweep" / "000_seed=0"
+  config = MNIST.get_config("model=cnn,small=true")
+  checkpointing.write_run_files(str(point), config, (42, 42, 1))
+  sweep_records.write_record(
+    str(point),
+    {
+      "status": "finished",
+      "population": {"name": "population_ab", "members": 2},
+    },
+  )
+  with pytest.raises(FileNotFoundError) as error:
+    stn_jax.restore(str(point))
+  message = str(error.value)
+  assert str(tmp_path / "sweep" / "populations" / "population_ab") in message
+  assert "one of the 2 members" in message
+  assert viz.main([f"--workdir={point}"]) == 1  # one line, no traceback
+
+
+# ---------------------------------------------------------------------------
+# Case 12: the smaller ones.
+
+
+def test_divergence_before_any_checkpoint_does_not_claim_one(tmp_path):
+  with pytest.raises(hooks.TrainingDiverged) as error:
+    hooks._raise_if_diverged(np.array([1]), str(tmp_path))
+  assert "No checkpoint was saved before it" in str(error.value)
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+  with pytest.raises(hooks.TrainingDiverged, match="last good checkpoint"):
+    hooks._raise_if_diverged(np.array([5]), str(tmp_path))
+
+
+def test_a_repeated_config_argument_is_refused():
+  with pytest.raises(ValueError, match="distortion is given twice"):
+    MNIST.get_config("distortion=rts,distortion=r")
+
+
+def test_an_empty_workdir_flag_is_refused(tmp_path):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "stn_jax.main",
+      f"--config={REPO / 'configs' / 'mnist.py'}:small=true",
+      "--workdir=",
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": pythonpath(REPO)},
+  )
+  assert result.returncode == 1
+  assert "--workdir is empty" in result.stderr
+  assert not (tmp_path / ".lock").exists()
+  with pytest.raises(ValueError, match="--workdir is empty"):
+    sweep.run_sweep(str(REPO / "configs" / "mnist.py"), "tc", "", log=quiet)
+
+
+def test_a_garbage_mirror_says_the_expected_form(monkeypatch):
+  monkeypatch.setenv("STN_DATA_MIRROR", "garbage")
+  with pytest.raises(ValueError, match="must be a URL of one of the forms"):
+    download.source_url("mnist", "train-images-idx3-ubyte.gz")
+  assert (
+    download.source_url("mnist", "t.gz", mirror="file:///m")
+    == "file:///m/mnist/t.gz"
+  )
+
+
+def test_rotation_matrix_under_jit_takes_a_number_scale():
+  import jax
+
+  center = np.array([[10.0, 12.0], [3.0, 4.0]], np.float32)
+  angle = np.array([30.0, -45.0], np.float32)
+  eager = stn_jax.rotation_matrix(center, angle, 0.5)
+  jitted = jax.jit(stn_jax.rotation_matrix)(center, angle, 0.5)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+  single = jax.jit(stn_jax.rotation_matrix)(center[0], angle[0], 2.0)
+  np.testing.assert_allclose(
+    single, stn_jax.rotation_matrix(center[0], angle[0], 2.0), rtol=1e-6
+  )
+
+
+def test_restore_while_a_run_saves_with_one_checkpoint_kept(tmp_path):
+  """A writer saving with max_to_keep=1 (deleting the step a reader just
+  listed) while restore() reads: every restore succeeds."""
+  import threading
+
+  from flax import nnx
+
+  from stn_jax import models, steps
+
+  config = MNIST.get_config("model=fcn,small=true")
+  checkpointing.write_run_files(str(tmp_path), config, (42, 42, 1))
+  model = models.from_config(config, (42, 42, 1))
+  optimizer = steps.make_optimizer(config, nnx.state(model))
+  _, state = steps.init_state(model, optimizer)
+  writer = checkpointing.Checkpoints(str(tmp_path), max_to_keep=1)
+  writer.save(1, state, {})
+  stop = threading.Event()
+
+  def save_forever():
+    step = 2
+    while not stop.is_set():
+      writer.save(step, state, {})
+      step += 1
+
+  thread = threading.Thread(target=save_forever)
+  thread.start()
+  try:
+    steps_read = [stn_jax.restore(str(tmp_path)).step for _ in range(8)]
+  finally:
+    stop.set()
+    thread.join()
+    writer.close()
+  assert all(step >= 1 for step in steps_read)
