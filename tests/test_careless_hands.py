@@ -274,15 +274,15 @@ def small_disk(tmp_path):
   subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def fill(folder):
+def fill(folder, name="filler"):
   """Fills the filesystem of ``folder`` up to its last byte."""
-  with open(os.path.join(folder, "filler"), "wb", buffering=0) as f:
+  with open(os.path.join(folder, name), "wb", buffering=0) as f:
     try:
       while True:
         f.write(b"\0" * (1 << 16))
     except OSError as error:
       assert error.errno == errno.ENOSPC
-  with open(os.path.join(folder, "filler_small"), "wb", buffering=0) as f:
+  with open(os.path.join(folder, name + "_small"), "wb", buffering=0) as f:
     try:
       while True:
         f.write(b"\0")
@@ -319,7 +319,9 @@ def test_a_full_disk_is_a_checkpoint_error_and_a_fresh_run_one_line(
   assert "No space left on device" in message
   assert "earlier checkpoints (2) are intact" in message
   assert stn_jax.restore(str(work)).step == 2
-  # A fresh run on the full disk: one line at the command line.
+  # A fresh run on the full disk (filled again: the failed save's
+  # temporary files were removed): one line at the command line.
+  fill(small_disk, "filler_again")
   result = run_main(
     "--config=configs/mnist.py:model=cnn,small=true",
     f"--workdir={small_disk / 'fresh'}",
@@ -331,6 +333,7 @@ def test_a_full_disk_is_a_checkpoint_error_and_a_fresh_run_one_line(
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   # Space freed: the same command resumes from checkpoint 2 and finishes.
   os.remove(small_disk / "filler")
+  os.remove(small_disk / "filler_again")
   train.train_and_evaluate(config, str(work))
   assert stn_jax.restore(str(work)).step == 6
 
