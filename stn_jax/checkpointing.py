@@ -36,8 +36,9 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
-from stn_jax import distributed
+from stn_jax import cli, distributed
 
 FORMAT = 2
 MANIFEST = "stn_jax_sha256.json"
@@ -45,6 +46,39 @@ MANIFEST = "stn_jax_sha256.json"
 
 class CheckpointError(OSError):
   """A checkpoint could not be written, or fails its checksums."""
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint that reads fine holds parameters of other names or
+  shapes than the model's (its model_kwargs or the model code changed):
+  not damage, so nothing is moved; the run is refused."""
+
+
+def _parameter_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """``{'path/to/kernel': shape}`` of an ``nnx.State`` or of the tree of
+  orbax's array metadata for it (whose paths end in ``/value``)."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    parts = [
+      str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+      for k in path
+    ]
+    if parts and parts[-1] == "value":
+      parts.pop()
+    flat["/".join(parts)] = tuple(getattr(leaf, "shape", ()))
+  return flat
+
+
+def parameter_differences(saved_tree, model) -> list[str]:
+  """``'name: saved shape -> model shape'`` (or ``(absent)``) for every
+  parameter where the saved tree and ``model`` differ."""
+  old, new = _parameter_shapes(saved_tree), _parameter_shapes(model)
+  show = lambda shapes, key: str(shapes[key]) if key in shapes else "(absent)"
+  return [
+    f"{key}: {show(old, key)} -> {show(new, key)}"
+    for key in sorted(set(old) | set(new))
+    if old.get(key) != new.get(key)
+  ]
 
 
 def _file_hashes(folder: str) -> dict[str, str]:
@@ -196,12 +230,18 @@ class Checkpoints:
   def _errors(self, step: int):
     try:
       yield
-    except OSError as error:
+    except Exception as error:
+      # Orbax reports a full disk as ValueError('RESOURCE_EXHAUSTED ...').
+      if not isinstance(error, OSError) and not cli.is_full_disk(error):
+        raise
       self._pending = None
       kept = [s for s in self.manager.all_steps() if s != step]
+      reason = getattr(error, "strerror", None) or (
+        "No space left on device" if cli.is_full_disk(error) else error
+      )
       raise CheckpointError(
         f"could not write checkpoint {step} to {self.directory}: "
-        f"{error.strerror or error}. The earlier checkpoints "
+        f"{reason}. The earlier checkpoints "
         f"({', '.join(map(str, kept)) or 'none'}) are intact; free space "
         "and rerun the same command to resume."
       ) from error
@@ -251,6 +291,7 @@ class Checkpoints:
     """
     self.wait()
     for step in self._agreed_steps():
+      self.check_fits(step, model)
       try:
         restored, error = self._read(step, model, opt_state), None
       except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint
@@ -272,6 +313,32 @@ class Checkpoints:
         stacklevel=2,
       )
     return None
+
+  def check_fits(self, step: int, model) -> None:
+    """Raises :class:`CheckpointMismatch` when checkpoint ``step`` holds
+    parameters of other names or shapes than ``model`` (read from orbax's
+    metadata, before anything is restored or moved). Metadata that cannot
+    be read (a damaged or format-1 checkpoint) is left to the restore."""
+    folder = os.path.join(self.directory, str(step), "model")
+    try:
+      saved = ocp.StandardCheckpointHandler().metadata(epath.Path(folder))
+      saved = getattr(saved, "tree", saved)
+    except Exception:  # noqa: BLE001 - unreadable: the restore reports it
+      return
+    if saved is None:
+      return
+    differences = parameter_differences(saved, model)
+    if differences:
+      shown = "; ".join(differences[:6])
+      more = len(differences) - 6
+      raise CheckpointMismatch(
+        f"checkpoint {step} in {self.directory} holds a model of other "
+        f"parameter shapes than this config builds (the model's code or "
+        f"model_kwargs changed): {shown}"
+        + (f"; and {more} more" if more > 0 else "")
+        + ". Nothing was moved. Rerun with the code and config that wrote "
+        "it, or use a new --workdir (or --overwrite) to train this model."
+      )
 
   def _agreed_steps(self) -> list[int]:
     """The saved steps, newest first, as process 0 lists them."""

@@ -3,10 +3,67 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import sys
 from collections.abc import Callable, Sequence
 
 from absl import flags
+
+# What to do about a filesystem error, by errno.
+WAYS_OUT = {
+  errno.ENOSPC: "free space there (or choose a folder on another disk) and "
+  "rerun the same command",
+  errno.EDQUOT: "free space there (or choose a folder on another disk) and "
+  "rerun the same command",
+  errno.EROFS: "that filesystem is read-only: choose a writable folder",
+  errno.EACCES: "it is not writable by you: fix its permissions or choose "
+  "another folder",
+  errno.EPERM: "it is not writable by you: fix its permissions or choose "
+  "another folder",
+  errno.ENOTDIR: "a part of that path is a file, not a folder: choose "
+  "another path",
+  errno.EEXIST: "a file is in the way where a folder is needed: move it or "
+  "choose another path",
+  errno.EISDIR: "it is a folder where a file is needed: choose another path",
+  errno.ENOENT: "check the path",
+}
+
+
+def is_full_disk(error: BaseException) -> bool:
+  """Whether ``error`` reports a full disk, including orbax's and
+  TensorStore's ``ValueError``s that carry it as ``RESOURCE_EXHAUSTED``
+  or in their text rather than as an ``OSError``."""
+  if isinstance(error, OSError):
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "No space left on device" in text
+
+
+def error_line(error: BaseException) -> str:
+  """The one line a command prints for a user's error: the message of our
+  own errors as it is, and for a filesystem error (``OSError`` with an
+  errno, a full disk however a library reports it, a damaged JSON file)
+  the file, what is wrong, and the way out."""
+  if isinstance(error, OSError) and error.errno in WAYS_OUT:
+    where = error.filename or "a file"
+    if error.filename2:
+      where += f" -> {error.filename2}"
+    return f"{where}: {error.strerror}; {WAYS_OUT[error.errno]}."
+  if not isinstance(error, OSError) and is_full_disk(error):
+    return (
+      f"no space left on device ({str(error).splitlines()[0][:200]}); "
+      f"{WAYS_OUT[errno.ENOSPC]}."
+    )
+  if "Failed loading config file" in str(error):  # ml_collections, a bad path
+    detail = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"--config: cannot load the config file: {detail[-1]}"
+  if isinstance(error, json.JSONDecodeError):
+    return (
+      f"a JSON file is damaged ({error}); delete or restore it (see the "
+      "command's --help for what it holds)."
+    )
+  return str(error)
 
 
 def run(
@@ -21,9 +78,10 @@ def run(
   calls ``main(positional arguments)``; returns the exit status.
 
   A flag error prints the usage and returns 2; a ``ValueError``,
-  ``FileNotFoundError`` or data error (``stn_jax.data.SourceError``: a
-  missing source, a failed download, a damaged dataset) from ``main``
-  prints one line and returns 1.
+  ``OSError`` (a missing, unwritable or full place: :func:`error_line`)
+  or data error (``stn_jax.data.SourceError``: a missing source, a failed
+  download, a damaged dataset) from ``main`` prints one line and returns
+  1.
   """
   from stn_jax.data.sources import SourceError  # light: numpy only
 
@@ -38,6 +96,6 @@ def run(
     return 2
   try:
     return int(main(positional) or 0)
-  except (ValueError, FileNotFoundError, SourceError) as error:
-    print(f"{prog}: error: {error}", file=sys.stderr)
+  except (ValueError, OSError, SourceError) as error:
+    print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
     return 1

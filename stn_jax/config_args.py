@@ -98,18 +98,24 @@ def parse_arg(
     ``defaults`` updated with the parsed values.
 
   Raises:
-    ValueError: an unknown key, a malformed item, a wrong type or a value
-      outside its choices; the message lists the valid ones.
+    ValueError: an unknown or repeated key, a malformed item, a wrong type
+      or a value outside its choices; the message lists the valid ones.
   """
   choices = choices or {}
   values = dict(defaults)
   if not arg:
     return values
+  given = set()
   for item in arg.split(","):
     if not item.strip():
       continue
     key, sep, text = item.partition("=")
     key = key.strip()
+    if sep and key in given:
+      raise ValueError(
+        f"config argument {key} is given twice in {arg!r}; give it once."
+      )
+    given.add(key)
     if not sep:
       raise ValueError(
         f"config argument {item!r} must be key=value; valid "

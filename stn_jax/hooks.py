@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -85,10 +86,18 @@ def _raise_if_diverged(first_nonfinite_step: np.ndarray, workdir: str):
       if first_nonfinite_step.size == 1
       else f" of member(s) {', '.join(map(str, bad))}"
     )
+    saved = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+      name.isdigit()
+      for name in os.listdir(os.path.join(workdir, "checkpoints"))
+    )
+    kept = (
+      f"The last good checkpoint in {workdir}/checkpoints is kept"
+      if saved
+      else "No checkpoint was saved before it (the rerun starts from step 0)"
+    )
     raise TrainingDiverged(
       f"loss{which} is nan or inf at step "
-      f"{int(first_nonfinite_step[bad[0]])}; stopped. The last good "
-      f"checkpoint in {workdir}/checkpoints is kept (try a lower "
+      f"{int(first_nonfinite_step[bad[0]])}; stopped. {kept} (try a lower "
       "learning rate, a smaller localisation_lr_multiplier or "
       "grad_clip_norm)."
     )
@@ -144,14 +153,41 @@ def _summary_writer_class():
   return SummaryWriter
 
 
+def repair_jsonl(path: str) -> int:
+  """Cuts a partial last line (a run killed mid-write, a full disk) off the
+  append-only JSON-lines file ``path``, so that the next record starts on
+  a line of its own; returns the bytes removed (0: nothing to repair)."""
+  if not os.path.isfile(path):
+    return 0
+  with open(path, "rb+") as f:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+      return 0
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+      return 0
+    f.seek(max(0, size - (1 << 20)))
+    tail = f.read()
+    keep = size - len(tail) + tail.rfind(b"\n") + 1
+    f.truncate(keep)
+  warnings.warn(
+    f"{path}: removed a partial last line ({size - keep} bytes, a record "
+    "cut short when the run was stopped) before appending.",
+    stacklevel=2,
+  )
+  return size - keep
+
+
 class MetricWriter:
   """``metrics.jsonl`` and TensorBoard events (tensorboardX) in a folder."""
 
   def __init__(self, folder: str):
     SummaryWriter = _summary_writer_class()
     os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "metrics.jsonl")
+    repair_jsonl(path)
     # Open for the whole run (appended to on resume); closed by close().
-    self._jsonl = open(os.path.join(folder, "metrics.jsonl"), "a")  # noqa: SIM115
+    self._jsonl = open(path, "a")  # noqa: SIM115
     self._tensorboard = SummaryWriter(os.path.join(folder, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:

@@ -15,6 +15,9 @@ bounded by the batch.
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -218,18 +221,51 @@ class Restored:
     return self._batched(self._params, self._params_spec, images, batch_size)
 
 
+def _population_hint(workdir: str) -> str:
+  """Where the checkpoint of a sweep point trained as a population member
+  is ('' for other workdirs)."""
+  path = os.path.join(workdir, "record.json")
+  try:
+    with open(path) as f:
+      population = json.load(f).get("population") or {}
+  except (OSError, ValueError, AttributeError):
+    return ""
+  if not population.get("name"):
+    return ""
+  folder = os.path.join(
+    os.path.dirname(os.path.abspath(workdir)), "populations", population["name"]
+  )
+  return (
+    f" This sweep point was trained as one of the {population.get('members')}"
+    f" members of {population['name']}: their checkpoint (all members "
+    f"stacked) is in {folder}/checkpoints, and this folder keeps the point's "
+    "config, metrics and results (results.json) only."
+  )
+
+
 def restore(workdir: str) -> Restored:
   """The model of ``workdir`` at its latest readable checkpoint."""
   config, in_shape = checkpointing.read_run_files(workdir)
   model = models.from_config(config, in_shape)
   graphdef, initial = nnx.split(model)
-  checkpoints = checkpointing.Checkpoints(workdir)
-  try:
-    restored = checkpoints.restore_latest(initial)
-  finally:
-    checkpoints.close()
+  # A run that saves meanwhile (max_checkpoints=1 deletes the step just
+  # listed) is read again from its new listing.
+  for _ in range(5):
+    listed = checkpointing.saved_steps(workdir)
+    try:
+      checkpoints = checkpointing.Checkpoints(workdir)
+      try:
+        restored = checkpoints.restore_latest(initial)
+      finally:
+        checkpoints.close()
+    except FileNotFoundError:  # a step folder went during the listing
+      restored = None
+    if restored is not None or checkpointing.saved_steps(workdir) == listed:
+      break
   if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints.")
+    raise FileNotFoundError(
+      f"no checkpoint in {workdir}/checkpoints." + _population_hint(workdir)
+    )
   model_state, _, meta = restored
   return Restored(
     config, nnx.merge(graphdef, model_state), in_shape, int(meta["step"])

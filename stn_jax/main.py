@@ -24,7 +24,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from stn_jax import checkpointing, distributed, hooks, train, workdir
+from stn_jax import checkpointing, cli, distributed, hooks, train, workdir
 from stn_jax.data.sources import SourceError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -61,10 +61,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Errors that are the user's input, reported in one line.
 USER_ERRORS = (
   ValueError,
-  FileNotFoundError,
+  OSError,  # a missing, unwritable or full place (cli.error_line)
   SourceError,
   hooks.TrainingDiverged,
   checkpointing.CheckpointError,
+  checkpointing.CheckpointMismatch,
   workdir.WorkdirError,
 )
 EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
@@ -76,6 +77,8 @@ def run(argv, hooks=()) -> int:
   through it)."""
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}.")
+  if not _WORKDIR.value.strip():
+    raise ValueError("--workdir is empty; give the run's folder.")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   distributed.initialize(
     _COORDINATOR.value,
@@ -101,6 +104,8 @@ def main(argv=None, hooks=()) -> int:
     message = str(error).strip().strip("\"'")
     if isinstance(error, (AttributeError, KeyError)):  # --config.<unknown>
       message = f"--config.{message}: no such config field"
+    elif "Failed loading config file" in message:  # a mistyped path
+      message = cli.error_line(error)
     elif "Traceback (most recent call last)" in message:  # get_config raised
       lines = [line.strip() for line in message.splitlines() if line.strip()]
       message = f"{lines[0]} {lines[-1]}"
@@ -110,7 +115,7 @@ def main(argv=None, hooks=()) -> int:
   try:
     return run(argv, hooks=hooks)
   except USER_ERRORS as error:
-    print(f"{prog}: error: {error}", file=sys.stderr)
+    print(f"{prog}: error: {cli.error_line(error)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:  # Ctrl-C outside the training loop
     print(f"{prog}: interrupted (nothing to save yet).", file=sys.stderr)

@@ -209,6 +209,11 @@ def run_sweep(
       "combine with --launcher=ray (use --shard to split a sweep over "
       "processes)."
     )
+  if not str(workdir).strip():
+    raise ValueError("--workdir is empty; give the sweep's folder.")
+  for flag, folder in (("--workdir", workdir), ("--archive", archive)):
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+      raise ValueError(f"{flag} {folder} is a file, not a folder.")
   module = load_config_module(config_path)
   planned = plan(module, name, select=select, extra_arg=extra_arg)
   mine = planned if shard is None else planned[shard[0] :: shard[1]]
@@ -220,15 +225,22 @@ def run_sweep(
         + (f" {r['error'].splitlines()[-1]}" if r["error"] else "")
       )
     return records
+  if report_only:
+    _check_collect_folder(workdir, name, planned, archive)
   os.makedirs(workdir, exist_ok=True)
+  check = plan_check(module, overrides)
   if archive:
+    by_name = {p["name"]: p for p in planned}
     restored = sweep_archive.restore(
-      archive, workdir, [p["name"] for p in planned]
+      archive,
+      workdir,
+      list(by_name),
+      check=lambda name, folder: check(by_name[name], folder),
     )
     if restored:
       log(f"restored {len(restored)} finished point(s) from {archive}")
   if report_only:
-    records = _report(module, planned, mine, workdir, overrides)
+    records = _report(planned, mine, workdir, check)
     for record in records:
       if archive and record["status"] == "skipped":
         sweep_archive.save(os.path.join(workdir, record["name"]), archive)
@@ -238,11 +250,13 @@ def run_sweep(
     record, task = _prepare(module, point, workdir, overrides)
     if task is None:
       records[point["name"]] = record
+      if record["status"] == "failed":
+        log(f"point {point['name']} failed: {record['error'].splitlines()[-1]}")
       if archive and record["status"] == "skipped":
         sweep_archive.save(os.path.join(workdir, point["name"]), archive)
     else:
       tasks.append(task)
-  sweep_records.write_results(workdir, planned)
+  sweep_records.write_results(workdir, planned, check)
   total = len(mine)
   positions = {p["name"]: k for k, p in enumerate(mine)}
 
@@ -271,7 +285,7 @@ def run_sweep(
     if archive and record["status"] == "finished":
       sweep_archive.save(task.point_dir, archive)
     records[task.name] = record
-    sweep_records.write_results(workdir, planned)
+    sweep_records.write_results(workdir, planned, check)
 
   units = sweep_population.group(tasks, workdir) if train_population else tasks
   sweep_population.check_resumes(units, workdir)
@@ -341,28 +355,48 @@ def _prepare(module, point, workdir, overrides):
   return None, task
 
 
-def _report(module, planned, mine, workdir, overrides) -> list[dict]:
-  """report_only: the records on disk, finished ones checked against the
-  config they would have now."""
+def _report(planned, mine, workdir, check) -> list[dict]:
+  """report_only: the records on disk (finished ones checked against the
+  config they would have now by ``check``: see
+  :func:`sweep_records.collect`); a current finished point is 'skipped'."""
   on_disk = {
-    r["name"]: r for r in sweep_records.write_results(workdir, planned)
+    r["name"]: r for r in sweep_records.write_results(workdir, planned, check)
   }
   records = []
   for point in mine:
     record = on_disk[point["name"]]
     if record["status"] == "finished":
-      try:
-        config = build_config(module, point, overrides)
-        _check_same_config(os.path.join(workdir, point["name"]), config)
-        record = {**record, "status": "skipped"}
-      except Exception:  # noqa: BLE001 - reported, not tabulated
-        record = {
-          **record,
-          "status": "failed",
-          "error": traceback.format_exc(),
-        }
+      record = {**record, "status": "skipped"}
     records.append(record)
   return records
+
+
+def _check_collect_folder(workdir, name, planned, archive) -> None:
+  """``--collect`` reads a sweep folder: refuses one that does not exist
+  (a misspelled path would be created) or that holds none of this sweep's
+  points but other points (another ``--sweep``, ``--config`` argument or
+  ``--set``), whose results.md it would overwrite with pending rows."""
+  if archive and os.path.isdir(archive):
+    return  # the points may come from the archive
+  if not os.path.isdir(workdir):
+    raise ValueError(
+      f"--collect: {workdir} is not a folder; give the --workdir of a sweep "
+      "that ran (nothing was created)."
+    )
+  names = {p["name"] for p in planned}
+  present = sorted(
+    entry
+    for entry in os.listdir(workdir)
+    if re.fullmatch(r"\d{3}_.+", entry)
+    and os.path.isdir(os.path.join(workdir, entry))
+  )
+  if present and not names.intersection(present):
+    raise ValueError(
+      f"--collect: {workdir} holds none of the {len(planned)} points of "
+      f"sweep {name!r} but {len(present)} other point folder(s) (e.g. "
+      f"{present[0]}); check --sweep, the --config argument and --set "
+      "(nothing was changed)."
+    )
 
 
 class _StopBetweenPoints:
@@ -391,27 +425,62 @@ class _StopBetweenPoints:
       signal.signal(number, previous)
 
 
-def _check_same_config(point_dir: str, config) -> None:
-  """A finished point is reported as current only if it ran this config
-  (e.g. not before a change of ``--set``). Its step budget counts too: a
-  workdir may extend a run (``num_steps`` is safe to change there), but a
-  point finished at another budget did not produce this point's results."""
+def _config_change(point_dir: str, config) -> str:
+  """Why the finished point in ``point_dir`` is not the result of
+  ``config`` ('' when it is, or when it has no config.json to tell). A
+  point is reported as current only if it ran this config (e.g. not before
+  a change of ``--set``). Its step budget counts too: a workdir may extend
+  a run (``num_steps`` is safe to change there), but a point finished at
+  another budget did not produce this point's results."""
   path = os.path.join(point_dir, "config.json")
   if not os.path.isfile(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
+    return ""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as error:
+    return (
+      f"its config.json is damaged ({error}); delete {point_dir} to rerun it"
+    )
   differences = workdir_lib.config_differences(saved, config)
   if saved.get("num_steps", config.num_steps) != config.num_steps:
     differences.append(
       f"num_steps: {saved['num_steps']!r} -> {config.num_steps!r}"
     )
-  if differences:
-    raise workdir_lib.WorkdirError(
-      f"{point_dir} finished with another config ({'; '.join(differences)})"
-      "; its results are not this point's. Use a new --workdir for the "
-      "changed sweep, or delete that point's folder to rerun it."
-    )
+  if not differences:
+    return ""
+  return (
+    f"finished with another config ({'; '.join(differences)}); its results "
+    "are not this point's. Use a new --workdir for the changed sweep, or "
+    "delete that point's folder to rerun it."
+  )
+
+
+def _check_same_config(point_dir: str, config) -> None:
+  """Raises :class:`WorkdirError` when :func:`_config_change` finds one."""
+  reason = _config_change(point_dir, config)
+  if reason:
+    raise workdir_lib.WorkdirError(f"{point_dir} {reason}")
+
+
+def plan_check(module, overrides) -> Callable[[dict, str], str]:
+  """``check(point, point_dir)`` for :func:`sweep_records.collect`: why a
+  finished point's record is not the result of the config the sweep
+  builds for it now ('' if it is)."""
+  configs = {}
+
+  def check(point, point_dir):
+    if point["name"] not in configs:
+      try:
+        configs[point["name"]] = build_config(module, point, overrides)
+      except Exception as error:  # noqa: BLE001 - the point's config fails
+        configs[point["name"]] = error
+    config = configs[point["name"]]
+    if isinstance(config, Exception):
+      return f"its config cannot be built now: {config}"
+    return _config_change(point_dir, config)
+
+  return check
 
 
 def parse_overrides(items) -> dict:
@@ -562,7 +631,7 @@ def main(argv=None) -> int:
         resources=values.resources,
       ),
     )
-    failed = [r for r in records if r["status"] == "failed"]
+    failed = [r for r in records if r["status"] in ("failed", "damaged")]
     counts = collections.Counter(r["status"] for r in records)
     print(
       f"{len(records)} points, {len(failed)} failed"

@@ -51,11 +51,9 @@ ARCHIVED_FILES = (
 
 def is_archived(folder: str) -> bool:
   """Whether ``folder`` holds a finished point's record."""
-  path = os.path.join(folder, sweep_records.RECORD)
-  if not os.path.isfile(path):
+  if not os.path.isfile(os.path.join(folder, sweep_records.RECORD)):
     return False
-  with open(path) as f:
-    return json.load(f).get("status") == "finished"
+  return sweep_records.read_record(folder)["status"] == "finished"
 
 
 def _copy_files(source: str, target: str) -> list[str]:
@@ -94,7 +92,9 @@ def _config_differences(saved: dict, other: dict) -> list[str]:
   return workdir_lib.config_differences(saved, ml_collections.ConfigDict(other))
 
 
-def restore(archive: str, workdir: str, names: list[str]) -> list[str]:
+def restore(
+  archive: str, workdir: str, names: list[str], check=None
+) -> list[str]:
   """Copies the archived points among ``names`` into ``workdir``.
 
   A point is restored when the archive holds it finished and the workdir's
@@ -105,6 +105,10 @@ def restore(archive: str, workdir: str, names: list[str]) -> list[str]:
     archive: the sweep's archive folder (may not exist yet: nothing to do).
     workdir: the sweep workdir.
     names: the point folder names to consider (the sweep's planned points).
+    check: ``check(name, archived_folder)`` says why an archived point is
+      not the result of the sweep's point of that name now ('' when it
+      is; e.g. it ran before a change of ``--set``): such a point is not
+      restored, and trains afresh.
 
   Returns:
     the names restored.
@@ -120,6 +124,8 @@ def restore(archive: str, workdir: str, names: list[str]) -> list[str]:
     if not is_archived(source) or is_archived(target):
       continue
     if sweep_records.is_locked(target):
+      continue
+    if check is not None and check(name, source):
       continue
     local_config = os.path.join(target, "config.json")
     archived_config = os.path.join(source, "config.json")

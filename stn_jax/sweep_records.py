@@ -56,15 +56,33 @@ def write_record(point_dir: str, record: dict) -> None:
 def read_record(point_dir: str) -> dict | None:
   """The point's saved record, or None (never started, or written by a
   version of stn_jax before records: then a finished point's
-  ``results.json`` stands in)."""
-  path = os.path.join(point_dir, RECORD)
-  if os.path.isfile(path):
-    with open(path) as f:
-      return json.load(f)
-  results = os.path.join(point_dir, "results.json")
-  if os.path.isfile(results):
-    with open(results) as f:
-      return {"status": "finished", "results": json.load(f), "error": ""}
+  ``results.json`` stands in).
+
+  A file that is not a JSON object (truncated, overwritten) is read as a
+  record of status ``'damaged'`` whose error names the file: the point is
+  not finished (a runner that owns it trains it again, resuming from its
+  checkpoint, and its new record replaces the damaged one), and the other
+  points and runners are not held up by it."""
+  for name in (RECORD, "results.json"):
+    path = os.path.join(point_dir, name)
+    if not os.path.isfile(path):
+      continue
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+      if not isinstance(saved, dict):
+        raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+      return {
+        "status": "damaged",
+        "results": {},
+        "error": f"{path} is damaged ({error}); the point is trained again "
+        "(resuming from its checkpoint) by the next run that owns it, or "
+        "delete that file.",
+      }
+    if name == RECORD:
+      return saved
+    return {"status": "finished", "results": saved, "error": ""}
   return None
 
 
@@ -133,11 +151,16 @@ def is_locked(point_dir: str) -> bool:
     return not lock.acquired
 
 
-def collect(workdir: str, planned: list[dict]) -> list[dict]:
+def collect(workdir: str, planned: list[dict], check=None) -> list[dict]:
   """The records of the ``planned`` points (dicts with ``name``, ``arg``,
   ``overrides``) as they are on disk: a point without a record is
   'pending'; a 'running' record whose runner is gone (killed, or stopped
-  before it could write) is 'interrupted'."""
+  before it could write) is 'interrupted'.
+
+  ``check(point, point_dir)`` says why a finished record is not the result
+  of this plan's point ('' if it is; e.g. it ran before a change of
+  ``--set``): such a record is listed as 'failed' with that reason, never
+  as finished, and without its results."""
   records = []
   for point in planned:
     point_dir = os.path.join(workdir, point["name"])
@@ -155,19 +178,24 @@ def collect(workdir: str, planned: list[dict]) -> list[dict]:
       record["name"] = point["name"]
     if record["status"] == "running" and not is_locked(point_dir):
       record["status"] = "interrupted"
+    if record["status"] == "finished" and check is not None:
+      reason = check(point, point_dir)
+      if reason:
+        record.update(status="failed", error=reason, results={})
     records.append(record)
   return records
 
 
-def write_results(workdir: str, planned: list[dict]) -> list[dict]:
+def write_results(workdir: str, planned: list[dict], check=None) -> list[dict]:
   """Rebuilds ``workdir/results.jsonl`` and ``results.md`` from the records
   of every ``planned`` point (all shards, all runners), under
-  ``workdir/.results.lock``; returns the records."""
+  ``workdir/.results.lock``; returns the records (``check``: see
+  :func:`collect`)."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, ".results.lock"), "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-      records = collect(workdir, planned)
+      records = collect(workdir, planned, check)
       write_json_atomically(
         os.path.join(workdir, "results.jsonl"),
         "".join(json.dumps(r) + "\n" for r in records),
@@ -197,8 +225,10 @@ def markdown_table(records: list[dict]) -> str:
       for k in metric_keys
     ]
     status = r["status"]
-    if status == "failed" and r.get("error"):
-      status = "failed: " + r["error"].splitlines()[-1][:80].replace("|", "/")
+    if status in ("failed", "damaged") and r.get("error"):
+      status = f"{status}: " + r["error"].splitlines()[-1][:80].replace(
+        "|", "/"
+      )
     minutes = ""
     if r.get("start_time") and r.get("end_time"):
       minutes = f"{(r['end_time'] - r['start_time']) / 60:.1f}"

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -116,6 +117,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
         f"config.{key} must be a finite number {bound}; got {value!r}."
       )
+  seed = config.get("seed", 0)
+  if not (isinstance(seed, int) and not isinstance(seed, bool)) or not (
+    0 <= seed < 2**31
+  ):
+    raise ValueError(f"config.seed must be an int in [0, 2**31); got {seed!r}.")
   if config.optimizer not in OPTIMIZERS:
     raise ValueError(
       f"config.optimizer must be one of {', '.join(OPTIMIZERS)}"
@@ -247,6 +253,10 @@ def evaluate(
   """
   outputs = []
   n = len(arrays["label"])
+  # No batch larger than the split (rounded up to whole shards): a huge
+  # eval_batch_size would only pad, and allocate, rows that are masked out.
+  shards = len(sharding.device_set) if sharding is not None else 1
+  batch_size = min(batch_size, -(-n // shards) * shards)
   put = (lambda x: jax.device_put(x, sharding)) if sharding else jnp.asarray
   for start in range(0, n, batch_size):
     index = np.arange(start, start + batch_size)
@@ -464,6 +474,22 @@ def fit(
     return _fit(members, workdir, hooks, log)
 
 
+def close_all(closers) -> None:
+  """Calls every ``closer``; the first error is raised after all ran,
+  unless an exception is already on its way out (e.g. a full disk's
+  :class:`~stn_jax.checkpointing.CheckpointError`): then the closers'
+  errors, usually the same cause again, are dropped so as not to hide it."""
+  failing = sys.exc_info()[1] is not None
+  first = None
+  for close in closers:
+    try:
+      close()
+    except Exception as error:  # noqa: BLE001 - raised below
+      first = first or error
+  if first is not None and not failing:
+    raise first
+
+
 def use_compilation_cache(path: str) -> None:
   """Points JAX's persistent compilation cache at ``path`` (created if
   needed), caching every compilation that takes at least a second; ""
@@ -482,9 +508,6 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
   main = distributed.is_main()
   with distributed.main_first("building the datasets"):
     train_arrays, evals, in_shape = load_data(first)
-  if main:
-    for config, folder in zip(members.configs, members.folders(workdir)):
-      checkpointing.write_run_files(folder, config, in_shape)
   normalization = Normalization.from_config(first)
 
   # Model(s), optimiser and the step-0 state.
@@ -573,6 +596,13 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
       if not multi_step:
         return {k: batches[0][k] for k in ("image", "label")}
       return {k: np.stack([b[k] for b in batches]) for k in ("image", "label")}
+
+  # Written once the data, the models and the input pipelines accepted the
+  # config (a batch larger than the split, a seed out of range): a refused
+  # config leaves no config.json to refuse its corrected rerun.
+  if main:
+    for config, folder in zip(members.configs, members.folders(workdir)):
+      checkpointing.write_run_files(folder, config, in_shape)
 
   def next_batch(n):
     if not members.population:
@@ -800,9 +830,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
       checkpoint_hook.save(context)
     results = evaluation(context)
   finally:
-    for writer in writers:
-      writer.close()
-    checkpoints.close()
+    close_all([*(w.close for w in writers), checkpoints.close])
 
   first_split = first.eval_splits[0]
   for folder, model_state, member_results in zip(

@@ -124,12 +124,34 @@ def saliency_grid(runs, arrays, path):
 
 
 def _errors(workdir, key="test_error"):
+  """(step, error) of every evaluation in ``workdir/metrics.jsonl``; a
+  partial last line (a run stopped mid-write) is skipped.
+
+  Raises:
+    ValueError: a damaged line, or no evaluation yet, naming the file."""
+  path = os.path.join(workdir, "metrics.jsonl")
   points = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
+  with open(path) as f:
+    lines = f.read().split("\n")
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
       record = json.loads(line)
-      if key in record:
-        points.append((record["step"], record[key]))
+    except ValueError:
+      if number == len(lines):  # no newline after it: cut short
+        continue
+      raise ValueError(
+        f"{path} line {number} is not a JSON record: {line[:60]!r}."
+      ) from None
+    if key in record:
+      points.append((record["step"], record[key]))
+  if not points:
+    raise ValueError(
+      f"{path} has no {key} yet (the run has not evaluated: it is "
+      "unfinished or stopped before its first evaluation); drop 'error' "
+      "from --figures or let the run evaluate first."
+    )
   return points
 
 
@@ -255,8 +277,13 @@ def make_figures(workdir, out, baseline=None, *, figures=FIGURES, name=None):
       f"figures must be among {', '.join(FIGURES)}; got "
       f"{', '.join(sorted(unknown))}."
     )
-  os.makedirs(out, exist_ok=True)
   run = restore(workdir)
+  other = restore(baseline) if baseline else None
+  if "error" in figures:  # read first: a missing curve writes nothing
+    curves = [(run.config.model, _errors(workdir))]
+    if other is not None:
+      curves.append((other.config.model, _errors(baseline)))
+  os.makedirs(out, exist_ok=True)
   name = name or os.path.basename(os.path.normpath(workdir))
   arrays = _test_arrays(run)
   paths = []
@@ -266,7 +293,6 @@ def make_figures(workdir, out, baseline=None, *, figures=FIGURES, name=None):
   gif = os.path.join(out, f"transformer_over_training_{name}.gif")
   if "gif" in figures and training_gif(workdir, gif):
     paths.append(gif)
-  other = restore(baseline) if baseline else None
   if "saliency" in figures:
     runs = [(run.config.model, run)]
     if other is not None:
@@ -274,9 +300,6 @@ def make_figures(workdir, out, baseline=None, *, figures=FIGURES, name=None):
     paths.append(os.path.join(out, f"saliency_{name}.png"))
     saliency_grid(runs, arrays, paths[-1])
   if "error" in figures:
-    curves = [(run.config.model, _errors(workdir))]
-    if other is not None:
-      curves.append((other.config.model, _errors(baseline)))
     paths.append(os.path.join(out, f"error_vs_steps_{name}.png"))
     error_plot(curves, paths[-1])
   return paths

@@ -135,7 +135,8 @@ def clear_run(folder: str) -> None:
   and its population members' folders."""
   if not os.path.isdir(folder):
     return
-  for name in os.listdir(folder):
+  # config.json last: a clear cut short leaves the remaining files claimed.
+  for name in sorted(os.listdir(folder), key=lambda n: n == "config.json"):
     path = os.path.join(folder, name)
     if name in RUN_FILES or name.startswith("member_"):
       if os.path.isdir(path) and not os.path.islink(path):
@@ -144,18 +145,60 @@ def clear_run(folder: str) -> None:
         os.remove(path)
 
 
+def _run_traces(folder: str) -> list[str]:
+  """The files of a run in ``folder`` that config.json would speak for:
+  saved checkpoints and a metrics log."""
+  traces = []
+  checkpoints = os.path.join(folder, "checkpoints")
+  if os.path.isdir(checkpoints) and any(
+    name.isdigit() for name in os.listdir(checkpoints)
+  ):
+    traces.append(checkpoints)
+  if os.path.isfile(os.path.join(folder, "metrics.jsonl")):
+    traces.append(os.path.join(folder, "metrics.jsonl"))
+  return traces
+
+
 def check_config(folder: str, config, *, overwrite: bool = False) -> None:
   """Refuses ``folder`` if it holds a run of another config (see
-  :func:`config_differences`); with ``overwrite`` clears that run instead.
+  :func:`config_differences`), a run whose config.json is damaged, or a
+  run's checkpoints without a config.json (an interrupted ``--overwrite``,
+  a copied folder: nothing says which config they belong to); with
+  ``overwrite`` clears that run instead.
 
   Raises:
-    WorkdirError: listing the differing fields and the two ways out.
+    WorkdirError: naming the differing fields (or the file) and the two
+      ways out.
   """
   path = os.path.join(folder, "config.json")
+  ways_out = (
+    "Use a new --workdir, or --overwrite to delete that run and start this one."
+  )
   if not os.path.isfile(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
+    traces = _run_traces(folder)
+    if not traces:
+      return
+    if overwrite:
+      clear_run(folder)
+      return
+    raise WorkdirError(
+      f"workdir {folder} holds {' and '.join(traces)} but no config.json, so "
+      "nothing says which config they belong to (an interrupted "
+      f"--overwrite, or a copied folder); refusing to resume them. {ways_out}"
+    )
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if not isinstance(saved, dict):
+      raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+  except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+    if overwrite:
+      clear_run(folder)
+      return
+    raise WorkdirError(
+      f"{path} is damaged ({error}); the run in {folder} cannot be checked "
+      f"against this config. {ways_out}"
+    ) from None
   differences = config_differences(saved, config)
   if not differences:
     return
@@ -164,8 +207,7 @@ def check_config(folder: str, config, *, overwrite: bool = False) -> None:
     return
   raise WorkdirError(
     f"workdir {folder} holds a run with another config; refusing to mix "
-    f"them. Differing fields: {'; '.join(differences)}. Use a new "
-    "--workdir, or --overwrite to delete that run and start this one."
+    f"them. Differing fields: {'; '.join(differences)}. {ways_out}"
   )
 
 

@@ -183,16 +183,22 @@ def test_a_changed_sweep_does_not_report_the_archived_results(
 ):
   archive = tmp_path / "archive"
   _run(config_path, tmp_path / "runs", archive)
+  # A new workdir with another --set: the archived points are not this
+  # sweep's, so they are not restored (before issue 33 they were, and then
+  # failed in every new workdir); they train afresh.
   records = _run(
     config_path,
     tmp_path / "new",
     archive,
-    train_fn=_never,
     overrides={"learning_rate": 0.5},
     select=lambda p: "fcn" not in p["arg"],
   )
-  assert [r["status"] for r in records] == ["failed", "failed"]
-  assert all("finished with another config" in r["error"] for r in records)
+  assert [r["status"] for r in records] == ["finished", "finished"]
+  for record in records:
+    saved = json.loads(
+      (tmp_path / "new" / record["name"] / "config.json").read_text()
+    )
+    assert saved["learning_rate"] == 0.5
 
 
 def test_a_point_held_by_a_live_runner_is_not_restored(config_path, tmp_path):

@@ -14,6 +14,7 @@ deleted by the next build.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 
@@ -103,7 +104,16 @@ def build(
     data_mirror=data_mirror,
     **builder_kwargs,
   )
-  config_dir = _config_dir(get_builder(name, **kwargs))
+  builder = get_builder(name, **kwargs)
+  config_dir = _config_dir(builder)
+  if (
+    not overwrite
+    and not os.access(config_dir, os.W_OK)
+    and builder.is_prepared()
+  ):
+    # Built in a read-only folder (a shared or mounted dataset): read as it
+    # is, without the build lock that could not be taken there.
+    return builder
   with download.file_lock(config_dir / ".build.lock"):
     for leftover in config_dir.glob("incomplete.*"):
       shutil.rmtree(leftover, ignore_errors=True)

@@ -33,6 +33,7 @@ import os
 import pathlib
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -80,12 +81,22 @@ def offline() -> bool:
   return os.environ.get(OFFLINE_ENV, "").lower() not in ("", "0", "false")
 
 
+MIRROR_SCHEMES = ("http", "https", "file", "ftp")
+
+
 def source_url(family: str, name: str, *, mirror: str | None = None) -> str:
   """The URL of ``name`` (a canonical file name) of ``family``
   (``'mnist'`` or ``'gtsrb'``): ``<mirror>/<family>/<name>`` with a mirror
   (argument, else ``$STN_DATA_MIRROR``), else the family's default."""
   mirror = mirror or os.environ.get(MIRROR_ENV)
   if mirror:
+    if urllib.parse.urlsplit(mirror).scheme not in MIRROR_SCHEMES:
+      raise ValueError(
+        f"data mirror {mirror!r} (from --data_mirror, config.data_mirror or "
+        f"${MIRROR_ENV}) must be a URL of one of the forms "
+        "https://host/path, http://host/path or file:///folder, under "
+        "which <family>/<file> is found."
+      )
     return f"{mirror.rstrip('/')}/{family}/{name}"
   return DEFAULT_BASE_URLS[family] + name
 

@@ -15,6 +15,7 @@ import hashlib
 import os
 import pathlib
 import sys
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -127,7 +128,7 @@ def _read_bytes(path: pathlib.Path) -> bytes:
   try:
     with opener(path, "rb") as f:
       return f.read()
-  except (OSError, EOFError) as error:
+  except (OSError, EOFError, zlib.error) as error:
     raise SourceError(f"Cannot read {path}: {error}.") from error
 
 
@@ -166,9 +167,9 @@ def _verify_mnist(name: str, checksums, origin: str):
     try:
       with gzip.open(path, "rb") as f:
         data = f.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib: damaged data
       raise SourceError(
-        f"The download of {name}.gz from {origin} is not a gzip file "
+        f"The download of {name}.gz from {origin} is not a valid gzip file "
         f"({error}); nothing was written to the cache."
       ) from error
     if checksums is not None:

@@ -205,6 +205,11 @@ def rotation_matrix(center, angle, scale=1.0):
     scale, (int, float, np.integer, np.floating)
   ) and not isinstance(scale, bool):
     scale = jnp.full(angle.shape, float(scale), angle.dtype)
+  elif np.ndim(scale) == 0:  # a number as a 0-d array (as under jax.jit)
+    scale, _ = v.check_float_array(
+      "scale", jnp.asarray(scale, jnp.result_type(scale, float)), (), "(N,)"
+    )
+    scale = jnp.broadcast_to(scale, angle.shape)
   else:
     scale, scale_batched = v.check_float_array("scale", scale, (), "(N,)")
     v.check_same_batching(
