@@ -225,10 +225,12 @@ def run_sweep(
         + (f" {r['error'].splitlines()[-1]}" if r["error"] else "")
       )
     return records
+  if overrides and planned:  # a misspelled or mistyped --set stops here
+    build_config(module, planned[0], overrides)
+  check = plan_check(module, overrides)
   if report_only:
     _check_collect_folder(workdir, name, planned, archive)
   os.makedirs(workdir, exist_ok=True)
-  check = plan_check(module, overrides)
   if archive:
     by_name = {p["name"]: p for p in planned}
     restored = sweep_archive.restore(
