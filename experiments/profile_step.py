@@ -146,9 +146,9 @@ def op_functions(kind, module, x):
     def forward(_, x):
       return apply_theta(theta, x)
 
-    def forward_backward(_, x):
-      out, vjp = jax.vjp(apply_theta, theta, x)
-      return vjp(jnp.ones_like(out))
+    def forward_backward(_, x, cotangent):
+      _, vjp = jax.vjp(apply_theta, theta, x)
+      return vjp(cotangent)
 
     return forward, forward_backward
   else:
@@ -156,9 +156,9 @@ def op_functions(kind, module, x):
     def apply(params, x):
       return nnx.merge(graphdef, params)(x)
 
-  def forward_backward(params, x):
-    out, vjp = jax.vjp(apply, params, x)
-    return vjp(jnp.ones_like(out))
+  def forward_backward(params, x, cotangent):
+    _, vjp = jax.vjp(apply, params, x)
+    return vjp(cotangent)
 
   return apply, forward_backward
 
@@ -206,7 +206,15 @@ def profile_model(name, config, in_shape, num_classes, batch, repeats):
     forward, forward_backward = op_functions(kind, module, x)
     params = nnx.state(module)
     f_ms = median_ms(jax.jit(forward), (params, x), repeats)
-    fb_ms = median_ms(jax.jit(forward_backward), (params, x), repeats)
+    # A random cotangent: with a constant one XLA may simplify the
+    # gradients (e.g. a product with ones becomes a sum).
+    out = jax.eval_shape(forward, params, x)
+    cotangent = jnp.asarray(
+      np.random.default_rng(1).normal(size=out.shape), out.dtype
+    )
+    fb_ms = median_ms(
+      jax.jit(forward_backward), (params, x, cotangent), repeats
+    )
     forward_flops = analytic_flops(kind, module, x)
     rows.append(
       (describe(kind, module, x), fb_ms, f_ms, forward_flops, 3 * forward_flops)
@@ -232,7 +240,7 @@ def main(argv=None):
     f"- machine: {machine_description()}",
     f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`",
     f"- batch {args.batch}, median of {args.repeats}; fwd+bwd is the VJP "
-    "with respect to the op's input and parameters; FLOPs counted from the "
+    "with respect to the op's input and parameters for a random cotangent; FLOPs counted from the "
     "conv and dense shapes (fwd+bwd = 3 x fwd); the step's GFLOP are "
     "theirs",
     "",

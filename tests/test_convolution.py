@@ -12,6 +12,21 @@ from jax.test_util import check_grads
 from stn_jax.models import convolution
 
 
+@pytest.fixture(autouse=True)
+def patches_at_every_size(monkeypatch):
+  """The tests' tiny layers would keep XLA's weight gradient."""
+  monkeypatch.setattr(convolution, "_MIN_PATCH_BYTES", 0)
+
+
+def test_small_layers_keep_xla_weight_gradient(monkeypatch):
+  monkeypatch.setattr(convolution, "_MIN_PATCH_BYTES", 2**40)
+  x, kernel = inputs(3, 6, 6, 6, 3, (3, 3), seed=11)
+  g = jnp.asarray(np.random.default_rng(12).normal(size=(3, 6, 6, 3)))
+  ours = jax.vjp(lambda w: patch_conv(x, w), kernel)[1](g)[0]
+  theirs = jax.vjp(lambda w: xla_conv(x, w), kernel)[1](g)[0]
+  np.testing.assert_array_equal(ours, theirs)  # the same XLA computation
+
+
 def xla_conv(x, kernel, padding="SAME"):
   return lax.conv_general_dilated(
     x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")

@@ -12,7 +12,8 @@ products instead: for a chunk of a few images at a time (chosen so the
 chunk's patches fill about 6 MB, near the CPU's cache), the patch matrix
 ``P (k*k*C_in, chunk*H*W)`` is built from ``k*k`` shifted views of the
 zero-padded input and multiplied by the output gradient
-``(chunk*H*W, C_out)``; a ``lax.scan`` adds the chunks. With at most 4
+``(chunk*H*W, C_out)``; a ``lax.scan`` adds the chunks. Layers whose output
+gradient is under 4 MiB keep XLA's weight gradient, which is faster there. With at most 4
 input channels (a network's first layer, or a layer after a transformer
 on the image) the input gradient is computed by columns too
 (:func:`input_gradient_by_columns`), where XLA's transposed convolution is
@@ -46,6 +47,11 @@ WEIGHT_GRADIENTS = ("auto", "patches", "xla")
 # CPU's caches (chunks of 2-8 paper-network images were fastest).
 _CHUNK_BYTES = 6 * 2**20
 
+# Output gradients smaller than this keep XLA's weight gradient, which is
+# faster for small layers (e.g. the default small ST-CNN's, batch 128);
+# larger ones (the paper networks at batch 256) use the patch products.
+# Measured with experiments/bench_conv.py.
+_MIN_PATCH_BYTES = 4 * 2**20
 # Input channels up to which the input gradient is computed by columns
 # (below); XLA's is faster above (measured at 32).
 _MAX_SCATTER_CHANNELS = 4
@@ -224,9 +230,15 @@ def _conv_transpose(cotangent, x, kernel, *, padding, precision):
   if want_kernel:
     if type(cotangent) is ad.Zero:
       return [None, ad.Zero(kernel.aval)]
-    grad = weight_gradient_by_patches(
-      x, cotangent, kernel.aval.shape[:2], padding
-    )
+    if cotangent.size * cotangent.dtype.itemsize >= _MIN_PATCH_BYTES:
+      grad = weight_gradient_by_patches(
+        x, cotangent, kernel.aval.shape[:2], padding
+      )
+    else:  # small layers: XLA's own is faster
+      (grad,) = jax.linear_transpose(
+        lambda k: _xla_conv(x, k, padding=padding, precision=precision),
+        jax.ShapeDtypeStruct(kernel.aval.shape, kernel.aval.dtype),
+      )(cotangent)
     return [None, grad.astype(kernel.aval.dtype)]
   if type(cotangent) is ad.Zero:
     return [ad.Zero(x.aval), None]
