@@ -225,10 +225,10 @@ def run_sweep(
         + (f" {r['error'].splitlines()[-1]}" if r["error"] else "")
       )
     return records
-  if overrides and planned:  # a misspelled or mistyped --set stops here
-    build_config(module, planned[0], overrides)
   check = plan_check(module, overrides)
   if report_only:
+    if overrides and planned:  # a bad --set is named before the folder
+      build_config(module, planned[0], overrides)
     _check_collect_folder(workdir, name, planned, archive)
   os.makedirs(workdir, exist_ok=True)
   if archive:
