@@ -42,23 +42,11 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_models_torch import load_config  # noqa: E402
+from bench_models_torch import model_configs  # noqa: E402
 from bench_sampler import commit_description, machine_description  # noqa: E402
 
 from stn_jax import models, ops, steps  # noqa: E402
 from stn_jax.models import contrast, layers  # noqa: E402
-
-
-def model_configs(gtsrb_width):
-  rts = load_config("configs/mnist.py:distortion=rts,model=st_cnn")
-  cnn = load_config("configs/mnist.py:distortion=rts,model=cnn")
-  gtsrb = load_config("configs/gtsrb.py:model=gtsrb_st_cnn,size=32")
-  gtsrb.model_kwargs.width = gtsrb_width
-  return {
-    "rts_st_cnn": (rts, (42, 42, 1), 10),
-    "rts_cnn": (cnn, (42, 42, 1), 10),
-    "gtsrb_st_cnn": (gtsrb, (32, 32, 3), 43),
-  }
 
 
 def median_ms(fn, args, repeats):
