@@ -25,7 +25,7 @@ import time
 import numpy as np
 from absl import flags
 
-from stn_jax import calibration, cli, evaluation, viz
+from stn_jax import calibration, cli, config_schema, evaluation, viz
 from stn_jax.data import datasets, distortions
 
 COMMANDS = ("invariance", "calibration")
@@ -45,9 +45,9 @@ def clean_test_set(config, *, max_examples: int = 0, **kwargs):
   if name.startswith("distorted_mnist/"):
     name = "distorted_mnist/plain"
   where = dict(
-    tfds_dir=config.get("tfds_dir", "") or None,
-    source_dir=config.get("source_dir", "") or None,
-    data_mirror=config.get("data_mirror", "") or None,
+    tfds_dir=config_schema.get(config, "tfds_dir") or None,
+    source_dir=config_schema.get(config, "source_dir") or None,
+    data_mirror=config_schema.get(config, "data_mirror") or None,
   )
   where.update({k: v for k, v in kwargs.items() if v})
   arrays = datasets.load_arrays(name, "test", **where)
@@ -183,9 +183,9 @@ def run_calibration(workdir, *, out, max_examples=0, data=None):
   config = run.config
   split = list(config.eval_splits)[0]
   where = dict(
-    tfds_dir=config.get("tfds_dir", "") or None,
-    source_dir=config.get("source_dir", "") or None,
-    data_mirror=config.get("data_mirror", "") or None,
+    tfds_dir=config_schema.get(config, "tfds_dir") or None,
+    source_dir=config_schema.get(config, "source_dir") or None,
+    data_mirror=config_schema.get(config, "data_mirror") or None,
   )
   where.update({k: v for k, v in (data or {}).items() if v})
   arrays = datasets.load_arrays(config.dataset, split, **where)

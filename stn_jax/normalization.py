@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from stn_jax import config_schema
+
 
 @dataclasses.dataclass(frozen=True)
 class Normalization:
@@ -32,7 +34,8 @@ class Normalization:
     both optional)."""
     as_value = lambda x: tuple(x) if isinstance(x, (list, tuple)) else x
     return cls(
-      as_value(config.get("mean", 0.0)), as_value(config.get("std", 1.0))
+      as_value(config_schema.get(config, "mean")),
+      as_value(config_schema.get(config, "std")),
     )
 
   @property

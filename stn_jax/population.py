@@ -38,9 +38,11 @@ import os
 
 import jax
 
-from stn_jax import steps, train
+from stn_jax import config_schema, steps, train
 
-MAY_DIFFER = ("seed", *steps.MEMBER_HYPERPARAMETERS, "arg")
+# The member-role keys of the config schema, and the config argument
+# string (the keys it produces are compared instead).
+MAY_DIFFER = (*config_schema.MEMBER_KEYS, "arg")
 METHODS = ("auto", "vmap", "map", "unroll")
 
 

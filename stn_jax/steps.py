@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from stn_jax import models, ops
+from stn_jax import config_schema, models, ops
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -54,21 +54,16 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 # What the members of a population may set each for themselves (besides
-# the seed): the step applies them per member (:func:`train_step`).
-MEMBER_HYPERPARAMETERS = {
-  "learning_rate": None,  # no default: every config has one
-  "localisation_lr_multiplier": 1.0,
-  "grad_clip_norm": 0.0,
-  "weight_decay": 0.0,
-}
+# the seed): the step applies them per member (:func:`train_step`). The
+# member-role keys of the config schema.
+MEMBER_HYPERPARAMETERS = config_schema.MEMBER_HYPERPARAMETERS
 
 
 def member_hyperparameters(config) -> dict[str, float]:
-  """The config's :data:`MEMBER_HYPERPARAMETERS` (defaults for keys older
-  configs lack)."""
+  """The config's :data:`MEMBER_HYPERPARAMETERS` (their implicit values
+  for keys older configs lack)."""
   return {
-    k: float(config[k] if default is None else config.get(k, default))
-    for k, default in MEMBER_HYPERPARAMETERS.items()
+    k: float(config_schema.get(config, k)) for k in MEMBER_HYPERPARAMETERS
   }
 
 
@@ -95,7 +90,7 @@ def make_optimizer(config, model_state) -> optax.GradientTransformation:
   and gradient clipping by global norm (``grad_clip_norm`` > 0), applied
   first."""
   schedule = learning_rate_schedule(config)
-  weight_decay = config.get("weight_decay", 0.0)
+  weight_decay = config_schema.get(config, "weight_decay")
   base = {
     "sgd": optax.sgd,
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
@@ -106,7 +101,7 @@ def make_optimizer(config, model_state) -> optax.GradientTransformation:
       *_direction(config.optimizer, weight_decay),
       optax.scale_by_learning_rate(lr),
     )
-  multiplier = config.localisation_lr_multiplier
+  multiplier = config_schema.get(config, "localisation_lr_multiplier")
   labels = jax.tree_util.tree_map_with_path(
     lambda path, _: "localisation" if _is_localisation(path) else "other",
     model_state,
@@ -118,10 +113,9 @@ def make_optimizer(config, model_state) -> optax.GradientTransformation:
     },
     labels,
   )
-  if config.grad_clip_norm > 0:
-    transform = optax.chain(
-      optax.clip_by_global_norm(config.grad_clip_norm), transform
-    )
+  clip = config_schema.get(config, "grad_clip_norm")
+  if clip > 0:
+    transform = optax.chain(optax.clip_by_global_norm(clip), transform)
   return transform
 
 

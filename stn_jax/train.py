@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -33,7 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from stn_jax import checkpointing, distributed, models, steps
+from stn_jax import checkpointing, config_schema, distributed, models, steps
 from stn_jax import hooks as hooks_lib
 from stn_jax import workdir as workdir_lib
 from stn_jax.data import (
@@ -53,104 +52,38 @@ SNAPSHOT_COUNT = 16
 
 
 def train_split(config) -> str:
-  """The split trained on: ``config.train_split``, default ``'train'``."""
-  return config.get("train_split", "train")
+  """The split trained on: ``config.train_split``."""
+  return config_schema.get(config, "train_split")
 
 
 def train_dataset(config) -> str:
   """The dataset trained on: ``config.train_dataset``, default
   ``config.dataset`` (on-the-fly distortion trains on undistorted digits and
   evaluates on the built distorted dataset)."""
-  return config.get("train_dataset", "") or config.dataset
+  return config_schema.get(config, "train_dataset") or config.dataset
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Rejects bad values before anything is built or compiled."""
-  if config.model not in models.MODELS:
-    raise ValueError(
-      f"config.model must be one of "
-      f"{', '.join(models.MODELS)}; got {config.model!r}."
-    )
-  recurrences = config.model_kwargs.get("recurrences", 1)
-  if (
-    isinstance(recurrences, bool)
-    or not isinstance(recurrences, int)
-    or recurrences < 1
-  ):
-    raise ValueError(
-      "config.model_kwargs.recurrences (ic_st_cnn's updates) must be an "
-      f"int >= 1; got {recurrences!r}."
-    )
+  """Rejects bad values before anything is built or compiled: each key's
+  own check (:func:`stn_jax.config_schema.validate`), then the checks that
+  relate keys to each other, to the registered datasets and to the
+  devices.
+
+  Raises:
+    ValueError: naming the key, what it must be and what it is.
+  """
+  config_schema.validate(config)
   datasets.get_builder(config.dataset)  # raises on unknown datasets
   datasets.get_builder(train_dataset(config))
-  if config.on_the_fly:
-    distortions.check_variant(config.on_the_fly)
-    if any(_augmentation(config).values()):
-      raise ValueError(
-        "config.augment_* jitter and config.on_the_fly distortion cannot be "
-        f"combined; got on_the_fly={config.on_the_fly!r} and "
-        f"{_augmentation(config)}."
-      )
+  if config_schema.get(config, "on_the_fly") and any(
+    _augmentation(config).values()
+  ):
+    raise ValueError(
+      "config.augment_* jitter and config.on_the_fly distortion cannot be "
+      f"combined; got on_the_fly={config.on_the_fly!r} and "
+      f"{_augmentation(config)}."
+    )
   augment.RandomAffine(**_augmentation(config))  # checks the ranges
-  # (name, lowest allowed, whether the lowest is allowed); all must be
-  # finite numbers.
-  for key, low, inclusive in (
-    ("learning_rate", 0.0, False),
-    ("localisation_lr_multiplier", 0.0, True),
-    ("lr_decay_factor", 0.0, False),
-    ("grad_clip_norm", 0.0, True),
-    ("weight_decay", 0.0, True),
-    ("std", 0.0, False),
-    ("mean", -math.inf, True),
-  ):
-    value = config.get(key, 1.0 if key == "std" else 0.0)
-    values = value if isinstance(value, (list, tuple)) else [value]
-    ok = all(
-      isinstance(v, (int, float))
-      and not isinstance(v, bool)
-      and math.isfinite(v)
-      and (v >= low if inclusive else v > low)
-      for v in values
-    )
-    if not ok:
-      bound = f">= {low}" if inclusive else f"> {low}"
-      raise ValueError(
-        f"config.{key} must be a finite number {bound}; got {value!r}."
-      )
-  seed = config.get("seed", 0)
-  if not (isinstance(seed, int) and not isinstance(seed, bool)) or not (
-    0 <= seed < 2**31
-  ):
-    raise ValueError(f"config.seed must be an int in [0, 2**31); got {seed!r}.")
-  if config.optimizer not in OPTIMIZERS:
-    raise ValueError(
-      f"config.optimizer must be one of {', '.join(OPTIMIZERS)}"
-      f"; got {config.optimizer!r}."
-    )
-  for key in (
-    "batch_size",
-    "num_steps",
-    "log_every",
-    "eval_every",
-    "checkpoint_every",
-    "eval_batch_size",
-    "lr_decay_every",
-    "max_checkpoints",
-    "steps_per_dispatch",
-  ):
-    if key == "steps_per_dispatch" and key not in config:
-      continue  # configs written before it: 1
-    if not isinstance(config[key], int) or config[key] <= 0:
-      raise ValueError(
-        f"config.{key} must be a positive int; got {config[key]!r}."
-      )
-  convolution.check_weight_gradient(config.get("conv_weight_gradient", "xla"))
-  snapshot_every = config.get("snapshot_every", 0)
-  if not isinstance(snapshot_every, int) or snapshot_every < 0:
-    raise ValueError(
-      "config.snapshot_every must be an int >= 0 (0: only at "
-      f"evaluations); got {snapshot_every!r}."
-    )
   if (
     train_dataset(config) == config.dataset
     and train_split(config) in config.eval_splits
@@ -160,7 +93,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.eval_splits {tuple(config.eval_splits)}: "
       "evaluating on the training split is not a result."
     )
-  if config.on_the_fly and train_split(config) != "train":
+  if config_schema.get(config, "on_the_fly") and train_split(config) != "train":
     raise ValueError(
       "config.train_split must be 'train' with on_the_fly "
       f"(the undistorted training digits); got "
@@ -177,7 +110,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def _augmentation(config) -> dict[str, float]:
   return {
-    name: float(config.get(f"augment_{name}", 0.0))
+    name: float(config_schema.get(config, f"augment_{name}"))
     for name in ("rotation", "scale", "translate")
   }
 
@@ -192,7 +125,7 @@ def preprocessing(config, *, on_device: bool = False):
     if on_device
     else (distortions.OnTheFly, augment.RandomAffine)
   )
-  if config.on_the_fly:
+  if config_schema.get(config, "on_the_fly"):
     return distort(config.on_the_fly)
   jitter = _augmentation(config)
   return jitter_step(**jitter) if any(jitter.values()) else None
@@ -207,17 +140,19 @@ def batches_on_device(config) -> bool:
   """Whether training batches are gathered (and augmented) on the device:
   ``data_on_device``, and any preprocessing runs there
   (``augment_on_device``); else the host pipeline makes them."""
-  if not config.get("data_on_device", False):
+  if not config_schema.get(config, "data_on_device"):
     return False
-  return preprocessing(config) is None or config.get("augment_on_device", False)
+  return preprocessing(config) is None or config_schema.get(
+    config, "augment_on_device"
+  )
 
 
 def load_data(config):
   """(train arrays, {split: eval arrays}, model input shape)."""
   kwargs = dict(
-    tfds_dir=config.tfds_dir or None,
-    source_dir=config.source_dir or None,
-    data_mirror=config.get("data_mirror", "") or None,
+    tfds_dir=config_schema.get(config, "tfds_dir") or None,
+    source_dir=config_schema.get(config, "source_dir") or None,
+    data_mirror=config_schema.get(config, "data_mirror") or None,
   )
   train = datasets.load_arrays(
     train_dataset(config), train_split(config), **kwargs
@@ -504,7 +439,7 @@ def use_compilation_cache(path: str) -> None:
 
 def _fit(members, workdir, hooks, log) -> list[dict]:
   first = members.configs[0]
-  use_compilation_cache(first.get("compilation_cache_dir", ""))
+  use_compilation_cache(config_schema.get(first, "compilation_cache_dir"))
   main = distributed.is_main()
   with distributed.main_first("building the datasets"):
     train_arrays, evals, in_shape = load_data(first)
@@ -520,7 +455,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     graphdef, state = steps.init_state(model, optimizer)
     states.append(state)
   num_params = models.count_params(model)
-  multi_step = first.get("steps_per_dispatch", 1) > 1
+  multi_step = config_schema.get(first, "steps_per_dispatch") > 1
   on_device = batches_on_device(first)
   if members.population:
     # The member axis is split over the local devices (each holds whole
@@ -700,7 +635,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     + (f", {first.steps_per_dispatch} steps per dispatch" if multi_step else "")
     + ", conv gradients "
     + convolution.resolve_weight_gradient(
-      first.get("conv_weight_gradient", "xla")
+      config_schema.get(first, "conv_weight_gradient")
     )
   )
 
@@ -781,7 +716,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
   checkpoint_hook = hooks_lib.Checkpoint(
     first.checkpoint_every,
     checkpoints,
-    background=first.get("async_checkpoints", False),
+    background=config_schema.get(first, "async_checkpoints"),
   )
   loop_hooks = [
     *hooks,
@@ -795,7 +730,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     ),
     hooks_lib.Periodic(first.eval_every, evaluation),
   ]
-  snapshot_every = first.get("snapshot_every", 0)
+  snapshot_every = config_schema.get(first, "snapshot_every")
   if snapshot_every:
     loop_hooks.append(
       hooks_lib.Periodic(
@@ -812,7 +747,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
       step_fn,
       next_batch,
       loop_hooks,
-      steps_per_dispatch=first.get("steps_per_dispatch", 1),
+      steps_per_dispatch=config_schema.get(first, "steps_per_dispatch"),
     )
     if context.stopping:
       log(

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw
 
-from stn_jax import cli
+from stn_jax import cli, config_schema
 from stn_jax.data import datasets, preview
 
 COUNT = 16
@@ -42,7 +42,7 @@ def _test_arrays(run):
     split,
     tfds_dir=config.tfds_dir or None,
     source_dir=config.source_dir or None,
-    data_mirror=config.get("data_mirror", "") or None,
+    data_mirror=config_schema.get(config, "data_mirror") or None,
   )
 
 

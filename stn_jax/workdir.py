@@ -4,7 +4,8 @@ lock keeps two processes out of it.
 - :func:`config_differences` / :func:`check_config`: rerunning a workdir with
   a different config is refused with the differing fields listed, except for
   fields that are safe to change (:data:`SAFE_TO_CHANGE`: the step budget to
-  extend a run, cadences, where data lives). ``overwrite=True`` clears the
+  extend a run, cadences, where data lives: the keys of the execution role
+  in :mod:`stn_jax.config_schema`). ``overwrite=True`` clears the
   old run's files instead (:func:`clear_run`).
 - :class:`WorkdirLock`: an exclusive ``fcntl`` lock on ``workdir/.lock``
   for the whole run. The kernel releases it when its process dies, so a lock
@@ -21,58 +22,14 @@ import socket
 import time
 from typing import Any
 
-# Fields a rerun may change without making it another run.
-SAFE_TO_CHANGE = (
-  "arg",  # the get_config string: the fields it produces are compared
-  "num_steps",  # extend (or shorten) a run
-  "log_every",
-  "eval_every",
-  "checkpoint_every",
-  "snapshot_every",
-  "max_checkpoints",
-  "eval_batch_size",
-  "tfds_dir",
-  "source_dir",
-  "data_mirror",
-  "compilation_cache_dir",
-  "data_on_device",  # the same batches, gathered on the device or the host
-  "steps_per_dispatch",  # the same steps, dispatched k at a time
-  "conv_weight_gradient",  # the same gradient, rounded differently
-  "async_checkpoints",
-)
-# Values that fields not recorded by older versions of stn_jax had
-# implicitly; a saved config without the field is read with this value.
-IMPLICIT_DEFAULTS = {
-  "train_dataset": "",
-  "train_split": "train",
-  "mean": 0.0,
-  "std": 1.0,
-  "snapshot_every": 0,
-  "augment_rotation": 0.0,
-  "augment_scale": 0.0,
-  "augment_translate": 0.0,
-  "model_kwargs.width": 1.0,  # GtsrbCNN's default, explicit since 2.0.0
-  "data_on_device": False,
-  "steps_per_dispatch": 1,
-  "conv_weight_gradient": "xla",
-  "async_checkpoints": False,
-  "augment_on_device": False,
-  "weight_decay": 0.0,
-}
-# Fields that change nothing unless another field is set: ``key ->
-# predicate(flat config)``; a difference in them is ignored when the
-# predicate is false for both the saved and the new config.
-_AUGMENTATION_KEYS = (
-  "augment_rotation",
-  "augment_scale",
-  "augment_translate",
-)
-ONLY_WITH = {
-  "augment_on_device": lambda flat: (
-    bool(flat.get("on_the_fly"))
-    or any(flat.get(k, 0.0) for k in _AUGMENTATION_KEYS)
-  ),
-}
+from stn_jax import config_schema
+
+# Derived from the config schema (stn_jax.config_schema): the keys a rerun
+# may change (execution role), the values of keys older versions did not
+# record, and the keys that act only together with another.
+SAFE_TO_CHANGE = config_schema.SAFE_TO_CHANGE
+IMPLICIT_DEFAULTS = config_schema.IMPLICIT_DEFAULTS
+ONLY_WITH = config_schema.ONLY_WITH
 # What a run writes into its workdir (removed by clear_run).
 RUN_FILES = (
   "checkpoints",

@@ -30,7 +30,7 @@ import time
 
 from absl import flags
 
-from stn_jax import cli, config_args
+from stn_jax import cli, config_args, config_schema
 from stn_jax.data import datasets, preview
 
 COMMANDS = ("build", "preview")
@@ -86,14 +86,14 @@ def _datasets(values, names, command):
     path, arg = config_args.split_config_spec(values.config)
     config = config_args.load_config_module(path).get_config(arg)
     names = [config.dataset]
-    train_name = config.get("train_dataset", "") or config.dataset
+    train_name = config_schema.get(config, "train_dataset") or config.dataset
     if command == "build" and train_name != config.dataset:
       names.insert(0, train_name)
     return (
       names,
       values.tfds_dir or config.tfds_dir or None,
       values.source_dir or config.source_dir or None,
-      values.data_mirror or config.get("data_mirror", "") or None,
+      values.data_mirror or config_schema.get(config, "data_mirror") or None,
     )
   if len(names) != 1:
     raise ValueError(

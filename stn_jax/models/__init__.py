@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from stn_jax import config_schema
 from stn_jax.models import convolution
 from stn_jax.models.classifiers import (
   CNN,
@@ -76,7 +77,8 @@ def from_config(config, in_shape) -> nnx.Module:
     k: tuple(v) if isinstance(v, list) else v
     for k, v in config.model_kwargs.to_dict().items()
   }
-  with convolution.weight_gradient(config.get("conv_weight_gradient", "xla")):
+  method = config_schema.get(config, "conv_weight_gradient")
+  with convolution.weight_gradient(method):
     return get_model(
       config.model,
       in_shape=in_shape,
