@@ -10,7 +10,7 @@ that needs to know a key's rules is derived from it:
   default)`` elsewhere repeats a default;
 - config validation (:func:`validate`: each key's own check; the checks
   that relate several keys, or the config to the data and the devices, are
-  in :func:`stn_jax.train.validate_config`);
+  in :func:`stn_jax.train.validation.validate_config`);
 - the workdir compatibility check (:mod:`stn_jax.workdir`:
   :data:`SAFE_TO_CHANGE`, :data:`IMPLICIT_DEFAULTS`, :data:`ONLY_WITH`);
 - the population checks (:data:`MEMBER_KEYS`: what members may set each for
@@ -29,6 +29,9 @@ Roles (:class:`Role`):
 A new config key is one :class:`Key` row here (plus its use). Keys a config
 holds that the table does not list are compared as identity keys and not
 checked.
+
+The module is longer than 400 lines because the table is: one row per key
+(about 40 keys), each with its words, is the point of having one place.
 
 This module imports only the standard library and ``ml_collections``
 (config files import it); checks that need a registry (models, datasets,
@@ -212,6 +215,15 @@ def _on_the_fly(value) -> str | None:
     from stn_jax.data import distortions
 
     distortions.check_variant(value)  # raises with the variants named
+  return None
+
+
+def _extra_hooks(value) -> str | None:
+  if not isinstance(value, (list, tuple)):
+    return "a sequence of registered hook names"
+  from stn_jax.train import hook_registry
+
+  hook_registry.check_names(tuple(value))  # raises with the names
   return None
 
 
@@ -453,6 +465,15 @@ SCHEMA: tuple[Key, ...] = (
     implicit=False,
   ),
   Key("max_checkpoints", 3, _E, positive_int, "checkpoints kept"),
+  Key(
+    "extra_hooks",
+    (),
+    _E,
+    _extra_hooks,
+    "loop hooks beyond the defaults, by registered name "
+    "(stn_jax.train.hook_registry)",
+    implicit=(),
+  ),
   Key("eval_batch_size", 1000, _E, positive_int, "evaluation batch size"),
 )
 

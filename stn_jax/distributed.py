@@ -2,7 +2,7 @@
 
 Every process runs the same program on its own devices; JAX joins them
 into one set of global devices (``jax.devices()``), so the data-parallel
-mesh of :func:`stn_jax.train.fit` spans all of them. What each process
+mesh of :func:`stn_jax.train.loop.fit` spans all of them. What each process
 does beyond that:
 
 - **Data.** Each loads only its rows of every global batch

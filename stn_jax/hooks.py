@@ -1,7 +1,7 @@
 """Periodic actions of the training loop: logging, checkpoints, evaluation,
 snapshots, preemption.
 
-The loop (:func:`stn_jax.train.run_loop`) calls every hook after every step
+The loop (:func:`stn_jax.train.loop.run_loop`) calls every hook after every step
 with a :class:`LoopContext`; a hook does its work on its own steps (as clu's
 ``periodic_actions``) and costs nothing in between: in particular nothing is
 fetched from the device between log steps. Single runs and populations use

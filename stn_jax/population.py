@@ -7,7 +7,7 @@ applies each member's own values); everything else must be equal. Their states a
 on a leading member axis and the pure step of :mod:`stn_jax.steps` runs
 under ``jax.vmap`` (or ``jax.lax.map``, or unrolled over the members)
 inside the same loop and hooks as a single run
-(:func:`stn_jax.train.fit`): per-member ``metrics.jsonl`` and
+(:func:`stn_jax.train.loop.fit`): per-member ``metrics.jsonl`` and
 TensorBoard events (``workdir/member_<k>/``), periodic evaluation, a
 non-finite-loss check every step, checkpoints and SIGTERM handling. On an
 accelerator many small runs fit at once (vmap). On a CPU a vmapped step is
@@ -23,7 +23,7 @@ weight decay. SGD, momentum and Adam updates are linear in the learning
 rate, so this equals K separate runs up to float rounding (tested).
 
 Devices: the member axis is split over the local devices (as many as
-evenly divide K; :func:`stn_jax.train.population_mesh`): each device runs
+evenly divide K; :func:`stn_jax.train.placement.population_mesh`): each device runs
 whole members, the data is replicated. Tested with 4 forced host devices.
 
 Checkpoints hold the stacked state, the step and every member's data
@@ -114,7 +114,7 @@ def train_population(
       compiled step) or ``'auto'`` (:func:`resolve_method`: unroll on one
       CPU device, vmap otherwise).
     hooks: extra :class:`stn_jax.hooks.Hook` objects (as in
-      :func:`stn_jax.train.train_and_evaluate`).
+      :func:`stn_jax.train.loop.train_and_evaluate`).
     log: where console lines go.
 
   Returns:

@@ -59,6 +59,9 @@ OLD_MAY_DIFFER = (
   "weight_decay",
   "arg",
 )
+# Keys added since 9f24987, with the value that reproduces the runs before
+# them (their implicit value) and their role.
+ADDED_KEYS = {"extra_hooks": ((), config_schema.Role.EXECUTION)}
 # Keys the schema gives an implicit value that the old table lacked: what
 # the code already assumed when a config lacked them (config.get defaults
 # in steps.member_hyperparameters, evaluate.py, ...), or safe-to-change
@@ -76,12 +79,20 @@ NEW_IMPLICIT_DEFAULTS = {
 
 
 def test_the_derived_tables_keep_the_old_rules():
-  assert set(config_schema.SAFE_TO_CHANGE) == OLD_SAFE_TO_CHANGE
+  added_safe = {
+    k for k, (_, role) in ADDED_KEYS.items() if role.value == "execution"
+  }
+  assert set(config_schema.SAFE_TO_CHANGE) == OLD_SAFE_TO_CHANGE | added_safe
   assert workdir.SAFE_TO_CHANGE == config_schema.SAFE_TO_CHANGE
-  assert workdir.IMPLICIT_DEFAULTS == {
+  expected = {
     **OLD_IMPLICIT_DEFAULTS,
     **NEW_IMPLICIT_DEFAULTS,
+    **{k: value for k, (value, _) in ADDED_KEYS.items()},
   }
+  derived = dict(workdir.IMPLICIT_DEFAULTS)
+  assert derived == expected
+  for key, (_, role) in ADDED_KEYS.items():
+    assert config_schema.KEYS[key].role is role
   assert set(workdir.ONLY_WITH) == {"augment_on_device"}
   assert population.MAY_DIFFER == OLD_MAY_DIFFER
   assert list(steps.MEMBER_HYPERPARAMETERS) == list(OLD_MAY_DIFFER[1:-1])
@@ -132,9 +143,14 @@ def test_a_config_json_written_before_the_schema_still_resumes():
 
 
 def _old_differences(saved, config):
-  """workdir.config_differences as it was at 9f24987."""
+  """workdir.config_differences as it was at 9f24987, for configs of
+  today (which hold the keys added since: at their implicit values, those
+  compare equal to a config without them)."""
   flat = workdir._flatten
   old, new = flat(saved), flat(json.loads(config.to_json_best_effort()))
+  for key, (value, _) in ADDED_KEYS.items():
+    assert new.get(key) == json.loads(json.dumps(value)), key
+    new.pop(key)
   augments = lambda f: (
     bool(f.get("on_the_fly"))
     or any(

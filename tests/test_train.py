@@ -14,7 +14,7 @@ from conftest import GTSRB, MNIST, REPO, tiny
 import stn_jax
 from stn_jax import models, train
 from stn_jax import workdir as workdir_lib
-from stn_jax.data import datasets
+from stn_jax.data import datasets, inputs
 
 MODEL_CONFIGS = {
   "fcn": lambda: MNIST.get_config("model=fcn,small=true"),
@@ -103,7 +103,7 @@ def test_bad_config_arguments(arg, match):
 def test_bad_config_values_fail_before_anything_is_built(
   override, match, tmp_path, monkeypatch
 ):
-  monkeypatch.setattr(train, "load_data", lambda *a: pytest.fail("loaded"))
+  monkeypatch.setattr(inputs, "load_data", lambda *a: pytest.fail("loaded"))
   config = MNIST.get_config("small=true")
   for key, value in override.items():
     config[key] = value
@@ -273,7 +273,7 @@ def test_four_devices_match_one_device(tiny_tfds, tmp_path):
 def test_train_split_selects_the_split_trained_on(monkeypatch):
   calls = []
   monkeypatch.setattr(
-    train.datasets,
+    datasets,  # where stn_jax.data.inputs.load_data reads them
     "load_arrays",
     lambda name, split, **kw: (
       calls.append(split) or {"image": np.zeros((4, 8, 8, 3), np.uint8)}
