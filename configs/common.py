@@ -60,6 +60,13 @@ def base(arg: str) -> ml_collections.ConfigDict:
   config.learning_rate = 0.01
   config.lr_decay_every = 50_000
   config.lr_decay_factor = 0.1
+  # 'step': x lr_decay_factor every lr_decay_every steps (the paper's);
+  # 'cosine': to 0 along half a cosine over num_steps (lr_decay_* unused).
+  config.lr_schedule = "step"
+  # A linear ramp of the learning rate over the first steps (0: none).
+  config.warmup_steps = 0
+  # Cross-entropy against (1 - s) * one-hot + s / classes (0: none).
+  config.label_smoothing = 0.0
   config.localisation_lr_multiplier = 1.0
   config.grad_clip_norm = 0.0
   # Decoupled weight decay (AdamW's form, for every optimiser): the update

@@ -92,6 +92,25 @@ def header_lines(title: str) -> list[str]:
   ]
 
 
+def recipe_words(config) -> str:
+  """A run's optimisation recipe in words, from its config: steps, batch,
+  examples, optimiser, learning rate and schedule, warmup, smoothing."""
+  examples = config.num_steps * config.batch_size
+  text = (
+    f"{config.num_steps:,} {config.optimizer} steps of {config.batch_size} "
+    f"({examples / 1e6:.1f}M examples), lr {config.learning_rate:g} "
+  )
+  if config.get("lr_schedule", "step") == "cosine":
+    text += "cosine to 0"
+  else:
+    text += f"x{config.lr_decay_factor:g} every {config.lr_decay_every:,}"
+  if config.get("warmup_steps", 0):
+    text += f", {config.warmup_steps:,} warmup steps"
+  if config.get("label_smoothing", 0.0):
+    text += f", label smoothing {config.label_smoothing:g}"
+  return text
+
+
 def parse_arg(arg: str) -> dict[str, str]:
   """``'k1=v1,k2=v2'`` -> ``{'k1': 'v1', 'k2': 'v2'}`` (strings)."""
   return dict(item.split("=", 1) for item in arg.split(",") if item)

@@ -50,6 +50,8 @@ from stn_jax.normalization import Normalization
 
 OPTIMIZERS = steps.OPTIMIZERS
 SNAPSHOT_COUNT = 16
+# Training splits whose undistorted digits on_the_fly distorts afresh.
+ON_THE_FLY_SPLITS = ("train", "train_without_validation")
 
 
 def train_split(config) -> str:
@@ -145,6 +147,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"config.{key} must be a positive int; got {config[key]!r}."
       )
   convolution.check_weight_gradient(config.get("conv_weight_gradient", "xla"))
+  steps.check_recipe(config)
   snapshot_every = config.get("snapshot_every", 0)
   if not isinstance(snapshot_every, int) or snapshot_every < 0:
     raise ValueError(
@@ -160,9 +163,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.eval_splits {tuple(config.eval_splits)}: "
       "evaluating on the training split is not a result."
     )
-  if config.on_the_fly and train_split(config) != "train":
+  if config.on_the_fly and train_split(config) not in ON_THE_FLY_SPLITS:
     raise ValueError(
-      "config.train_split must be 'train' with on_the_fly "
+      "config.train_split must be 'train' or 'train_without_validation' "
+      "with on_the_fly "
       f"(the undistorted training digits); got "
       f"{train_split(config)!r}."
     )
@@ -619,6 +623,7 @@ def _fit(members, workdir, hooks, log) -> list[dict]:
     schedule=steps.learning_rate_schedule(steps.member_optimizer_config(first))
     if members.population
     else None,
+    label_smoothing=float(first.get("label_smoothing", 0.0)),
   )
   hyper = [steps.member_hyperparameters(c) for c in members.configs]
   if members.population:

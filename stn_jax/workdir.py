@@ -58,6 +58,9 @@ IMPLICIT_DEFAULTS = {
   "async_checkpoints": False,
   "augment_on_device": False,
   "weight_decay": 0.0,
+  "lr_schedule": "step",
+  "warmup_steps": 0,
+  "label_smoothing": 0.0,
 }
 # Fields that change nothing unless another field is set: ``key ->
 # predicate(flat config)``; a difference in them is ignored when the

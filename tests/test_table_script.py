@@ -39,7 +39,7 @@ def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   rows = {row.split("|")[1].strip(): row for row in lines[2:]}
   assert set(rows) == {"CNN", "ST-CNN Aff", "ST-CNN Proj", "ST-CNN TPS"}
   assert "(paper 0.8" in rows["CNN"] and "n=2)" in rows["CNN"]
-  assert "scale: **cpu**: 2 steps of batch 8" in table
+  assert "scale: **cpu**: 2 adam steps of 8" in table
   archived = sorted((tmp_path / "archive" / "table1").iterdir())
   assert len(archived) == 8  # 4 models x 2 seeds, small files only
   assert all((a / "record.json").is_file() for a in archived)
@@ -149,7 +149,7 @@ def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
     assert "n=1)" in cells[4] and "n=1)" in cells[5]
   assert "(paper 98.85," in rows["CNN (Arcos-Garcia layout, no ST)"][4]
   assert "| CNN + 3 ST (Arcos-Garcia et al. 2018) | 48x48 | 99.71% |" in table
-  assert "scale: **cpu**: 2 steps of batch 8" in table
+  assert "scale: **cpu**: 2 adam steps of 8" in table
   assert "trained on `train_without_validation`" in table
   # The error report of one of these runs recounts the error it recorded.
   (run,) = (tmp_path / "runs").rglob("*model=gtsrb_cnn,*")
@@ -201,12 +201,13 @@ def test_long_runs_script_writes_one_row_per_finished_run(tiny_tfds, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [r for r in out.read_text().splitlines() if r.startswith("| ")]
-  assert rows[0] == "| cell | ours | paper | budget | wall time |"
+  assert rows[0] == "| cell | ours | paper | validation | budget | wall time |"
   cells = {r.split(" | ")[0][2:]: r.split(" | ")[1:] for r in rows[1:]}
   # (the RTS cells run table1's points, as the Table 1 test above does)
   assert set(cells) == {"GTSRB CNN + 3 ST"}
-  ours, paper, budget, wall = cells["GTSRB CNN + 3 ST"]
+  ours, paper, validation, budget, wall = cells["GTSRB CNN + 3 ST"]
   assert 0 <= float(ours) <= 100 and paper == "99.71 (48x48)"
+  assert 0 <= float(validation) <= 100
   assert budget.startswith("2 adam steps of 8")
   assert re.fullmatch(
     r"\d+ min \(last invocation; steps alone \d+ min over all\) \|", wall
