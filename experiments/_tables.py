@@ -10,10 +10,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-import jax
-from bench_sampler import commit_description, machine_description
-
 from stn_jax import sweep
+from stn_jax.provenance import header_lines  # noqa: F401 (the scripts' header)
 
 
 class Scale(NamedTuple):
@@ -78,18 +76,6 @@ def run_script(main: Callable[[], int | None]) -> int:
     prog = os.path.basename(sys.argv[0])
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 2
-
-
-def header_lines(title: str) -> list[str]:
-  """Title, command, commit and machine lines of a results file."""
-  return [
-    f"# {title}",
-    "",
-    f"- command: `python {' '.join(sys.argv)}`",
-    f"- commit: {commit_description()}",
-    f"- machine: {machine_description()}; devices: "
-    f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-  ]
 
 
 def recipe_words(config) -> str:

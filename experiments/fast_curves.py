@@ -8,7 +8,7 @@ Usage:
 
 Each ``--run`` is ``LABEL=WORKDIR`` (a run folder with ``metrics.jsonl``
 and ``config.json``); its evaluations give one curve of % test error (solid)
-and, where the run evaluated it, % validation error (dashed). ``--points``
+and, where the run evaluated it, one of % validation error. ``--points``
 adds a curve from evaluations reported elsewhere (``step:percent`` pairs)
 when a run's folder is gone, with ``--points_batch_size`` its batch size.
 """
@@ -19,10 +19,7 @@ import argparse
 import json
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from stn_jax import viz
 
 
 def evaluations(folder: str) -> tuple[int, dict[str, list[tuple[int, float]]]]:
@@ -60,56 +57,47 @@ def main(argv=None) -> int:
   parser.add_argument("--points", action="append", default=[])
   parser.add_argument("--points_batch_size", type=int, default=256)
   parser.add_argument("--title", default="")
-  parser.add_argument("--paper", type=float, help="the paper's % error")
+  parser.add_argument(
+    "--paper", type=float, help="the paper's error, in percent"
+  )
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for i, spec in enumerate(args.run):
+  curves = []
+  for spec in args.run:
     label, _, folder = spec.partition("=")
     if not os.path.isfile(os.path.join(folder, "metrics.jsonl")):
       parser.error(f"--run {spec!r}: no metrics.jsonl in {folder!r}")
-    _, curves = evaluations(folder)
-    color = f"C{i}"
-    for split, rows in sorted(curves.items()):
-      style = "-" if split == "test" else "--"
-      ax.plot(
-        [x / 1e6 for x, _ in rows],
-        [y for _, y in rows],
-        style,
-        marker="o",
-        markersize=3,
-        color=color,
-        label=f"{label}: {split}",
-      )
-  for j, spec in enumerate(args.points, len(args.run)):
+    _, found = evaluations(folder)
+    for split, rows in sorted(found.items(), key=lambda kv: kv[0] != "test"):
+      curves.append((f"{label}: {split}", [(x / 1e6, y) for x, y in rows]))
+  for spec in args.points:
     label, points = parse_points(spec)
-    ax.plot(
-      [s * args.points_batch_size / 1e6 for s, _ in points],
-      [e for _, e in points],
-      ":",
-      marker="s",
-      markersize=3,
-      color=f"C{j}",
-      label=f"{label}: test",
-    )
+    scale = args.points_batch_size / 1e6
+    curves.append((f"{label}: test", [(s * scale, e) for s, e in points]))
+  if not curves:
+    parser.error("give at least one --run or --points")
   if args.paper is not None:
-    ax.axhline(args.paper, color="gray", lw=0.8)
-    ax.annotate(
-      f"paper {args.paper}%",
-      (0, args.paper),
-      textcoords="offset points",
-      xytext=(4, 4),
-      color="gray",
+    high = max(x for _, line in curves for x, _ in line)
+    curves.append(
+      (f"paper: {args.paper}%", [(0, args.paper), (high, args.paper)])
     )
-  ax.set_xlabel("training examples seen (millions)")
-  ax.set_ylabel("% error")
-  ax.set_yscale("log")
-  ax.set_title(args.title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  fig.savefig(args.out, dpi=120)
+  viz.line_plot(
+    [
+      (
+        name
+        if name.startswith("paper")
+        else f"{name} (last {line[-1][1]:.2f})",
+        line,
+      )
+      for name, line in curves
+    ],
+    args.out,
+    title=args.title or "error against examples seen",
+    xlabel="training examples seen (millions)",
+    ylabel="% error",
+    size=(800, 480),
+  )
   print(f"wrote {args.out}")
   return 0
 

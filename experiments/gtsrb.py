@@ -38,15 +38,9 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import time
 
-from flax import nnx
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import (  # noqa: E402
+from _tables import (
   DONE,
   Scale,
   header_lines,
@@ -59,9 +53,12 @@ from _tables import (  # noqa: E402
   total_minutes,
   write_table,
 )
+from flax import nnx
 
-from stn_jax import models as models_lib  # noqa: E402
-from stn_jax import sweep  # noqa: E402
+from stn_jax import models as models_lib
+from stn_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ../shared/REFERENCE.md: % test accuracy on the official 12630 test images.
 PUBLISHED = (

@@ -32,16 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import NamedTuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gtsrb as gtsrb_table  # noqa: E402
-import table1_distorted_mnist as table1  # noqa: E402
-from _tables import (  # noqa: E402
+import gtsrb as gtsrb_table
+import table1_distorted_mnist as table1
+from _tables import (
   DONE,
   header_lines,
   recipe_words,
@@ -49,7 +45,9 @@ from _tables import (  # noqa: E402
   run_script,
 )
 
-from stn_jax import sweep  # noqa: E402
+from stn_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Cell(NamedTuple):

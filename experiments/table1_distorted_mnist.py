@@ -41,13 +41,9 @@ from __future__ import annotations
 import collections
 import os
 import statistics
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import (  # noqa: E402
+from _tables import (
   DONE,
   Scale,
   header_lines,
@@ -61,7 +57,9 @@ from _tables import (  # noqa: E402
   write_table,
 )
 
-from stn_jax import sweep  # noqa: E402
+from stn_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PAPER_TABLE1 = {  # % test error, Jaderberg et al. 2015, Table 1
   ("fcn", "affine"): {"r": 2.1, "rts": 5.2, "p": 3.1, "e": 3.2},

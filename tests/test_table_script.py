@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, experiment_script
 
 
 def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
@@ -215,13 +215,7 @@ def test_long_runs_script_writes_one_row_per_finished_run(tiny_tfds, tmp_path):
 
 
 def test_table1_p_over_r_ratio_from_the_seed_means():
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-    "table1_script", REPO / "experiments" / "table1_distorted_mnist.py"
-  )
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = experiment_script("table1_distorted_mnist")
   errors = {
     ("cnn", "affine", "r"): [0.04, 0.05],
     ("cnn", "affine", "p"): [0.06, 0.08],
