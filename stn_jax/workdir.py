@@ -40,6 +40,13 @@ SAFE_TO_CHANGE = (
   "conv_weight_gradient",  # the same gradient, rounded differently
   "async_checkpoints",
 )
+# Fields of SAFE_TO_CHANGE that are part of what is trained when another
+# field says so: ``key -> predicate(flat config)``, true for the saved or
+# the new config. A cosine schedule decays over num_steps, so a longer
+# run is another schedule, not the same run extended.
+IDENTITY_WHEN = {
+  "num_steps": lambda flat: flat.get("lr_schedule") == "cosine",
+}
 # Values that fields not recorded by older versions of stn_jax had
 # implicitly; a saved config without the field is read with this value.
 IMPLICIT_DEFAULTS = {
@@ -115,13 +122,16 @@ def _as_json(config) -> dict:
 def config_differences(saved: dict, config) -> list[str]:
   """``'key: old -> new'`` for every field (dotted for nested ones) where
   ``config`` differs from the ``saved`` config.json contents, ignoring
-  :data:`SAFE_TO_CHANGE`."""
+  :data:`SAFE_TO_CHANGE` (unless :data:`IDENTITY_WHEN` says otherwise)."""
   old = _flatten(saved)
   new = _flatten(_as_json(config))
   missing = object()
   lines = []
   for key in sorted(set(old) | set(new)):
-    if key in SAFE_TO_CHANGE:
+    identity = key in IDENTITY_WHEN and (
+      IDENTITY_WHEN[key](old) or IDENTITY_WHEN[key](new)
+    )
+    if key in SAFE_TO_CHANGE and not identity:
       continue
     before = old.get(key, IMPLICIT_DEFAULTS.get(key, missing))
     after = new.get(key, missing)

@@ -1,6 +1,7 @@
 """The training recipe's keys: learning-rate schedules, warmup, label
 smoothing, and distorted MNIST's validation split."""
 
+import json
 import math
 
 import jax
@@ -179,3 +180,17 @@ def test_a_run_on_the_fly_with_validation_and_the_fast_recipe(
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert 0 <= results["validation_error"] <= 1
   assert 0 <= results["test_error"] <= 1
+
+
+def test_num_steps_is_part_of_a_cosine_runs_identity():
+  from stn_jax import workdir
+
+  for schedule, refused in (("step", False), ("cosine", True)):
+    saved = MNIST.get_config("small=true")
+    saved.lr_schedule = schedule
+    longer = saved.copy_and_resolve_references()
+    longer.num_steps = saved.num_steps * 2
+    saved_json = json.loads(saved.to_json_best_effort())
+    differences = workdir.config_differences(saved_json, longer)
+    assert bool(differences) == refused, (schedule, differences)
+  assert differences == ["num_steps: 3000 -> 6000"]
