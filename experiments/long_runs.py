@@ -45,7 +45,7 @@ from _tables import (
   run_script,
 )
 
-from stn_jax import sweep
+from stn_jax import sweep, sweep_archive
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,20 +163,18 @@ def run_cell(
 
 
 def step_minutes(point_dir: str, config) -> float:
-  """Minutes the run's training steps took, summed over its log intervals
-  from ``metrics.jsonl`` (each interval's examples / its measured
-  examples/s; the last entry of a step wins). Counts every invocation of a
-  resumed run; evaluations and checkpoint saves are not included."""
-  rates = {}
+  """Minutes the run's training steps took, summed over every invocation
+  of a resumed run (:func:`stn_jax.sweep_archive.step_seconds` of its
+  metrics log; for a run restored from an archive manifest, the time the
+  manifest recorded). Evaluations and checkpoint saves are not included."""
+  rows = []
   with open(os.path.join(point_dir, "metrics.jsonl")) as f:
     for line in f:
-      row = json.loads(line)
-      if "examples_per_second" in row:
-        rates[row["step"]] = row["examples_per_second"]
-  seconds, previous = 0.0, 0
-  for step in sorted(rates):
-    seconds += (step - previous) * config.batch_size / rates[step]
-    previous = step
+      rows.append(json.loads(line))
+  seconds = sweep_archive.step_seconds(rows, config.batch_size)
+  manifest = sweep_archive.read_manifest(point_dir)
+  if not seconds and manifest is not None:
+    seconds = manifest.get("step_seconds", 0.0)
   return seconds / 60
 
 
