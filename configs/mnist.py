@@ -133,6 +133,28 @@ def sweep_tc(add):
       add(f"distortion=tc,model={model},seed={seed}")
 
 
+BEYOND_MODELS = (
+  ("cnn", ""),
+  ("st_cnn", ""),
+  ("ic_st_cnn", "recurrences=1"),
+  ("ic_st_cnn", "recurrences=2"),
+  ("ic_st_cnn", "recurrences=4"),
+)
+
+
+def sweep_beyond(add):
+  """Invariance and calibration study (experiments/beyond.py): CNN,
+  ST-CNN and IC-STN with K = 1, 2, 4 recurrences on RTS (affine) and P
+  (projective) x 3 seeds (30 points)."""
+  for distortion, transform in (("rts", "affine"), ("p", "projective")):
+    for model, extra in BEYOND_MODELS:
+      for seed in range(3):
+        arg = f"distortion={distortion},model={model},seed={seed}"
+        if model != "cnn":
+          arg += f",transform={transform}"
+        add(arg + (f",{extra}" if extra else ""))
+
+
 def sweep_localisation_lr(add):
   """The localisation-net learning-rate multiplier on RTS ST-CNN (small)."""
   for multiplier in (1.0, 0.1, 0.01):

@@ -258,3 +258,50 @@ def test_a_bad_override_is_one_line_naming_it_without_a_traceback(tmp_path):
       r"default \d+\), got 'many' \(str\)\.",
       result.stderr.strip(),
     ), result.stderr
+
+
+def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
+  out = tmp_path / "beyond.md"
+  command = [
+    sys.executable,
+    "experiments/beyond.py",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--out={out}",
+    "--seeds=1",
+    "--distortions=rts",
+    "--models=cnn,st_cnn",
+    "--max_examples=8",
+    f"--set=tfds_dir={tiny_tfds}",
+    "--set=num_steps=2",
+    "--set=batch_size=8",
+    "--set=eval_batch_size=8",
+  ]
+  result = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [r for r in out.read_text().splitlines() if r.startswith("| ")]
+  assert rows[0].startswith("| model | test error % | ECE % | rotation: mean")
+  labels = [r.split(" | ")[0][2:] for r in rows[1:]]
+  assert labels == ["CNN", "ST-CNN"]
+  for row in rows[1:]:
+    cells = row.strip("| ").split(" | ")[1:]
+    assert len(cells) == 2 + 2 * 3 and all("(n=1)" in c for c in cells), row
+  caches = sorted((tmp_path / "runs" / "beyond").glob("*/beyond.json"))
+  assert len(caches) == 2
+  cached = json.loads(caches[0].read_text())
+  assert 0 <= cached["ece"] <= 1
+  assert set(cached["families"]) == {"rotation", "scale", "translation"}
+  assert cached["families"]["rotation"]["largest"] in (-90.0, 90.0)
+  # a rerun reads the cache (evaluates nothing again) and writes the same
+  stamps = [c.stat().st_mtime_ns for c in caches]
+  again = subprocess.run(
+    command + ["--report_only"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert [c.stat().st_mtime_ns for c in caches] == stamps
+  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
