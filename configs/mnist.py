@@ -15,12 +15,16 @@ batch 256. Paper: ST-CNN Aff on RTS 0.5%, CNN 0.8% (Table 1).
 
 Arguments (typed; unknown keys or values are rejected):
   distortion: plain, r, rts, p, e, tc        (default rts)
-  model: fcn, cnn, st_fcn, st_cnn, ic_st_cnn, resnet, resnet_stn
-                                             (default st_cnn)
+  model: fcn, cnn, st_fcn, st_cnn, ic_st_cnn, resnet, resnet_stn,
+         preact_resnet, preact_resnet_stn    (default st_cnn)
   transform: affine, projective, tps, attention (default affine; ic_st_cnn
              takes affine and projective)
   recurrences: ic_st_cnn's number of inverse compositional updates
                                              (int >= 1, default 4)
+  placement: preact_resnet_stn's transformers, joined by '+': input,
+             stage1, stage2, stage3          (default input)
+  shared_stem: preact_resnet_stn's input transformer localises from the
+             stem's features                 (default false)
   small: size everything for a 2-core CPU     (default false)
   on_the_fly: fresh training distortions each epoch from the plain digits
   seed: int
@@ -40,9 +44,17 @@ MODELS = (
   "ic_st_cnn",
   "resnet",
   "resnet_stn",
+  "preact_resnet",
+  "preact_resnet_stn",
 )
 # The models with a spatial transformer (they take `transform`).
-TRANSFORMER_MODELS = ("st_fcn", "st_cnn", "ic_st_cnn", "resnet_stn")
+TRANSFORMER_MODELS = (
+  "st_fcn",
+  "st_cnn",
+  "ic_st_cnn",
+  "resnet_stn",
+  "preact_resnet_stn",
+)
 
 
 def get_config(arg=None):
@@ -56,9 +68,12 @@ def get_config(arg=None):
       on_the_fly=False,
       seed=0,
       recurrences=4,
+      placement="input",
+      shared_stem=False,
     ),
     choices=dict(distortion=DISTORTIONS, model=MODELS, transform=TRANSFORMS),
   )
+  common.check_resnet_args(args)
   config = common.base(arg)
   config.dataset = f"distorted_mnist/{args['distortion']}"
   if args["on_the_fly"]:  # undistorted digits, distorted afresh each epoch
@@ -68,6 +83,7 @@ def get_config(arg=None):
   config.model = args["model"]
   if args["model"] in TRANSFORMER_MODELS:
     config.model_kwargs.transform = args["transform"]
+  common.set_preact_resnet(config, args)
   if args["model"] == "ic_st_cnn":
     if args["transform"] not in ("affine", "projective"):
       raise ValueError(
@@ -97,6 +113,9 @@ def get_config(arg=None):
       config.model_kwargs.hidden = 128
     if args["model"] in ("resnet", "resnet_stn"):
       config.model_kwargs.widths = (8, 16, 32)
+      config.model_kwargs.blocks_per_stage = 1
+    if args["model"].startswith("preact"):
+      config.model_kwargs.widths = (16, 32, 64)
       config.model_kwargs.blocks_per_stage = 1
   return config
 

@@ -368,12 +368,22 @@ def test_population_mesh_uses_the_devices_that_divide_the_members():
   assert mesh.axis_names == ("members",) and mesh.size == 1  # one device here
 
 
-def test_an_ic_stn_population_matches_separate_runs(tiny_tfds, tmp_path):
-  """The recurrent transformer trains as a population like the others."""
+@pytest.mark.parametrize(
+  "arg",
+  [
+    "model=ic_st_cnn,recurrences=2",
+    "model=preact_resnet_stn,placement=input+stage1,shared_stem=true",
+  ],
+)
+def test_an_ic_stn_or_resnet_stn_population_matches_separate_runs(
+  arg, tiny_tfds, tmp_path
+):
+  """The recurrent transformer and the ResNet-STN train as populations
+  like the others."""
 
   def config(seed, learning_rate):
     config = tiny(
-      MNIST.get_config(f"model=ic_st_cnn,recurrences=2,small=true,seed={seed}"),
+      MNIST.get_config(f"{arg},small=true,seed={seed}"),
       tiny_tfds,
       num_steps=2,
     )
