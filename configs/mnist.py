@@ -28,6 +28,8 @@ Arguments (typed; unknown keys or values are rejected):
   small: size everything for a 2-core CPU     (default false)
   on_the_fly: fresh training distortions each epoch from the plain digits
   seed: int
+  scale: cpu, cpu_long, fast or paper: a budget and recipe (SCALES below;
+         the config arguments it implies give way to explicit ones)
 """
 
 from stn_jax import TRANSFORMS, config_args
@@ -57,7 +59,52 @@ TRANSFORMER_MODELS = (
 )
 
 
+# Scales: ``scale=NAME`` in the config argument applies one (and the
+# table scripts run their points at one): (the config arguments it implies,
+# the config keys it overrides, last). What each reaches:
+# experiments/results/table1.md (cpu), long_runs.md (cpu_long),
+# fast_runs.md (fast).
+SCALES = {
+  "paper": ("", {}),  # configs/common.py: the paper's protocol
+  # the configs' CPU scale (configs/common.py CPU_SCALE: Adam 1e-3, batch
+  # 128, narrow networks) with a shorter budget
+  "cpu": ("small=true", {"num_steps": 1000, "lr_decay_every": 800}),
+  "cpu_long": (
+    "on_the_fly=true",
+    {
+      "optimizer": "adam",
+      "learning_rate": 1e-3,
+      "batch_size": 256,
+      "num_steps": 12_000,
+      "lr_decay_every": 6_000,
+      "eval_every": 2_000,
+      "checkpoint_every": 500,
+    },
+  ),
+  # chosen on the validation split: experiments/results/fast_runs.md
+  "fast": (
+    "on_the_fly=true",
+    {
+      "optimizer": "adam",
+      "learning_rate": 1e-3,
+      "lr_schedule": "cosine",
+      "warmup_steps": 500,
+      "label_smoothing": 0.1,
+      "batch_size": 256,
+      # cpu_long's examples (3.1M): the same budget with another recipe
+      "num_steps": 12_000,
+      "train_split": "train_without_validation",
+      "eval_splits": ("validation", "test"),
+      "eval_every": 2_000,
+      "checkpoint_every": 500,
+    },
+  ),
+}
+
+
 def get_config(arg=None):
+  given = arg
+  arg, scale_overrides = config_args.expand_scale(arg, SCALES)
   args = config_args.parse_arg(
     arg,
     dict(
@@ -74,7 +121,7 @@ def get_config(arg=None):
     choices=dict(distortion=DISTORTIONS, model=MODELS, transform=TRANSFORMS),
   )
   common.check_resnet_args(args)
-  config = common.base(arg)
+  config = common.base(given)
   config.dataset = f"distorted_mnist/{args['distortion']}"
   if args["on_the_fly"]:  # undistorted digits, distorted afresh each epoch
     config.train_dataset = "distorted_mnist/plain"
@@ -117,6 +164,7 @@ def get_config(arg=None):
     if args["model"].startswith("preact"):
       config.model_kwargs.widths = (16, 32, 64)
       config.model_kwargs.blocks_per_stage = 1
+  config_args.set_overrides(config, scale_overrides)
   return config
 
 

@@ -78,6 +78,13 @@ def run_script(main: Callable[[], int | None]) -> int:
     return 2
 
 
+def scales_of(config_path: str) -> dict[str, Scale]:
+  """The config file's ``SCALES`` (``{name: (implied arg, overrides)}``) as
+  :class:`Scale` tuples."""
+  module = sweep.load_config_module(config_path)
+  return {name: Scale(*value) for name, value in module.SCALES.items()}
+
+
 def recipe_words(config) -> str:
   """A run's optimisation recipe in words, from its config: steps, batch,
   examples, optimiser, learning rate and schedule, warmup, smoothing."""

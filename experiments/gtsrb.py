@@ -42,13 +42,13 @@ import time
 
 from _tables import (
   DONE,
-  Scale,
   header_lines,
   mean_std_cell,
   parse_arg,
   recipe_words,
   run_in_seed_passes,
   run_script,
+  scales_of,
   table_parser,
   total_minutes,
   write_table,
@@ -103,37 +103,9 @@ def describe(config) -> str:
 # ST trains at 85-95 ex/s on 2 cores with the input normalisation (without
 # it the second attempt ran at 90-105 ex/s), so its 6k steps take about
 # 2.5 h (experiments/results/long_runs.md).
-SCALES = {
-  "paper": Scale("", {}),
-  "cpu": Scale("small=true", {}),
-  "cpu_long": Scale(
-    "",
-    {
-      "model_kwargs.width": 0.25,
-      # Local contrast normalisation of the input, as the 2018 network:
-      # at step 2000 of this recipe it gave 2.99% test / 2.09% validation
-      # error against 4.24% / 3.92% without (experiments/results/long_runs.md).
-      "model_kwargs.contrast_norm_input": True,
-      "augment_rotation": 10.0,
-      "augment_scale": 0.1,
-      "augment_translate": 0.1,
-      "num_steps": 6_000,
-      "lr_decay_every": 4_500,
-      "eval_every": 2_000,
-      "checkpoint_every": 500,
-    },
-  ),
-}
-SCALES["fast"] = Scale(
-  "",
-  {
-    **SCALES["cpu_long"].overrides,
-    "lr_schedule": "cosine",
-    "warmup_steps": 300,
-    "label_smoothing": 0.1,
-    "num_steps": 8_000,
-  },
-)
+# The scales live in the config file (configs/gtsrb.py SCALES), where
+# `scale=NAME` in a config argument applies them too.
+SCALES = scales_of(os.path.join(REPO, "configs", "gtsrb.py"))
 
 
 def main(argv=None):

@@ -46,13 +46,13 @@ import time
 
 from _tables import (
   DONE,
-  Scale,
   header_lines,
   mean_std_cell,
   parse_arg,
   recipe_words,
   run_in_seed_passes,
   run_script,
+  scales_of,
   table_parser,
   total_minutes,
   write_table,
@@ -83,42 +83,9 @@ ROW_LABELS = {
   ("st_cnn", "projective"): "ST-CNN Proj",
   ("st_cnn", "tps"): "ST-CNN TPS",
 }
-SCALES = {
-  "paper": Scale("", {}),  # configs/common.py: the paper's protocol
-  # the configs' CPU scale (configs/common.py CPU_SCALE: Adam 1e-3, batch
-  # 128, narrow networks) with a shorter budget
-  "cpu": Scale("small=true", {"num_steps": 1000, "lr_decay_every": 800}),
-  "cpu_long": Scale(
-    "on_the_fly=true",
-    {
-      "optimizer": "adam",
-      "learning_rate": 1e-3,
-      "batch_size": 256,
-      "num_steps": 12_000,
-      "lr_decay_every": 6_000,
-      "eval_every": 2_000,
-      "checkpoint_every": 500,
-    },
-  ),
-  # chosen on the validation split: experiments/results/fast_runs.md
-  "fast": Scale(
-    "on_the_fly=true",
-    {
-      "optimizer": "adam",
-      "learning_rate": 1e-3,
-      "lr_schedule": "cosine",
-      "warmup_steps": 500,
-      "label_smoothing": 0.1,
-      "batch_size": 256,
-      # cpu_long's examples (3.1M): the same budget with another recipe
-      "num_steps": 12_000,
-      "train_split": "train_without_validation",
-      "eval_splits": ("validation", "test"),
-      "eval_every": 2_000,
-      "checkpoint_every": 500,
-    },
-  ),
-}
+# The scales live in the config file (configs/mnist.py SCALES), where
+# `scale=NAME` in a config argument applies them too.
+SCALES = scales_of(os.path.join(REPO, "configs", "mnist.py"))
 
 
 def p_over_r_lines(errors, model_names) -> list[str]:

@@ -41,8 +41,8 @@ def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   assert "(paper 0.8" in rows["CNN"] and "n=2)" in rows["CNN"]
   assert "scale: **cpu**: 2 adam steps of 8" in table
   archived = sorted((tmp_path / "archive" / "table1").iterdir())
-  assert len(archived) == 8  # 4 models x 2 seeds, small files only
-  assert all((a / "record.json").is_file() for a in archived)
+  assert len(archived) == 8  # 4 models x 2 seeds, one manifest each
+  assert all((a / "manifest.json").is_file() for a in archived)
   # Rerunning reuses every finished run, even with the workdir lost: the
   # archive is restored into a new one.
   shutil.rmtree(tmp_path / "runs")
@@ -107,7 +107,7 @@ def test_table1_script_trains_each_cells_seeds_as_one_population(
       assert json.load(f)["seed"] == member["seed"]
     assert record["results"]["test_error"] == member["test_error"]
     assert (
-      tmp_path / "archive" / "table1" / record["name"] / "record.json"
+      tmp_path / "archive" / "table1" / record["name"] / "manifest.json"
     ).is_file()
   row = next(r for r in out.read_text().splitlines() if r.startswith("| CNN"))
   assert "n=2)" in row
