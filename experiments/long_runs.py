@@ -232,6 +232,24 @@ def table(
   return lines
 
 
+# A results file's hand-written part starts at a heading with this text;
+# rewriting the table keeps it.
+NOTES_HEADING = "(written by hand)"
+
+
+def kept_notes(path: str) -> list[str]:
+  """The lines of ``path`` from its first heading containing
+  :data:`NOTES_HEADING` on (with a blank line before), or none."""
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    lines = f.read().splitlines()
+  for i, line in enumerate(lines):
+    if line.startswith("#") and NOTES_HEADING in line:
+      return ["", *lines[i:]]
+  return []
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
@@ -281,6 +299,7 @@ def main(argv=None) -> int:
     if record is not None and record["status"] == "interrupted":
       break
   lines = table(results, time.perf_counter() - start, args.scale)
+  lines += kept_notes(out)
   with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

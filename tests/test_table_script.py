@@ -305,3 +305,16 @@ def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert [c.stat().st_mtime_ns for c in caches] == stamps
   assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
+
+
+def test_long_runs_keeps_the_hand_written_notes(tmp_path):
+  script = experiment_script("long_runs")
+  out = tmp_path / "fast_runs.md"
+  assert script.kept_notes(str(out)) == []
+  out.write_text("# table\n\n| a |\n\n## How (written by hand)\n\n- kept\n")
+  assert script.kept_notes(str(out)) == [
+    "",
+    "## How (written by hand)",
+    "",
+    "- kept",
+  ]
