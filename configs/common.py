@@ -37,6 +37,31 @@ def base(arg: str) -> ml_collections.ConfigDict:
   return config
 
 
+def check_resnet_args(args: dict) -> None:
+  """Refuses ``placement`` / ``shared_stem`` config arguments given to a
+  model other than preact_resnet_stn (they would be silently unused)."""
+  if args["model"] == "preact_resnet_stn":
+    return
+  for key, default in (("placement", "input"), ("shared_stem", False)):
+    if args[key] != default:
+      raise ValueError(
+        f"{key} is only for model=preact_resnet_stn; got {key}="
+        f"{args[key]!r} with model={args['model']}."
+      )
+
+
+def set_preact_resnet(config, args: dict) -> None:
+  """The model_kwargs of preact_resnet(_stn): the paper-size widths and,
+  for the STN, ``placement`` ('+'-joined places) and ``shared_stem``."""
+  if not args["model"].startswith("preact"):
+    return
+  config.model_kwargs.widths = (32, 64, 128)
+  config.model_kwargs.blocks_per_stage = 2
+  if args["model"] == "preact_resnet_stn":
+    config.model_kwargs.placement = tuple(args["placement"].split("+"))
+    config.model_kwargs.shared_stem = args["shared_stem"]
+
+
 def apply_cpu_scale(config, *, num_steps: int, lr_decay_every: int) -> None:
   """Sets :data:`CPU_SCALE` and the config's step budget."""
   config.update(CPU_SCALE)

@@ -15,15 +15,21 @@ batch 256. Paper: ST-CNN Aff on RTS 0.5%, CNN 0.8% (Table 1).
 
 Arguments (typed; unknown keys or values are rejected):
   distortion: plain, r, rts, p, e, tc        (default rts)
-  model: fcn, cnn, st_fcn, st_cnn, ic_st_cnn, resnet, resnet_stn
-                                             (default st_cnn)
+  model: fcn, cnn, st_fcn, st_cnn, ic_st_cnn, resnet, resnet_stn,
+         preact_resnet, preact_resnet_stn    (default st_cnn)
   transform: affine, projective, tps, attention (default affine; ic_st_cnn
              takes affine and projective)
   recurrences: ic_st_cnn's number of inverse compositional updates
                                              (int >= 1, default 4)
+  placement: preact_resnet_stn's transformers, joined by '+': input,
+             stage1, stage2, stage3          (default input)
+  shared_stem: preact_resnet_stn's input transformer localises from the
+             stem's features                 (default false)
   small: size everything for a 2-core CPU     (default false)
   on_the_fly: fresh training distortions each epoch from the plain digits
   seed: int
+  scale: cpu, cpu_long, fast or paper: a budget and recipe (SCALES below;
+         the config arguments it implies give way to explicit ones)
 """
 
 from stn_jax import TRANSFORMS, config_args
@@ -40,12 +46,65 @@ MODELS = (
   "ic_st_cnn",
   "resnet",
   "resnet_stn",
+  "preact_resnet",
+  "preact_resnet_stn",
 )
 # The models with a spatial transformer (they take `transform`).
-TRANSFORMER_MODELS = ("st_fcn", "st_cnn", "ic_st_cnn", "resnet_stn")
+TRANSFORMER_MODELS = (
+  "st_fcn",
+  "st_cnn",
+  "ic_st_cnn",
+  "resnet_stn",
+  "preact_resnet_stn",
+)
+
+
+# Scales: ``scale=NAME`` in the config argument applies one (and the
+# table scripts run their points at one): (the config arguments it implies,
+# the config keys it overrides, last). What each reaches:
+# experiments/results/table1.md (cpu), long_runs.md (cpu_long),
+# fast_runs.md (fast).
+SCALES = {
+  "paper": ("", {}),  # configs/common.py: the paper's protocol
+  # the configs' CPU scale (configs/common.py CPU_SCALE: Adam 1e-3, batch
+  # 128, narrow networks) with a shorter budget
+  "cpu": ("small=true", {"num_steps": 1000, "lr_decay_every": 800}),
+  "cpu_long": (
+    "on_the_fly=true",
+    {
+      "optimizer": "adam",
+      "learning_rate": 1e-3,
+      "batch_size": 256,
+      "num_steps": 12_000,
+      "lr_decay_every": 6_000,
+      "eval_every": 2_000,
+      "checkpoint_every": 500,
+    },
+  ),
+  # chosen on the validation split: experiments/results/fast_runs.md
+  "fast": (
+    "on_the_fly=true",
+    {
+      "optimizer": "adam",
+      "learning_rate": 1e-3,
+      "lr_schedule": "cosine",
+      "warmup_steps": 500,
+      "label_smoothing": 0.1,
+      "batch_size": 256,
+      # cpu_long's examples (3.1M): the same budget with another recipe
+      "num_steps": 12_000,
+      "train_split": "train_without_validation",
+      "eval_splits": ("validation", "test"),
+      "eval_every": 2_000,
+      "checkpoint_every": 500,
+    },
+  ),
+}
 
 
 def get_config(arg=None):
+  given = arg
+  arg, scale_overrides = config_args.expand_scale(arg, SCALES)
   args = config_args.parse_arg(
     arg,
     dict(
@@ -56,10 +115,13 @@ def get_config(arg=None):
       on_the_fly=False,
       seed=0,
       recurrences=4,
+      placement="input",
+      shared_stem=False,
     ),
     choices=dict(distortion=DISTORTIONS, model=MODELS, transform=TRANSFORMS),
   )
-  config = common.base(arg)
+  common.check_resnet_args(args)
+  config = common.base(given)
   config.dataset = f"distorted_mnist/{args['distortion']}"
   if args["on_the_fly"]:  # undistorted digits, distorted afresh each epoch
     config.train_dataset = "distorted_mnist/plain"
@@ -68,6 +130,7 @@ def get_config(arg=None):
   config.model = args["model"]
   if args["model"] in TRANSFORMER_MODELS:
     config.model_kwargs.transform = args["transform"]
+  common.set_preact_resnet(config, args)
   if args["model"] == "ic_st_cnn":
     if args["transform"] not in ("affine", "projective"):
       raise ValueError(
@@ -98,6 +161,10 @@ def get_config(arg=None):
     if args["model"] in ("resnet", "resnet_stn"):
       config.model_kwargs.widths = (8, 16, 32)
       config.model_kwargs.blocks_per_stage = 1
+    if args["model"].startswith("preact"):
+      config.model_kwargs.widths = (16, 32, 64)
+      config.model_kwargs.blocks_per_stage = 1
+  config_args.set_overrides(config, scale_overrides)
   return config
 
 
@@ -131,6 +198,28 @@ def sweep_tc(add):
   for model in ("fcn", "cnn", "st_fcn", "st_cnn"):
     for seed in range(3):
       add(f"distortion=tc,model={model},seed={seed}")
+
+
+BEYOND_MODELS = (
+  ("cnn", ""),
+  ("st_cnn", ""),
+  ("ic_st_cnn", "recurrences=1"),
+  ("ic_st_cnn", "recurrences=2"),
+  ("ic_st_cnn", "recurrences=4"),
+)
+
+
+def sweep_beyond(add):
+  """Invariance and calibration study (experiments/beyond.py): CNN,
+  ST-CNN and IC-STN with K = 1, 2, 4 recurrences on RTS (affine) and P
+  (projective) x 3 seeds (30 points)."""
+  for distortion, transform in (("rts", "affine"), ("p", "projective")):
+    for model, extra in BEYOND_MODELS:
+      for seed in range(3):
+        arg = f"distortion={distortion},model={model},seed={seed}"
+        if model != "cnn":
+          arg += f",transform={transform}"
+        add(arg + (f",{extra}" if extra else ""))
 
 
 def sweep_localisation_lr(add):

@@ -10,10 +10,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-import jax
-from bench_sampler import commit_description, machine_description
-
 from stn_jax import sweep
+from stn_jax.provenance import header_lines  # noqa: F401 (the scripts' header)
 
 
 class Scale(NamedTuple):
@@ -80,16 +78,30 @@ def run_script(main: Callable[[], int | None]) -> int:
     return 2
 
 
-def header_lines(title: str) -> list[str]:
-  """Title, command, commit and machine lines of a results file."""
-  return [
-    f"# {title}",
-    "",
-    f"- command: `python {' '.join(sys.argv)}`",
-    f"- commit: {commit_description()}",
-    f"- machine: {machine_description()}; devices: "
-    f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-  ]
+def scales_of(config_path: str) -> dict[str, Scale]:
+  """The config file's ``SCALES`` (``{name: (implied arg, overrides)}``) as
+  :class:`Scale` tuples."""
+  module = sweep.load_config_module(config_path)
+  return {name: Scale(*value) for name, value in module.SCALES.items()}
+
+
+def recipe_words(config) -> str:
+  """A run's optimisation recipe in words, from its config: steps, batch,
+  examples, optimiser, learning rate and schedule, warmup, smoothing."""
+  examples = config.num_steps * config.batch_size
+  text = (
+    f"{config.num_steps:,} {config.optimizer} steps of {config.batch_size} "
+    f"({examples / 1e6:.1f}M examples), lr {config.learning_rate:g} "
+  )
+  if config.get("lr_schedule", "step") == "cosine":
+    text += "cosine to 0"
+  else:
+    text += f"x{config.lr_decay_factor:g} every {config.lr_decay_every:,}"
+  if config.get("warmup_steps", 0):
+    text += f", {config.warmup_steps:,} warmup steps"
+  if config.get("label_smoothing", 0.0):
+    text += f", label smoothing {config.label_smoothing:g}"
+  return text
 
 
 def parse_arg(arg: str) -> dict[str, str]:

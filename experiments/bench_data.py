@@ -14,17 +14,14 @@ dataset to experiments/results/preview_<name>.png.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 
 import jax
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_sampler import commit_description, machine_description  # noqa: E402
-
-from stn_jax.data import datasets, distortions, pipeline, preview  # noqa: E402
+from stn_jax.data import datasets, distortions, pipeline, preview
+from stn_jax.provenance import commit_description, machine_description
 
 DATASETS = [f"distorted_mnist/{v}" for v in distortions.VARIANTS] + ["gtsrb/32"]
 

@@ -28,9 +28,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_sampler import commit_description, machine_description  # noqa: E402
-from bench_train_loop import main_command  # noqa: E402
+from bench_train_loop import main_command
+
+from stn_jax.provenance import commit_description, machine_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = (

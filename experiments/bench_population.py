@@ -22,10 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_sampler import commit_description, machine_description  # noqa: E402
-
-from stn_jax import config_args, models, steps  # noqa: E402
+from stn_jax import config_args, models, steps
+from stn_jax.provenance import commit_description, machine_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -44,6 +42,7 @@ import numpy as np
 
 import stn_jax
 from stn_jax.ops import _pallas_sampler
+from stn_jax.provenance import commit_description, machine_description
 
 SHAPES = [
   (256, 42, 42, 1),
@@ -268,41 +267,6 @@ def pallas_lines(pallas_rows, peak_gbs):
     "samplers.",
   ]
   return lines
-
-
-def machine_description():
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-  return (
-    f"{cpu}; {os.cpu_count()} cores visible; JAX {jax.__version__} on "
-    f"{jax.default_backend()} ({devices})"
-  )
-
-
-def commit_description():
-  try:
-    commit = subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"],
-      capture_output=True,
-      text=True,
-      check=True,
-    ).stdout.strip()
-    dirty = subprocess.run(
-      ["git", "status", "--porcelain", "--", "stn_jax"],
-      capture_output=True,
-      text=True,
-    ).stdout.strip()
-    return commit + (" (stn_jax/ modified)" if dirty else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
 
 
 def main(argv=None):

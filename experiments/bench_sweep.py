@@ -21,8 +21,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_sampler import commit_description, machine_description  # noqa: E402
+from stn_jax.provenance import commit_description, machine_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = """

@@ -24,8 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_sampler import commit_description, machine_description  # noqa: E402
+from stn_jax.provenance import commit_description, machine_description
 
 CONFIG = (
   "configs/mnist.py:distortion=rts,model=st_cnn,transform=affine,small=true"

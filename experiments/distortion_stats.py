@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
+from stn_jax.data import datasets, distortions, sources
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from stn_jax.data import datasets, distortions, sources  # noqa: E402
 
 THRESHOLD = 128
 

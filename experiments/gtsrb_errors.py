@@ -31,11 +31,9 @@ import os
 import sys
 
 import numpy as np
+from _tables import header_lines, run_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _tables import header_lines, run_script  # noqa: E402
 
 # The 43 classes, by class id (the GTSRB annotations' ClassId).
 CLASS_NAMES = (

@@ -2,16 +2,20 @@
 
 Usage:
   python experiments/long_runs.py --workdir workdirs/long_runs
+      [--scale cpu_long|fast]
       [--cells "RTS ST-CNN,RTS CNN,GTSRB CNN + 3 ST,GTSRB CNN"]
       [--out experiments/results/long_runs.md] [--report_only] [--set k=v]
       [--archive experiments/results/runs/long_runs]
 
-Each cell is one run of a table script's ``cpu_long`` scale (the paper's
-networks with a budget of about 1-2 hours on 2 CPU cores):
+Each cell is one run of a table script's ``--scale`` (default
+``cpu_long``: the paper's networks and schedule shape with a budget of
+about 1-2 hours on 2 CPU cores; ``fast``: the recipe chosen on the
+validation split to need fewer examples, results in
+``experiments/results/fast_runs.md``):
 
 - ``RTS CNN``, ``RTS ST-CNN``: ``table1_distorted_mnist.py --scale
-  cpu_long`` (RTS, seed 0), % test error;
-- ``GTSRB CNN``, ``GTSRB CNN + 3 ST``: ``gtsrb.py --scale cpu_long``
+  SCALE`` (RTS, seed 0), % test error;
+- ``GTSRB CNN``, ``GTSRB CNN + 3 ST``: ``gtsrb.py --scale SCALE``
   (32x32, seed 0), % test accuracy.
 
 Runs go through the resumable sweep runner under ``--workdir`` (the same
@@ -28,23 +32,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import NamedTuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gtsrb as gtsrb_table  # noqa: E402
-import table1_distorted_mnist as table1  # noqa: E402
-from _tables import (  # noqa: E402
+import gtsrb as gtsrb_table
+import table1_distorted_mnist as table1
+from _tables import (
   DONE,
   header_lines,
+  recipe_words,
   run_in_seed_passes,
   run_script,
 )
 
-from stn_jax import sweep  # noqa: E402
+from stn_jax import sweep, sweep_archive
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Cell(NamedTuple):
@@ -54,7 +57,7 @@ class Cell(NamedTuple):
   config: str  # config file, relative to the repo
   sweep: str  # its sweep holding the point
   point: dict  # the point's config arguments that select it
-  scales: dict  # the table script's SCALES (its cpu_long is used)
+  scales: dict  # the table script's SCALES (--scale picks one)
   paper: str
   accuracy: bool
   extra_arg: str = ""  # appended to the point's arg, as the script does
@@ -103,30 +106,22 @@ CELLS = {
 }
 
 
-def budget(config) -> str:
-  """A run's budget in words, from its config."""
-  examples = config.num_steps * config.batch_size
-  return (
-    f"{config.num_steps:,} {config.optimizer} steps of {config.batch_size} "
-    f"({examples / 1e6:.1f}M examples), lr {config.learning_rate:g} "
-    f"x{config.lr_decay_factor:g} every {config.lr_decay_every:,}"
-  )
-
-
 def run_cell(
   name: str,
   workdir: str,
   overrides: dict,
   report_only: bool,
   archive: str | None = None,
+  scale_name: str = "cpu_long",
 ):
-  """Runs (or, with ``report_only``, looks up) one cell; returns its sweep
-  record and its config. ``archive`` keeps finished runs' small files
-  (laid out as ``workdir``: ``<config name>/<sweep>/<point>``)."""
+  """Runs (or, with ``report_only``, looks up) one cell at the table
+  script's scale ``scale_name``; returns its sweep record and its config.
+  ``archive`` keeps finished runs' small files (laid out as ``workdir``:
+  ``<config name>/<sweep>/<point>``)."""
   cell = CELLS[name]
-  if "cpu_long" not in cell.scales:
+  if scale_name not in cell.scales:
     return None, None
-  scale = cell.scales["cpu_long"]
+  scale = cell.scales[scale_name]
   config_path = os.path.join(REPO, cell.config)
   overrides = {**scale.overrides, **overrides}
   wanted = cell.point.items()
@@ -168,27 +163,32 @@ def run_cell(
 
 
 def step_minutes(point_dir: str, config) -> float:
-  """Minutes the run's training steps took, summed over its log intervals
-  from ``metrics.jsonl`` (each interval's examples / its measured
-  examples/s; the last entry of a step wins). Counts every invocation of a
-  resumed run; evaluations and checkpoint saves are not included."""
-  rates = {}
+  """Minutes the run's training steps took, summed over every invocation
+  of a resumed run (:func:`stn_jax.sweep_archive.step_seconds` of its
+  metrics log; for a run restored from an archive manifest, the time the
+  manifest recorded). Evaluations and checkpoint saves are not included."""
+  rows = []
   with open(os.path.join(point_dir, "metrics.jsonl")) as f:
     for line in f:
-      row = json.loads(line)
-      if "examples_per_second" in row:
-        rates[row["step"]] = row["examples_per_second"]
-  seconds, previous = 0.0, 0
-  for step in sorted(rates):
-    seconds += (step - previous) * config.batch_size / rates[step]
-    previous = step
+      rows.append(json.loads(line))
+  seconds = sweep_archive.step_seconds(rows, config.batch_size)
+  manifest = sweep_archive.read_manifest(point_dir)
+  if not seconds and manifest is not None:
+    seconds = manifest.get("step_seconds", 0.0)
   return seconds / 60
 
 
-def table(results: dict, wall: float) -> list[str]:
+def table(
+  results: dict, wall: float, scale_name: str = "cpu_long"
+) -> list[str]:
   """The results file: header, one row per finished run, what is missing."""
-  lines = header_lines("Long CPU runs that approach the paper") + [
-    f"- wall time of this invocation: {wall / 60:.1f} min",
+  title = {
+    "cpu_long": "Long CPU runs that approach the paper",
+    "fast": "The fast recipe: the paper's networks with fewer examples",
+  }.get(scale_name, f"Runs at the {scale_name} scale")
+  lines = header_lines(title) + [
+    f"- scale: `{scale_name}`; wall time of this invocation: "
+    f"{wall / 60:.1f} min",
     "- `<ours>`: % test error for RTS, % test accuracy for GTSRB (official "
     "test set, 32x32), at the end of training (no selection on the test "
     "set); `<paper>`: the same measure as published.",
@@ -196,25 +196,34 @@ def table(results: dict, wall: float) -> list[str]:
     "invocations are not in it); steps alone: the training steps' own "
     "time summed over every invocation from metrics.jsonl (no evaluation "
     "or checkpointing).",
+    "- validation: the same measure on the validation split (distorted "
+    "MNIST: the last 5,000 training digits, distorted once; GTSRB: the "
+    "held-out tracks), where the run evaluates it.",
     "",
-    "| cell | ours | paper | budget | wall time |",
-    "|---|---|---|---|---|",
+    "| cell | ours | paper | validation | budget | wall time |",
+    "|---|---|---|---|---|---|",
   ]
   missing = []
   for name, (record, config) in results.items():
     cell = CELLS[name]
     if record is None:
-      missing.append(f"- {name}: no `cpu_long` scale yet")
+      missing.append(f"- {name}: no `{scale_name}` scale yet")
       continue
     if record["status"] not in DONE:
       missing.append(f"- {name}: {record['status']}")
       continue
-    error = record["results"]["test_error"]
-    ours = 100 * (1 - error) if cell.accuracy else 100 * error
+
+    def measure(error, accuracy=cell.accuracy):
+      return 100 * (1 - error) if accuracy else 100 * error
+
+    ours = measure(record["results"]["test_error"])
+    validation = record["results"].get("validation_error")
+    validation = "-" if validation is None else f"{measure(validation):.2f}"
     minutes = record["results"].get("wall_seconds", 0) / 60
     steps = step_minutes(record["point_dir"], config)
     lines.append(
-      f"| {name} | {ours:.2f} | {cell.paper} | {budget(config)} | "
+      f"| {name} | {ours:.2f} | {cell.paper} | {validation} | "
+      f"{recipe_words(config)} | "
       f"{minutes:.0f} min (last invocation; steps alone {steps:.0f} min "
       "over all) |"
     )
@@ -223,11 +232,39 @@ def table(results: dict, wall: float) -> list[str]:
   return lines
 
 
+# A results file's hand-written part starts at a heading with this text;
+# rewriting the table keeps it.
+NOTES_HEADING = "(written by hand)"
+
+
+def kept_notes(path: str) -> list[str]:
+  """The lines of ``path`` from its first heading containing
+  :data:`NOTES_HEADING` on (with a blank line before), or none."""
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    lines = f.read().splitlines()
+  for i, line in enumerate(lines):
+    if line.startswith("#") and NOTES_HEADING in line:
+      return ["", *lines[i:]]
+  return []
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--cells", default=",".join(CELLS))
-  parser.add_argument("--out", default="experiments/results/long_runs.md")
+  parser.add_argument(
+    "--scale",
+    default="cpu_long",
+    choices=("cpu_long", "fast"),
+    help="the table scripts' scale every cell runs at",
+  )
+  parser.add_argument(
+    "--out",
+    help="results file (default: experiments/results/long_runs.md for "
+    "cpu_long, fast_runs.md for fast)",
+  )
   parser.add_argument("--report_only", action="store_true")
   parser.add_argument(
     "--archive",
@@ -243,17 +280,27 @@ def main(argv=None) -> int:
   if unknown:
     parser.error(f"--cells: unknown {unknown}; expected some of {list(CELLS)}")
   overrides = sweep.parse_overrides(args.set)
+  out = args.out or os.path.join(
+    "experiments/results",
+    "long_runs.md" if args.scale == "cpu_long" else f"{args.scale}_runs.md",
+  )
   start = time.perf_counter()
   results = {}
   for name in names:
     results[name] = run_cell(
-      name, args.workdir, overrides, args.report_only, args.archive
+      name,
+      args.workdir,
+      overrides,
+      args.report_only,
+      args.archive,
+      scale_name=args.scale,
     )
     record = results[name][0]
     if record is not None and record["status"] == "interrupted":
       break
-  lines = table(results, time.perf_counter() - start)
-  with open(args.out, "w") as f:
+  lines = table(results, time.perf_counter() - start, args.scale)
+  lines += kept_notes(out)
+  with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
   failed = [n for n, (r, _) in results.items() if r and r["status"] == "failed"]

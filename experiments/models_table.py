@@ -10,15 +10,12 @@ Counts every model at the paper's sizes (the configs without `small`) for
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_sampler import commit_description  # noqa: E402
-
-from stn_jax import models  # noqa: E402
+from stn_jax import models
+from stn_jax.provenance import commit_description
 
 
 def count(name, in_shape, num_classes=10, **kwargs):

@@ -39,14 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from bench_models_torch import model_configs
 from flax import nnx
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_models_torch import model_configs  # noqa: E402
-from bench_sampler import commit_description, machine_description  # noqa: E402
-
-from stn_jax import models, ops, steps  # noqa: E402
-from stn_jax.models import contrast, layers  # noqa: E402
+from stn_jax import models, ops, steps
+from stn_jax.models import contrast, layers
+from stn_jax.provenance import commit_description, machine_description
 
 
 def median_ms(fn, args, repeats):

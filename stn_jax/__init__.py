@@ -11,9 +11,10 @@ __version__ = "0.1.0"
 __all__ = [*ops.__all__, "ops", "restore"]
 
 
-def restore(workdir):
+def restore(workdir, member=None):
   """The trained model of ``workdir``: ``.config``, ``.predict(images)``,
-  ``.transform(images)``; see :mod:`stn_jax.inference`."""
+  ``.transform(images)``; ``member``: which member of a population's
+  folder. See :func:`stn_jax.inference.restore`."""
   from stn_jax.inference import restore as _restore  # heavy imports, late
 
-  return _restore(workdir)
+  return _restore(workdir, member)

@@ -127,3 +127,62 @@ def parse_arg(
       )
     values[key] = _convert(key, text, defaults[key], choices.get(key))
   return values
+
+
+def expand_scale(
+  arg: str | None, scales: Mapping[str, tuple[str, Mapping[str, Any]]]
+) -> tuple[str, dict[str, Any]]:
+  """Replaces a ``scale=NAME`` item of a config argument by what that
+  scale implies.
+
+  Args:
+    arg: the config argument (``'distortion=rts,scale=fast'``).
+    scales: the config file's scales: ``{name: (implied arg, overrides)}``,
+      where the implied arg holds config arguments (``'on_the_fly=true'``)
+      and the overrides are config keys, dotted for nested ones
+      (``{'num_steps': 12000, 'model_kwargs.width': 0.25}``).
+
+  Returns:
+    ``(arg, overrides)``: the argument without ``scale`` and with the
+    scale's implied items that ``arg`` does not set itself (an explicit
+    item wins), and the overrides to apply last (:func:`set_overrides`);
+    ``(arg, {})`` without ``scale``.
+
+  Raises:
+    ValueError: an unknown scale (the message lists them), or ``scale``
+      given twice.
+  """
+  items = [item for item in (arg or "").split(",") if item.strip()]
+  named = [i for i in items if i.partition("=")[0].strip() == "scale"]
+  if not named:
+    return arg or "", {}
+  if len(named) > 1:
+    raise ValueError(
+      f"config argument scale is given twice in {arg!r}; give it once."
+    )
+  name = named[0].partition("=")[2].strip()
+  if name not in scales:
+    raise ValueError(
+      f"config argument scale must be one of {', '.join(scales)}; got {name!r}."
+    )
+  implied, overrides = scales[name]
+  rest = [i for i in items if i not in named]
+  given = {i.partition("=")[0].strip() for i in rest}
+  rest += [
+    i
+    for i in implied.split(",")
+    if i.strip() and i.partition("=")[0].strip() not in given
+  ]
+  return ",".join(rest), dict(overrides)
+
+
+def set_overrides(config, overrides: Mapping[str, Any]) -> None:
+  """Sets each ``overrides`` key (dotted for nested ones, e.g.
+  ``'model_kwargs.width'``) on the ConfigDict ``config``, creating nested
+  keys that do not exist yet."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value

@@ -88,6 +88,10 @@ class Key:
       given, a difference in this key is ignored by the workdir check when
       the predicate is false for both configs (the key has no effect
       then).
+    identity_when: for an execution key, a predicate on a flat config;
+      where it holds for the saved or the new config, a change of the key
+      is refused as for an identity key (a cosine schedule decays over
+      ``num_steps``).
     hint: a few words shown after the key in its error message.
   """
 
@@ -98,6 +102,7 @@ class Key:
   doc: str
   implicit: Any = MISSING
   only_with: Callable[[Mapping[str, Any]], bool] | None = None
+  identity_when: Callable[[Mapping[str, Any]], bool] | None = None
   hint: str = ""
 
 
@@ -200,6 +205,17 @@ def _optimizers():
   from stn_jax import steps
 
   return steps.OPTIMIZERS
+
+
+def _schedules():
+  from stn_jax import steps
+
+  return steps.SCHEDULES
+
+
+def _unit_interval(value) -> str | None:
+  ok = _is_number(value) and 0.0 <= value < 1.0
+  return None if ok else "a number in [0, 1)"
 
 
 def _weight_gradients():
@@ -374,7 +390,14 @@ SCHEMA: tuple[Key, ...] = (
   ),
   # Optimisation.
   Key("batch_size", 256, _I, positive_int, "global batch size"),
-  Key("num_steps", 150_000, _E, positive_int, "the last step"),
+  Key(
+    "num_steps",
+    150_000,
+    _E,
+    positive_int,
+    "the last step; part of the identity of a cosine-schedule run",
+    identity_when=lambda flat: flat.get("lr_schedule") == "cosine",
+  ),
   Key("optimizer", "sgd", _I, one_of(_optimizers), "sgd, momentum or adam"),
   Key("learning_rate", 0.01, _M, number(0.0, inclusive=False), "peak rate"),
   Key("lr_decay_every", 50_000, _I, positive_int, "steps per rate decay"),
@@ -384,6 +407,31 @@ SCHEMA: tuple[Key, ...] = (
     _I,
     number(0.0, inclusive=False),
     "the rate's factor every lr_decay_every steps",
+  ),
+  Key(
+    "lr_schedule",
+    "step",
+    _I,
+    one_of(_schedules),
+    "'step': x lr_decay_factor every lr_decay_every steps (the paper's); "
+    "'cosine': to 0 along half a cosine over num_steps",
+    implicit="step",
+  ),
+  Key(
+    "warmup_steps",
+    0,
+    _I,
+    int_at_least(0),
+    "a linear ramp of the learning rate over the first steps; 0 = none",
+    implicit=0,
+  ),
+  Key(
+    "label_smoothing",
+    0.0,
+    _I,
+    _unit_interval,
+    "cross-entropy against (1 - s) * one-hot + s / classes; 0 = none",
+    implicit=0.0,
   ),
   Key(
     "localisation_lr_multiplier",
@@ -484,6 +532,12 @@ SAFE_TO_CHANGE: tuple[str, ...] = tuple(
   k.name for k in SCHEMA if k.role is Role.EXECUTION
 )
 """Keys a rerun may change without making it another run."""
+
+IDENTITY_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+  k.name: k.identity_when for k in SCHEMA if k.identity_when is not None
+}
+"""Execution keys that are identity when the predicate holds
+(:attr:`Key.identity_when`)."""
 
 IMPLICIT_DEFAULTS: dict[str, Any] = {
   k.name: k.implicit for k in SCHEMA if k.implicit is not MISSING

@@ -221,35 +221,67 @@ class Restored:
     return self._batched(self._params, self._params_spec, images, batch_size)
 
 
-def _population_hint(workdir: str) -> str:
-  """Where the checkpoint of a sweep point trained as a population member
-  is ('' for other workdirs)."""
-  path = os.path.join(workdir, "record.json")
+def _population_of_point(workdir: str) -> tuple[str, int] | None:
+  """(the population folder, the member index) of a sweep point trained as
+  a population member (``record.json`` names its population); None for
+  other workdirs. Records before the index was kept: the member whose
+  results in ``population.json`` are the point's own."""
   try:
-    with open(path) as f:
+    with open(os.path.join(workdir, "record.json")) as f:
       population = json.load(f).get("population") or {}
   except (OSError, ValueError, AttributeError):
-    return ""
+    return None
   if not population.get("name"):
-    return ""
+    return None
   folder = os.path.join(
     os.path.dirname(os.path.abspath(workdir)), "populations", population["name"]
   )
+  if "index" in population:
+    return folder, int(population["index"])
+  try:
+    with open(os.path.join(folder, "population.json")) as f:
+      members = json.load(f)["members"]
+    with open(os.path.join(workdir, "results.json")) as f:
+      own = json.load(f)
+  except (OSError, ValueError, KeyError):
+    return folder, -1
+  matches = [
+    k
+    for k, m in enumerate(members)
+    if all(m.get(key) == value for key, value in own.items() if key != "step")
+  ]
+  return folder, matches[0] if len(matches) == 1 else -1
+
+
+def _population_hint(workdir: str) -> str:
+  """Where the checkpoint of a sweep point trained as a population member
+  is ('' for other workdirs)."""
+  found = _population_of_point(workdir)
+  if found is None:
+    return ""
   return (
-    f" This sweep point was trained as one of the {population.get('members')}"
-    f" members of {population['name']}: their checkpoint (all members "
-    f"stacked) is in {folder}/checkpoints, and this folder keeps the point's "
-    "config, metrics and results (results.json) only."
+    f" This sweep point was trained as a population member: the stacked "
+    f"checkpoint of all members is in {found[0]}/checkpoints, and this "
+    "folder keeps the point's config, metrics and results only."
   )
 
 
-def restore(workdir: str) -> Restored:
-  """The model of ``workdir`` at its latest readable checkpoint."""
-  config, in_shape = checkpointing.read_run_files(workdir)
-  model = models.from_config(config, in_shape)
-  graphdef, initial = nnx.split(model)
-  # A run that saves meanwhile (max_checkpoints=1 deletes the step just
-  # listed) is read again from its new listing.
+def _population_size(workdir: str) -> int:
+  """The number of members of the population trained in ``workdir`` (0 if
+  it is not a population's folder)."""
+  path = os.path.join(workdir, "population.json")
+  if not os.path.isfile(path):
+    return 0
+  with open(path) as f:
+    return len(json.load(f)["members"])
+
+
+def _read_checkpoint(workdir, initial):
+  """``(model state, meta)`` of ``workdir``'s latest readable checkpoint
+  read into the structure of ``initial``, or None. A run that saves
+  meanwhile (max_checkpoints=1 deletes the step just listed) is read again
+  from its new listing."""
+  restored = None
   for _ in range(5):
     listed = checkpointing.saved_steps(workdir)
     try:
@@ -262,11 +294,75 @@ def restore(workdir: str) -> Restored:
       restored = None
     if restored is not None or checkpointing.saved_steps(workdir) == listed:
       break
+  return None if restored is None else (restored[0], restored[2])
+
+
+def restore(workdir: str, member: int | None = None) -> Restored:
+  """The model of ``workdir`` at its latest readable checkpoint.
+
+  Args:
+    workdir: a run's folder; a sweep point trained as a population member
+      (``--population``: its member is read from the population's stacked
+      checkpoint); or a population's folder (give ``member``).
+    member: which member of the population in ``workdir`` (0 to K - 1);
+      only for a population's folder.
+
+  Raises:
+    FileNotFoundError: no checkpoint (the message says where a population
+      member's is).
+    ValueError: ``member`` missing for a population's folder, out of
+      range, or given for a single run.
+  """
+  size = _population_size(workdir)
+  checkpoint_dir, member_dir = workdir, workdir
+  if size:
+    if member is None or not 0 <= member < size:
+      raise ValueError(
+        f"member must be an int in [0, {size}) for the population of {size} "
+        f"members in {workdir}; got {member!r}."
+      )
+    member_dir = os.path.join(workdir, f"member_{member}")
+    if not os.path.isfile(os.path.join(member_dir, "config.json")):
+      raise FileNotFoundError(
+        f"{member_dir} has no config.json: the members of the population in "
+        f"{workdir} keep their files in a sweep's point folders; restore "
+        "the point's folder instead (it finds its member here)."
+      )
+  elif member is not None:
+    raise ValueError(
+      f"member is only for a population's folder; {workdir} is a single "
+      f"run (got member={member!r})."
+    )
+  else:
+    found = _population_of_point(workdir)
+    if found is not None and not checkpointing.saved_steps(workdir):
+      checkpoint_dir, member = found
+      size = _population_size(checkpoint_dir)
+      if member < 0 or not size:
+        raise FileNotFoundError(
+          f"no checkpoint in {workdir}/checkpoints, and its member of the "
+          f"population in {checkpoint_dir} cannot be identified."
+          + _population_hint(workdir)
+        )
+  config, in_shape = checkpointing.read_run_files(member_dir)
+  model = models.from_config(config, in_shape)
+  graphdef, initial = nnx.split(model)
+  if size:
+    from stn_jax import steps
+
+    stacked = steps.stack_members([initial] * size)
+    restored = _read_checkpoint(checkpoint_dir, stacked)
+    if restored is not None:
+      state = jax.tree.map(lambda x: x[member], restored[0])
+      restored = (state, restored[1])
+  else:
+    restored = _read_checkpoint(checkpoint_dir, initial)
   if restored is None:
     raise FileNotFoundError(
-      f"no checkpoint in {workdir}/checkpoints." + _population_hint(workdir)
+      f"no checkpoint in {checkpoint_dir}/checkpoints."
+      + _population_hint(workdir)
     )
-  model_state, _, meta = restored
+  model_state, meta = restored
   return Restored(
     config, nnx.merge(graphdef, model_state), in_shape, int(meta["step"])
   )

@@ -43,14 +43,59 @@ class TrainState:
   opt_state: Any
 
 
+SCHEDULES = ("step", "cosine")
+
+
 def learning_rate_schedule(config) -> optax.Schedule:
-  """``learning_rate`` times ``lr_decay_factor`` every ``lr_decay_every``."""
-  return optax.exponential_decay(
-    config.learning_rate,
-    transition_steps=config.lr_decay_every,
-    decay_rate=config.lr_decay_factor,
-    staircase=True,
+  """The learning rate at each step.
+
+  ``config.lr_schedule``:
+
+  - ``'step'`` (default): ``learning_rate`` times ``lr_decay_factor`` every
+    ``lr_decay_every`` steps (the paper's protocol);
+  - ``'cosine'``: ``learning_rate`` decayed to 0 along half a cosine over
+    ``num_steps`` (``lr_decay_*`` unused).
+
+  ``config.warmup_steps`` > 0 multiplies either by ``(step + 1) /
+  warmup_steps`` for the first ``warmup_steps`` steps (a linear ramp that
+  never gives a zero rate). Without the keys (configs written before they
+  existed): ``'step'`` and no warmup.
+  """
+  name = config_schema.get(config, "lr_schedule")
+  if name == "step":
+    schedule = optax.exponential_decay(
+      config.learning_rate,
+      transition_steps=config.lr_decay_every,
+      decay_rate=config.lr_decay_factor,
+      staircase=True,
+    )
+  elif name == "cosine":
+    schedule = optax.cosine_decay_schedule(
+      config.learning_rate, decay_steps=config.num_steps
+    )
+  else:
+    raise ValueError(
+      f"config.lr_schedule must be one of {', '.join(SCHEDULES)}; got {name!r}."
+    )
+  warmup = config_schema.get(config, "warmup_steps")
+  if warmup <= 0:
+    return schedule
+  return lambda step: schedule(step) * jnp.minimum(1.0, (step + 1) / warmup)
+
+
+def classification_loss(logits, labels, label_smoothing: float = 0.0):
+  """Mean softmax cross-entropy of ``logits`` ``(B, K)`` against integer
+  ``labels`` ``(B,)``; with ``label_smoothing`` = s > 0 the target is the
+  one-hot label times ``1 - s`` plus ``s / K`` on every class."""
+  if label_smoothing == 0.0:
+    return optax.softmax_cross_entropy_with_integer_labels(
+      logits, labels
+    ).mean()
+  targets = optax.smooth_labels(
+    jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
+    label_smoothing,
   )
+  return optax.softmax_cross_entropy(logits, targets).mean()
 
 
 # What the members of a population may set each for themselves (besides
@@ -175,6 +220,7 @@ def train_step(
   optimizer: optax.GradientTransformation,
   member=None,
   schedule=None,
+  label_smoothing: float = 0.0,
 ) -> tuple[TrainState, dict]:
   """One optimiser step on a batch.
 
@@ -193,6 +239,7 @@ def train_step(
       in the learning rate, so this is the member's own optimiser up to
       float rounding.
     schedule: with ``member``: the learning-rate schedule at rate 1.
+    label_smoothing: the loss's (static; :func:`classification_loss`).
 
   Returns:
     ``(next state, metrics)``; metrics are scalars: ``loss``, ``error`` and,
@@ -203,9 +250,7 @@ def train_step(
 
   def loss_fn(model_state):
     logits, theta, transform = _logits_and_theta(graphdef, model_state, images)
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-      logits, labels
-    ).mean()
+    loss = classification_loss(logits, labels, label_smoothing)
     return loss, (logits, theta, transform)
 
   (loss, (logits, theta, transform)), grads = jax.value_and_grad(
@@ -304,7 +349,15 @@ def accumulate(accumulator: dict, metrics: dict, step: jax.Array) -> dict:
 
 
 def _step_and_accumulate(
-  state, accumulator, batch, *, graphdef, optimizer, member=None, schedule=None
+  state,
+  accumulator,
+  batch,
+  *,
+  graphdef,
+  optimizer,
+  member=None,
+  schedule=None,
+  label_smoothing=0.0,
 ):
   state, metrics = train_step(
     state,
@@ -313,6 +366,7 @@ def _step_and_accumulate(
     optimizer=optimizer,
     member=member,
     schedule=schedule,
+    label_smoothing=label_smoothing,
   )
   return state, accumulate(accumulator, metrics, state.step)
 
@@ -329,6 +383,7 @@ def _run_steps(
   gather,
   multi_step,
   schedule=None,
+  label_smoothing=0.0,
 ):
   """One step on ``inputs`` (a batch, or indices for ``gather(data, .)``),
   or with ``multi_step`` one step per leading row of ``inputs`` under
@@ -343,6 +398,7 @@ def _run_steps(
       optimizer=optimizer,
       member=member,
       schedule=schedule,
+      label_smoothing=label_smoothing,
     ), None
 
   if not multi_step:
@@ -379,6 +435,7 @@ def make_train_step(
   multi_step: bool = False,
   gather=None,
   schedule=None,
+  label_smoothing: float = 0.0,
 ):
   """The jitted step the loop runs; the state and accumulator buffers are
   donated.
@@ -407,6 +464,7 @@ def make_train_step(
       the device (see :class:`stn_jax.data.pipeline.DeviceInput`).
     schedule: for a population, the learning-rate schedule at rate 1
       (:func:`learning_rate_schedule` of the member optimiser's config).
+    label_smoothing: of the loss (:func:`classification_loss`).
   """
   run = functools.partial(
     _run_steps,
@@ -415,6 +473,7 @@ def make_train_step(
     gather=gather,
     multi_step=multi_step,
     schedule=schedule,
+    label_smoothing=label_smoothing,
   )
   if population is None:
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import ast
 import collections
-import json
 import os
 import re
 import signal
@@ -434,16 +433,14 @@ def _config_change(point_dir: str, config) -> str:
   a change of ``--set``). Its step budget counts too: a workdir may extend
   a run (``num_steps`` is safe to change there), but a point finished at
   another budget did not produce this point's results."""
-  path = os.path.join(point_dir, "config.json")
-  if not os.path.isfile(path):
-    return ""
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = sweep_archive.saved_config(point_dir)
   except ValueError as error:
     return (
       f"its config.json is damaged ({error}); delete {point_dir} to rerun it"
     )
+  if saved is None:
+    return ""
   differences = workdir_lib.config_differences(saved, config)
   if saved.get("num_steps", config.num_steps) != config.num_steps:
     differences.append(

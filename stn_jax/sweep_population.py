@@ -160,8 +160,12 @@ def run_population(
       t.record(status="running", start_time=time.time(), end_time=None, **where)
       for t in tasks
     ]
-    for t, record in zip(tasks, records):
-      record["population"] = {"name": unit.name, "members": len(tasks)}
+    for index, (t, record) in enumerate(zip(tasks, records)):
+      record["population"] = {
+        "name": unit.name,
+        "members": len(tasks),
+        "index": index,  # its member in the stacked checkpoint
+      }
       sweep_records.write_record(t.point_dir, record)
     try:
       results = population_fn(

@@ -25,9 +25,13 @@ from typing import Any
 from stn_jax import config_schema
 
 # Derived from the config schema (stn_jax.config_schema): the keys a rerun
-# may change (execution role), the values of keys older versions did not
-# record, and the keys that act only together with another.
+# may change (execution role), those of them that are part of what is
+# trained when another key says so (a cosine schedule decays over
+# num_steps: a longer run is another schedule, not the same run extended),
+# the values of keys older versions did not record, and the keys that act
+# only together with another.
 SAFE_TO_CHANGE = config_schema.SAFE_TO_CHANGE
+IDENTITY_WHEN = config_schema.IDENTITY_WHEN
 IMPLICIT_DEFAULTS = config_schema.IMPLICIT_DEFAULTS
 ONLY_WITH = config_schema.ONLY_WITH
 # What a run writes into its workdir (removed by clear_run).
@@ -69,13 +73,16 @@ def _as_json(config) -> dict:
 def config_differences(saved: dict, config) -> list[str]:
   """``'key: old -> new'`` for every field (dotted for nested ones) where
   ``config`` differs from the ``saved`` config.json contents, ignoring
-  :data:`SAFE_TO_CHANGE`."""
+  :data:`SAFE_TO_CHANGE` (unless :data:`IDENTITY_WHEN` says otherwise)."""
   old = _flatten(saved)
   new = _flatten(_as_json(config))
   missing = object()
   lines = []
   for key in sorted(set(old) | set(new)):
-    if key in SAFE_TO_CHANGE:
+    identity = key in IDENTITY_WHEN and (
+      IDENTITY_WHEN[key](old) or IDENTITY_WHEN[key](new)
+    )
+    if key in SAFE_TO_CHANGE and not identity:
       continue
     before = old.get(key, IMPLICIT_DEFAULTS.get(key, missing))
     after = new.get(key, missing)

@@ -49,6 +49,24 @@ def pythonpath(*folders) -> str:
   return os.pathsep.join([*map(str, folders), *filter(None, [inherited])])
 
 
+def experiment_script(name: str):
+  """``experiments/<name>.py`` imported as a module, as when it runs as a
+  script (its folder first on ``sys.path``, so its sibling imports work)."""
+  import sys
+
+  folder = str(REPO / "experiments")
+  sys.path.insert(0, folder)
+  try:
+    spec = importlib.util.spec_from_file_location(
+      f"experiments_{name}", REPO / "experiments" / f"{name}.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+  finally:
+    sys.path.remove(folder)
+  return script
+
+
 def _config_module(name):
   from stn_jax import config_args
 

@@ -606,3 +606,31 @@ def test_restore_while_a_run_saves_with_one_checkpoint_kept(tmp_path):
     thread.join()
     writer.close()
   assert all(step >= 1 for step in steps_read)
+
+
+@pytest.mark.parametrize("variable", ["TFDS_DATA_DIR", "STN_DATA_DIR"])
+def test_a_data_folder_variable_naming_a_file_is_one_line(variable, tmp_path):
+  """Case 6: the dataset folder (TFDS_DATA_DIR) or the source folder
+  (STN_DATA_DIR) set to a file, nothing built: one line naming it."""
+  file = tmp_path / "not_a_folder"
+  file.write_text("")
+  env = {variable: str(file)}
+  if variable == "STN_DATA_DIR":  # a fresh TFDS folder, so a build is needed
+    env["TFDS_DATA_DIR"] = str(tmp_path / "tfds")
+    env["STN_DATA_MIRROR"] = "file:///nonexistent_mirror"
+  result = run_main(
+    "--config=configs/mnist.py:distortion=rts,model=cnn,small=true",
+    f"--workdir={tmp_path / 'run'}",
+    env=env,
+  )
+  assert result.returncode == 1, result.stderr[-2000:]
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  errors = [line for line in lines if "error:" in line]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert len(errors) == 1 and errors[0].startswith(
+    "python -m stn_jax.main: error:"
+  ), lines
+  # TFDS_DATA_DIR: "...: Not a directory; a part of that path is a file,
+  # not a folder"; STN_DATA_DIR (downloads off in the tests): "Missing
+  # MNIST file ...: looked in <it>/mnist ..."
+  assert str(file) in errors[0], errors[0]

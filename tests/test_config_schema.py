@@ -61,7 +61,12 @@ OLD_MAY_DIFFER = (
 )
 # Keys added since 9f24987, with the value that reproduces the runs before
 # them (their implicit value) and their role.
-ADDED_KEYS = {"extra_hooks": ((), config_schema.Role.EXECUTION)}
+ADDED_KEYS = {
+  "extra_hooks": ((), config_schema.Role.EXECUTION),
+  "lr_schedule": ("step", config_schema.Role.IDENTITY),
+  "warmup_steps": (0, config_schema.Role.IDENTITY),
+  "label_smoothing": (0.0, config_schema.Role.IDENTITY),
+}
 # Keys the schema gives an implicit value that the old table lacked: what
 # the code already assumed when a config lacked them (config.get defaults
 # in steps.member_hyperparameters, evaluate.py, ...), or safe-to-change
@@ -94,6 +99,7 @@ def test_the_derived_tables_keep_the_old_rules():
   for key, (_, role) in ADDED_KEYS.items():
     assert config_schema.KEYS[key].role is role
   assert set(workdir.ONLY_WITH) == {"augment_on_device"}
+  assert set(workdir.IDENTITY_WHEN) == {"num_steps"}
   assert population.MAY_DIFFER == OLD_MAY_DIFFER
   assert list(steps.MEMBER_HYPERPARAMETERS) == list(OLD_MAY_DIFFER[1:-1])
 
@@ -183,11 +189,17 @@ def test_archived_runs_compare_as_before():
       os.path.join(REPO, "experiments/results/runs/**/config.json"),
       recursive=True,
     )
+    + glob.glob(
+      os.path.join(REPO, "experiments/results/runs/**/manifest.json"),
+      recursive=True,
+    )
   )
   assert paths
   for path in paths:
     with open(path) as f:
       saved = json.load(f)
+    if path.endswith("manifest.json"):
+      saved = saved["config"]
     module = GTSRB if saved["dataset"].startswith("gtsrb") else MNIST
     config = module.get_config(saved["arg"])
     assert workdir.config_differences(saved, config) == _old_differences(

@@ -86,3 +86,45 @@ def test_ic_st_cnn_config():
   config.model_kwargs.recurrences = 0  # an override after get_config
   with pytest.raises(ValueError, match="recurrences .* must be an int >= 1"):
     train.validate_config(config)
+
+
+@pytest.mark.parametrize(
+  "module,point,scale",
+  [
+    ("mnist", "distortion=rts,model=st_cnn", "fast"),
+    ("mnist", "distortion=rts,model=cnn", "cpu_long"),
+    ("mnist", "distortion=p,model=st_cnn,transform=projective", "cpu"),
+    ("gtsrb", "model=gtsrb_st_cnn", "cpu_long"),
+    ("gtsrb", "model=gtsrb_cnn", "fast"),
+  ],
+)
+def test_a_scale_argument_builds_the_table_scripts_config(module, point, scale):
+  """``scale=NAME`` in a config argument gives the config the table
+  scripts build for that scale (their arg appended, overrides set)."""
+  from stn_jax import sweep
+
+  config_module = {"mnist": MNIST, "gtsrb": GTSRB}[module]
+  implied, overrides = config_module.SCALES[scale]
+  by_arg = config_module.get_config(f"{point},scale={scale}").to_dict()
+  by_table = sweep.build_config(
+    config_module,
+    {"arg": ",".join(a for a in (point, implied) if a), "overrides": {}},
+    dict(overrides),
+  ).to_dict()
+  by_arg.pop("arg"), by_table.pop("arg")
+  assert by_arg == by_table
+  for key, value in overrides.items():
+    node = by_arg
+    for part in key.split("."):
+      node = node[part]
+    assert node == value, key
+
+
+def test_explicit_arguments_win_over_a_scales_and_bad_scales_are_named():
+  config = MNIST.get_config("scale=cpu_long,on_the_fly=false,model=cnn")
+  assert config.on_the_fly == "" and config.num_steps == 12_000
+  assert config.arg == "scale=cpu_long,on_the_fly=false,model=cnn"
+  with pytest.raises(ValueError, match="scale must be one of paper, cpu"):
+    MNIST.get_config("scale=huge")
+  with pytest.raises(ValueError, match="scale is given twice"):
+    MNIST.get_config("scale=cpu,scale=fast")

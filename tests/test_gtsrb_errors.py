@@ -1,22 +1,16 @@
 """experiments/gtsrb_errors.py: its breakdown against counts made by hand,
 and its command line's errors."""
 
-import importlib.util
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, experiment_script
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location(
-    "gtsrb_errors", REPO / "experiments" / "gtsrb_errors.py"
-  )
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  return script
+  return experiment_script("gtsrb_errors")
 
 
 def test_subsets_cover_every_class_once():

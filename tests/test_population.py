@@ -368,12 +368,22 @@ def test_population_mesh_uses_the_devices_that_divide_the_members():
   assert mesh.axis_names == ("members",) and mesh.size == 1  # one device here
 
 
-def test_an_ic_stn_population_matches_separate_runs(tiny_tfds, tmp_path):
-  """The recurrent transformer trains as a population like the others."""
+@pytest.mark.parametrize(
+  "arg",
+  [
+    "model=ic_st_cnn,recurrences=2",
+    "model=preact_resnet_stn,placement=input+stage1,shared_stem=true",
+  ],
+)
+def test_an_ic_stn_or_resnet_stn_population_matches_separate_runs(
+  arg, tiny_tfds, tmp_path
+):
+  """The recurrent transformer and the ResNet-STN train as populations
+  like the others."""
 
   def config(seed, learning_rate):
     config = tiny(
-      MNIST.get_config(f"model=ic_st_cnn,recurrences=2,small=true,seed={seed}"),
+      MNIST.get_config(f"{arg},small=true,seed={seed}"),
       tiny_tfds,
       num_steps=2,
     )
@@ -396,3 +406,85 @@ def test_an_ic_stn_population_matches_separate_runs(tiny_tfds, tmp_path):
     for a, b in zip(ours, theirs):
       np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
     assert abs(results[k]["test_error"] - result["test_error"]) < 1e-6
+
+
+def _test_error(run, tfds_dir):
+  from stn_jax.data import datasets
+
+  test = datasets.load_arrays("distorted_mnist/rts", "test", tfds_dir=tfds_dir)
+  predicted = np.asarray(run.predict(test["image"])).argmax(-1)
+  return float(np.mean(predicted != test["label"]))
+
+
+def test_a_member_is_restored_from_the_stacked_checkpoint(
+  tiny_tfds, tmp_path, three_separate_runs
+):
+  configs = [member(tiny_tfds, s, lr) for s, lr in THREE_MEMBERS[:2]]
+  folder = str(tmp_path / "pop")
+  results = population.train_population(configs, folder, log=lambda *a: None)
+  for k in range(2):
+    run = stn_jax.restore(folder, member=k)
+    ours = jax.tree.leaves(run.model)
+    # bitwise the member's final parameters, and a separate run's up to
+    # float rounding
+    for a, b in zip(ours, jax.tree.leaves(results[k]["params"])):
+      np.testing.assert_array_equal(a, b)
+    for a, b in zip(ours, three_separate_runs[k][1]):
+      np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    assert run.config.seed == THREE_MEMBERS[k][0] and run.step == 3
+    assert _test_error(run, tiny_tfds) == results[k]["test_error"]
+  with pytest.raises(ValueError, match=r"member must be an int in \[0, 2\)"):
+    stn_jax.restore(folder)
+  with pytest.raises(ValueError, match="got 2"):
+    stn_jax.restore(folder, member=2)
+
+
+def test_member_is_refused_for_a_single_run(tiny_tfds, tmp_path):
+  config = member(tiny_tfds, 0, 1e-3, num_steps=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match="member is only for a population"):
+    stn_jax.restore(str(tmp_path), member=0)
+
+
+def test_a_sweep_point_trained_in_a_population_restores_its_member(
+  tiny_tfds, tmp_path
+):
+  from conftest import write_mnist_config_with_sweep
+
+  from stn_jax import sweep
+
+  path = write_mnist_config_with_sweep(
+    tmp_path,
+    "def sweep_tiny(add):\n"
+    "  for seed in (0, 1):\n"
+    "    add(f'distortion=rts,model=st_cnn,small=true,seed={seed}')\n",
+  )
+  overrides = dict(
+    tfds_dir=str(tiny_tfds),
+    batch_size=8,
+    eval_batch_size=8,
+    num_steps=2,
+    log_every=1,
+    eval_every=1000,
+    checkpoint_every=1000,
+  )
+  records = sweep.run_sweep(
+    str(path),
+    "tiny",
+    str(tmp_path / "runs"),
+    overrides=overrides,
+    train_population=True,
+    log=lambda *a: None,
+  )
+  assert [r["status"] for r in records] == ["finished", "finished"]
+  for k, record in enumerate(records):
+    assert record["population"]["index"] == k
+    run = stn_jax.restore(str(tmp_path / "runs" / record["name"]))
+    assert run.config.seed == k
+    assert _test_error(run, tiny_tfds) == record["results"]["test_error"]
+  # a record written before the index was kept: found by its results
+  point = tmp_path / "runs" / records[1]["name"]
+  record = json.loads((point / "record.json").read_text())
+  del record["population"]["index"]
+  (point / "record.json").write_text(json.dumps(record))
+  assert stn_jax.restore(str(point)).config.seed == 1

@@ -67,17 +67,27 @@ def test_finished_points_are_archived_and_a_lost_workdir_is_restored(
   first = _run(config_path, workdir, archive)
   assert [r["status"] for r in first] == ["finished", "finished", "failed"]
   finished = [r["name"] for r in first[:2]]
-  # Only the finished points, and only their small files.
+  manifest_before = {
+    file: json.loads((workdir / finished[0] / file).read_text())
+    for file in ("config.json", "results.json", "in_shape.json")
+  }
+  # Only the finished points, each as one manifest of its small files.
   assert sorted(os.listdir(archive)) == finished
   for name in finished:
-    assert sorted(os.listdir(archive / name)) == sorted(
-      sweep_archive.ARCHIVED_FILES
-    )
-    for file in sweep_archive.ARCHIVED_FILES:
-      assert (archive / name / file).read_text() == (
-        workdir / name / file
-      ).read_text()
-      assert (archive / name / file).stat().st_mode & 0o777 == 0o644
+    assert os.listdir(archive / name) == [sweep_archive.MANIFEST]
+    path = archive / name / sweep_archive.MANIFEST
+    assert path.stat().st_mode & 0o777 == 0o644
+    manifest = json.loads(path.read_text())
+    for file, key in (
+      ("config.json", "config"),
+      ("results.json", "results"),
+      ("in_shape.json", "in_shape"),
+      ("record.json", "record"),
+    ):
+      assert manifest[key] == json.loads((workdir / name / file).read_text())
+    # the fake run logged one training row and no evaluation
+    assert manifest["evaluations"] == []
+    assert manifest["commit"]
 
   shutil.rmtree(workdir)  # the machine is gone; the archive was committed
   again = _run(
@@ -93,6 +103,11 @@ def test_finished_points_are_archived_and_a_lost_workdir_is_restored(
   table = (workdir / "results.md").read_text()
   assert "10.00%" in table and "11.00%" in table
   assert not (workdir / finished[0] / "checkpoints").exists()
+  for file in ("config.json", "results.json", "in_shape.json"):
+    assert (
+      json.loads((workdir / finished[0] / file).read_text())
+      == (manifest_before[file])
+    )
 
   # report_only (--collect) reads a fresh workdir from the archive alone.
   report = _run(config_path, tmp_path / "fresh", archive, report_only=True)
@@ -123,7 +138,7 @@ def test_an_archived_point_is_never_replaced(config_path, tmp_path):
   archive = tmp_path / "archive"
   _run(config_path, tmp_path / "a", archive)
   name = sorted(os.listdir(archive))[0]
-  kept = (archive / name / "record.json").read_text()
+  kept = (archive / name / sweep_archive.MANIFEST).read_text()
   # Another workdir finishes the same point on its own (no archive) ...
   sweep.run_sweep(
     config_path,
@@ -142,14 +157,15 @@ def test_an_archived_point_is_never_replaced(config_path, tmp_path):
     select=lambda p: "fcn" not in p["arg"],
   )
   assert records[0]["results"]["test_error"] == 0.9
-  assert (archive / name / "record.json").read_text() == kept
+  assert (archive / name / sweep_archive.MANIFEST).read_text() == kept
 
 
 def test_a_copy_cut_short_is_not_an_archived_point(config_path, tmp_path):
   workdir, archive = tmp_path / "runs", tmp_path / "archive"
   _run(config_path, workdir, archive)
   name = sorted(os.listdir(archive))[0]
-  os.remove(archive / name / "record.json")  # killed before the record
+  # killed while writing: the manifest's temporary file, never renamed
+  os.replace(archive / name / sweep_archive.MANIFEST, archive / name / ".tmp_x")
   shutil.rmtree(workdir)
   trained = []
   _run(
@@ -213,3 +229,70 @@ def test_a_point_held_by_a_live_runner_is_not_restored(config_path, tmp_path):
   assert restored == []
   assert not (workdir / name / "record.json").exists()
   assert sweep_archive.restore(str(archive), str(workdir), [name]) == [name]
+
+
+def _legacy_archive(workdir, archive):
+  """An archive as versions before manifests wrote it: the run files."""
+  for name in os.listdir(workdir):
+    if not sweep_archive.is_archived(str(workdir / name)):
+      continue
+    os.makedirs(archive / name)
+    for file in sweep_archive.ARCHIVED_FILES:
+      if (workdir / name / file).exists():
+        shutil.copy(workdir / name / file, archive / name / file)
+
+
+def test_archives_of_run_files_restore_and_compact_into_manifests(
+  config_path, tmp_path
+):
+  workdir, archive = tmp_path / "runs", tmp_path / "old_archive"
+  first = sweep.run_sweep(
+    config_path, "tiny", str(workdir), train_fn=_train_like_a_run, log=_quiet
+  )
+  with open(workdir / first[0]["name"] / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 2, "test_error": 0.25, "test_loss": 1}) + "\n")
+    f.write(json.dumps({"step": 2, "train_loss": 0.5}) + "\n")
+  _legacy_archive(workdir, archive)
+  # an old archive still restores a lost workdir
+  again = _run(config_path, tmp_path / "w1", archive, train_fn=_fcn_only)
+  assert [r["status"] for r in again] == ["skipped", "skipped", "finished"]
+  # compacted: one manifest per point, the run files gone, evaluations kept
+  main = sweep_archive.main(["compact", str(archive)])
+  assert main == 0
+  for name in (r["name"] for r in first[:2]):
+    assert os.listdir(archive / name) == [sweep_archive.MANIFEST]
+  manifest = sweep_archive.read_manifest(str(archive / first[0]["name"]))
+  assert manifest["evaluations"] == [
+    {"step": 2, "test_error": 0.25, "test_loss": 1}
+  ]
+  assert sweep_archive.compact(str(archive)) == []  # nothing left to do
+  # (the fcn point finished in w1 and was archived there as a manifest)
+  again = _run(config_path, tmp_path / "w2", archive, train_fn=_never)
+  assert [r["status"] for r in again] == ["skipped", "skipped", "skipped"]
+  assert [r["results"] for r in again[:2]] == [r["results"] for r in first[:2]]
+  restored = tmp_path / "w2" / first[0]["name"] / "metrics.jsonl"
+  assert [json.loads(line) for line in restored.read_text().splitlines()] == [
+    {"step": 2, "test_error": 0.25, "test_loss": 1}
+  ]
+
+
+def _fcn_only(config, workdir):
+  return _never() if config.model == "cnn" else {}
+
+
+def test_compact_usage_error_is_one_line(tmp_path, capsys):
+  assert sweep_archive.main(["compact", str(tmp_path / "missing")]) == 2
+  err = capsys.readouterr().err
+  assert "usage: python -m stn_jax.sweep_archive compact ARCHIVE" in err
+  assert "missing" in err
+
+
+def test_step_seconds_from_the_log_rates():
+  rows = [
+    {"step": 100, "examples_per_second": 100.0},
+    {"step": 200, "examples_per_second": 50.0},
+    {"step": 200, "examples_per_second": 200.0},  # resumed: the last wins
+    {"step": 200, "test_error": 0.1},
+  ]
+  # 100 steps of 10 at 100/s, then 100 steps of 10 at 200/s
+  assert sweep_archive.step_seconds(rows, 10) == 10.0 + 5.0

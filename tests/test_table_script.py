@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, experiment_script
 
 
 def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
@@ -39,10 +39,10 @@ def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
   rows = {row.split("|")[1].strip(): row for row in lines[2:]}
   assert set(rows) == {"CNN", "ST-CNN Aff", "ST-CNN Proj", "ST-CNN TPS"}
   assert "(paper 0.8" in rows["CNN"] and "n=2)" in rows["CNN"]
-  assert "scale: **cpu**: 2 steps of batch 8" in table
+  assert "scale: **cpu**: 2 adam steps of 8" in table
   archived = sorted((tmp_path / "archive" / "table1").iterdir())
-  assert len(archived) == 8  # 4 models x 2 seeds, small files only
-  assert all((a / "record.json").is_file() for a in archived)
+  assert len(archived) == 8  # 4 models x 2 seeds, one manifest each
+  assert all((a / "manifest.json").is_file() for a in archived)
   # Rerunning reuses every finished run, even with the workdir lost: the
   # archive is restored into a new one.
   shutil.rmtree(tmp_path / "runs")
@@ -107,7 +107,7 @@ def test_table1_script_trains_each_cells_seeds_as_one_population(
       assert json.load(f)["seed"] == member["seed"]
     assert record["results"]["test_error"] == member["test_error"]
     assert (
-      tmp_path / "archive" / "table1" / record["name"] / "record.json"
+      tmp_path / "archive" / "table1" / record["name"] / "manifest.json"
     ).is_file()
   row = next(r for r in out.read_text().splitlines() if r.startswith("| CNN"))
   assert "n=2)" in row
@@ -149,7 +149,7 @@ def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
     assert "n=1)" in cells[4] and "n=1)" in cells[5]
   assert "(paper 98.85," in rows["CNN (Arcos-Garcia layout, no ST)"][4]
   assert "| CNN + 3 ST (Arcos-Garcia et al. 2018) | 48x48 | 99.71% |" in table
-  assert "scale: **cpu**: 2 steps of batch 8" in table
+  assert "scale: **cpu**: 2 adam steps of 8" in table
   assert "trained on `train_without_validation`" in table
   # The error report of one of these runs recounts the error it recorded.
   (run,) = (tmp_path / "runs").rglob("*model=gtsrb_cnn,*")
@@ -201,12 +201,13 @@ def test_long_runs_script_writes_one_row_per_finished_run(tiny_tfds, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [r for r in out.read_text().splitlines() if r.startswith("| ")]
-  assert rows[0] == "| cell | ours | paper | budget | wall time |"
+  assert rows[0] == "| cell | ours | paper | validation | budget | wall time |"
   cells = {r.split(" | ")[0][2:]: r.split(" | ")[1:] for r in rows[1:]}
   # (the RTS cells run table1's points, as the Table 1 test above does)
   assert set(cells) == {"GTSRB CNN + 3 ST"}
-  ours, paper, budget, wall = cells["GTSRB CNN + 3 ST"]
+  ours, paper, validation, budget, wall = cells["GTSRB CNN + 3 ST"]
   assert 0 <= float(ours) <= 100 and paper == "99.71 (48x48)"
+  assert 0 <= float(validation) <= 100
   assert budget.startswith("2 adam steps of 8")
   assert re.fullmatch(
     r"\d+ min \(last invocation; steps alone \d+ min over all\) \|", wall
@@ -214,13 +215,7 @@ def test_long_runs_script_writes_one_row_per_finished_run(tiny_tfds, tmp_path):
 
 
 def test_table1_p_over_r_ratio_from_the_seed_means():
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-    "table1_script", REPO / "experiments" / "table1_distorted_mnist.py"
-  )
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = experiment_script("table1_distorted_mnist")
   errors = {
     ("cnn", "affine", "r"): [0.04, 0.05],
     ("cnn", "affine", "p"): [0.06, 0.08],
@@ -263,3 +258,63 @@ def test_a_bad_override_is_one_line_naming_it_without_a_traceback(tmp_path):
       r"default \d+\), got 'many' \(str\)\.",
       result.stderr.strip(),
     ), result.stderr
+
+
+def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
+  out = tmp_path / "beyond.md"
+  command = [
+    sys.executable,
+    "experiments/beyond.py",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--out={out}",
+    "--seeds=1",
+    "--distortions=rts",
+    "--models=cnn,st_cnn",
+    "--max_examples=8",
+    f"--set=tfds_dir={tiny_tfds}",
+    "--set=num_steps=2",
+    "--set=batch_size=8",
+    "--set=eval_batch_size=8",
+  ]
+  result = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [r for r in out.read_text().splitlines() if r.startswith("| ")]
+  assert rows[0].startswith("| model | test error % | ECE % | rotation: mean")
+  labels = [r.split(" | ")[0][2:] for r in rows[1:]]
+  assert labels == ["CNN", "ST-CNN"]
+  for row in rows[1:]:
+    cells = row.strip("| ").split(" | ")[1:]
+    assert len(cells) == 2 + 2 * 3 and all("(n=1)" in c for c in cells), row
+  caches = sorted((tmp_path / "runs" / "beyond").glob("*/beyond.json"))
+  assert len(caches) == 2
+  cached = json.loads(caches[0].read_text())
+  assert 0 <= cached["ece"] <= 1
+  assert set(cached["families"]) == {"rotation", "scale", "translation"}
+  assert cached["families"]["rotation"]["largest"] in (-90.0, 90.0)
+  # a rerun reads the cache (evaluates nothing again) and writes the same
+  stamps = [c.stat().st_mtime_ns for c in caches]
+  again = subprocess.run(
+    command + ["--report_only"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert [c.stat().st_mtime_ns for c in caches] == stamps
+  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
+
+
+def test_long_runs_keeps_the_hand_written_notes(tmp_path):
+  script = experiment_script("long_runs")
+  out = tmp_path / "fast_runs.md"
+  assert script.kept_notes(str(out)) == []
+  out.write_text("# table\n\n| a |\n\n## How (written by hand)\n\n- kept\n")
+  assert script.kept_notes(str(out)) == [
+    "",
+    "## How (written by hand)",
+    "",
+    "- kept",
+  ]

@@ -26,6 +26,10 @@ MODEL_CONFIGS = {
   ),
   "resnet": lambda: MNIST.get_config("model=resnet,small=true"),
   "resnet_stn": lambda: MNIST.get_config("model=resnet_stn,small=true"),
+  "preact_resnet": lambda: GTSRB.get_config("model=preact_resnet,small=true"),
+  "preact_resnet_stn": lambda: MNIST.get_config(
+    "model=preact_resnet_stn,placement=input+stage2,shared_stem=true,small=true"
+  ),
   "gtsrb_cnn": lambda: GTSRB.get_config("model=gtsrb_cnn,small=true"),
   "gtsrb_st_cnn": lambda: GTSRB.get_config("model=gtsrb_st_cnn,small=true"),
 }
@@ -96,7 +100,7 @@ def test_bad_config_arguments(arg, match):
     ({"snapshot_every": -1}, "snapshot_every must be an int >= 0"),
     (
       {"train_split": "validation", "on_the_fly": "rts"},
-      "train_split must be 'train' with on_the_fly",
+      "train_split must be 'train' or 'train_without_validation' with on_the_fly",
     ),
   ],
 )

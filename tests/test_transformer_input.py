@@ -42,7 +42,35 @@ CASES = {
     {**RESNET, "transformer_after_stage": 1},
   ),
 }
-NOT_ON_THE_RAW_INPUT = ("gtsrb_st_cnn_lcn", "resnet_stage_only")
+PREACT = {"widths": (4, 8, 8), "blocks_per_stage": 1}
+CASES.update(
+  {
+    "preact_input": ("preact_resnet_stn", (32, 32, 3), PREACT),
+    "preact_everywhere": (
+      "preact_resnet_stn",
+      (32, 32, 3),
+      {**PREACT, "placement": ("input", "stage1", "stage2")},
+    ),
+    # the localisation reads the stem's features; the image is warped
+    "preact_shared_stem": (
+      "preact_resnet_stn",
+      (32, 32, 3),
+      {**PREACT, "shared_stem": True},
+    ),
+    # the only transformer sees stage 2's features
+    "preact_stage2": (
+      "preact_resnet_stn",
+      (32, 32, 3),
+      {**PREACT, "placement": ("stage2",)},
+    ),
+  }
+)
+NOT_ON_THE_RAW_INPUT = (
+  "gtsrb_st_cnn_lcn",
+  "resnet_stage_only",
+  "preact_shared_stem",
+  "preact_stage2",
+)
 
 
 def _model_and_images(case):

@@ -54,6 +54,9 @@
 #               .device_runs/ here and carry it to continue. Finished runs'
 #               small files come back in $OUT/runs/table1_paper: copy them
 #               to experiments/results/runs/ and commit them (--archive).
+#               TABLE1_SCALE=fast runs the fast recipe instead (12k Adam
+#               steps of 256, validation beside test; table1_fast.md);
+#               TABLE1_MODELS=st_cnn,cnn adds the CNN.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/stn_jax_accelerator_out}
@@ -207,16 +210,18 @@ stage_table1() {
     --tfds_dir=/tmp/tfds >/dev/null || return 1
   # SIGTERM at the limit: the run checkpoints and exits; the next call
   # resumes from the tar.
+  local scale=${TABLE1_SCALE:-paper}
   timeout -s TERM "${TABLE1_S:-450}" python3 experiments/table1_distorted_mnist.py \
-    --scale paper --workdir /tmp/table1_runs --seeds 3 --population \
-    --distortions rts --models st_cnn --no_tc --set tfds_dir=/tmp/tfds \
+    --scale "$scale" --workdir /tmp/table1_runs --seeds 3 --population \
+    --distortions rts --models "${TABLE1_MODELS:-st_cnn}" --no_tc \
+    --set tfds_dir=/tmp/tfds \
     --set source_dir=.device_data --set steps_per_dispatch=10 \
-    --archive experiments/results/runs/table1_paper \
-    --out "$OUT/table1_paper.md"
+    --archive "experiments/results/runs/table1_$scale" \
+    --out "$OUT/table1_$scale.md"
   tar -cf "$OUT/table1_runs.tar" -C /tmp/table1_runs .
-  if [ -d experiments/results/runs/table1_paper ]; then
+  if [ -d "experiments/results/runs/table1_$scale" ]; then
     mkdir -p "$OUT/runs"
-    cp -r experiments/results/runs/table1_paper "$OUT/runs/"
+    cp -r "experiments/results/runs/table1_$scale" "$OUT/runs/"
   fi
   ls -la "$OUT"
 }

@@ -138,6 +138,10 @@ def load_arrays(
 ) -> dict[str, np.ndarray]:
   """Reads a whole split into memory, in source order (by ``index``).
 
+  ``split`` is one the built dataset has, or one its builder derives from
+  another by source index (``DERIVED_SPLITS``, e.g. distorted MNIST's
+  ``validation``).
+
   Returns:
     dict of stacked NumPy arrays, one per feature.
 
@@ -152,9 +156,23 @@ def load_arrays(
     data_mirror=data_mirror,
     **builder_kwargs,
   )
+  derived = getattr(builder, "DERIVED_SPLITS", {})
+  if split in derived and split not in builder.info.splits:
+    base, keep = derived[split]
+    arrays = load_arrays(
+      name,
+      base,
+      tfds_dir=tfds_dir,
+      source_dir=source_dir,
+      data_mirror=data_mirror,
+      chunk=chunk,
+      **builder_kwargs,
+    )
+    mask = keep(arrays["index"])
+    return {key: value[mask] for key, value in arrays.items()}
   if split not in builder.info.splits:
     raise ValueError(
-      f"split must be one of {sorted(builder.info.splits)} "
+      f"split must be one of {sorted([*builder.info.splits, *derived])} "
       f"for {name!r}; got {split!r}."
     )
   try:

@@ -26,6 +26,8 @@ from stn_jax.data import (
 from stn_jax.normalization import Normalization
 
 AUGMENTATIONS = ("rotation", "scale", "translate")
+# Training splits whose undistorted digits on_the_fly distorts afresh.
+ON_THE_FLY_SPLITS = ("train", "train_without_validation")
 
 
 def train_split(config) -> str:
@@ -77,9 +79,10 @@ def check_config(config) -> None:
       f"config.eval_splits {tuple(config.eval_splits)}: "
       "evaluating on the training split is not a result."
     )
-  if on_the_fly and train_split(config) != "train":
+  if on_the_fly and train_split(config) not in ON_THE_FLY_SPLITS:
     raise ValueError(
-      "config.train_split must be 'train' with on_the_fly "
+      "config.train_split must be 'train' or 'train_without_validation' "
+      "with on_the_fly "
       f"(the undistorted training digits); got "
       f"{train_split(config)!r}."
     )

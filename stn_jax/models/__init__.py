@@ -1,5 +1,6 @@
 """Flax NNX models: localisation nets, the SpatialTransformer layer and the
-classifiers of the paper, GTSRB and a small ResNet.
+classifiers of the paper, GTSRB, a small ResNet and a pre-activation
+ResNet with transformers where the config places them.
 
 ``get_model(name, in_shape=..., num_classes=..., rngs=..., **kwargs)`` builds
 any registered model; ``MODELS`` names them all.
@@ -33,6 +34,7 @@ from stn_jax.models.layers import (
   SpatialTransformer,
   SpatialTransformer3D,
 )
+from stn_jax.models.resnet import PreActResNet, preact_resnet_stn
 
 MODELS = {
   "fcn": FCN,
@@ -44,6 +46,8 @@ MODELS = {
   "gtsrb_st_cnn": functools.partial(GtsrbCNN, num_transformers=3),
   "resnet": ResNet,
   "resnet_stn": resnet_stn,
+  "preact_resnet": PreActResNet,
+  "preact_resnet_stn": preact_resnet_stn,
 }
 # The models with a spatial transformer (tests/test_configs.py ties this
 # list to the models themselves and to the configs' lists).
@@ -53,6 +57,7 @@ TRANSFORMER_MODELS = (
   "ic_st_cnn",
   "gtsrb_st_cnn",
   "resnet_stn",
+  "preact_resnet_stn",
 )
 
 
@@ -171,6 +176,7 @@ __all__ = [
   "GtsrbCNN",
   "ICSpatialTransformer",
   "MODELS",
+  "PreActResNet",
   "ResNet",
   "STClassifier",
   "SpatialTransformer",

@@ -185,6 +185,7 @@ def train(placement, hooks, log) -> list[dict]:
     multi_step=multi_step,
     gather=gather,
     schedule=placement.learning_rate_schedule(),
+    label_smoothing=float(config_schema.get(first, "label_smoothing")),
   )
   checkpoints = checkpointing.Checkpoints(
     placement.workdir, first.max_checkpoints
