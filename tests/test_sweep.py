@@ -168,7 +168,9 @@ def test_sigterm_in_a_point_stops_the_sweep(tmp_path):
 
 
 def test_unknown_sweep_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="sweep must be one of beyond, localisation_lr"):
+  with pytest.raises(
+    ValueError, match="sweep must be one of beyond, localisation_lr"
+  ):
     sweep.expand(
       sweep.load_config_module(str(REPO / "configs" / "mnist.py")), "table9"
     )
