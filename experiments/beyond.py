@@ -46,8 +46,9 @@ from _tables import (
   write_table,
 )
 
-from stn_jax import calibration, evaluation, restore, sweep
-from stn_jax.data import datasets, distortions
+from stn_jax import calibration, evaluation, restore, sweep, viz
+from stn_jax.data import datasets
+from stn_jax.data import distortions as distortions_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = {"rts": ("rotation", "scale", "translation"), "p": ("projective",)}
@@ -64,9 +65,10 @@ def model_label(arg: dict[str, str]) -> str:
 
 
 def evaluate_run(point_dir: str, *, max_examples: int) -> dict:
-  """The run's ECE on its test split and its invariance summary per
-  family: ``{'ece': float, 'families': {family: {'mean': err, 'worst':
-  err, 'largest': magnitude}}}`` (errors as fractions)."""
+  """The run's ECE on its test split and its invariance per family:
+  ``{'ece': float, 'families': {family: {'mean': err, 'largest':
+  magnitude, 'at_largest': err}}, 'curves': {family: [(magnitude, err),
+  ...]}}`` (errors as fractions)."""
   run = restore(point_dir)
   config = run.config
   where = dict(tfds_dir=config.get("tfds_dir", "") or None)
@@ -91,14 +93,20 @@ def evaluate_run(point_dir: str, *, max_examples: int) -> dict:
   summary = {}
   for family in families:
     rows = [r for r in records if r["family"] == family]
-    identity = distortions.CONTROLLED_IDENTITY[family]
+    identity = distortions_lib.CONTROLLED_IDENTITY[family]
     largest = max(rows, key=lambda r: abs(r["magnitude"] - identity))
     summary[family] = {
       "mean": statistics.mean(r["error"] for r in rows),
       "largest": largest["magnitude"],
       "at_largest": largest["error"],
     }
-  return {"ece": ece, "families": summary}
+  curves = {
+    family: [
+      (r["magnitude"], r["error"]) for r in records if r["family"] == family
+    ]
+    for family in families
+  }
+  return {"ece": ece, "families": summary, "curves": curves}
 
 
 def cached_evaluation(point_dir: str, *, max_examples: int) -> dict | None:
@@ -166,6 +174,39 @@ def table_lines(rows: dict, distortions: list[str]) -> list[str]:
   return lines
 
 
+def write_figures(rows: dict, distortions: list[str], folder: str) -> list[str]:
+  """One PNG per distortion and family: % error against magnitude, one
+  curve per model (the mean over its evaluated seeds); returns the paths."""
+  paths = []
+  for distortion in distortions:
+    for family in FAMILIES[distortion]:
+      curves = []
+      for (d, label), runs in sorted(rows.items(), key=lambda kv: kv[0][1]):
+        evaluated = [r["curves"][family] for r in runs if r.get("curves")]
+        if d != distortion or not evaluated:
+          continue
+        magnitudes = [m for m, _ in evaluated[0]]
+        mean = [
+          100 * statistics.mean(run[i][1] for run in evaluated)
+          for i in range(len(magnitudes))
+        ]
+        curves.append(
+          (f"{label} (n={len(evaluated)})", list(zip(magnitudes, mean)))
+        )
+      if not curves:
+        continue
+      os.makedirs(folder, exist_ok=True)
+      paths.append(os.path.join(folder, f"beyond_{distortion}_{family}.png"))
+      viz.line_plot(
+        curves,
+        paths[-1],
+        title=f"{distortion.upper()}-trained models under {family}",
+        xlabel=distortions_lib.CONTROLLED_UNITS[family],
+        ylabel="% error",
+      )
+  return paths
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
@@ -175,6 +216,11 @@ def main(argv=None) -> int:
   parser.add_argument("--max_examples", type=int, default=1000)
   parser.add_argument("--models", default="cnn,st_cnn,ic_st_cnn")
   parser.add_argument("--distortions", default="rts,p")
+  parser.add_argument(
+    "--figures",
+    default="experiments/results/figures",
+    help="folder for the invariance curves (beyond_<distortion>_<family>.png)",
+  )
   parser.add_argument("--archive")
   parser.add_argument("--report_only", action="store_true")
   parser.add_argument("--set", action="append", default=[])
@@ -231,6 +277,10 @@ def main(argv=None) -> int:
     "- ECE: expected calibration error, 15 bins, on the run's test split",
   ]
   lines += table_lines(rows, distortions)
+  figures = write_figures(rows, distortions, args.figures)
+  if figures:
+    lines += ["", "Invariance curves (mean over seeds):", ""]
+    lines += [f"- `{path}`" for path in figures]
   return write_table(args.out, lines, failed)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -28,6 +30,26 @@ WAYS_OUT = {
   errno.EISDIR: "it is a folder where a file is needed: choose another path",
   errno.ENOENT: "check the path",
 }
+
+
+class _DropOrbaxErrors(logging.Filter):
+  """Drops the ERROR records that orbax logs from its background save
+  threads (with their tracebacks) before the failure reaches the caller,
+  which reports it itself (:class:`stn_jax.checkpointing.CheckpointError`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+    return not (from_orbax and record.levelno >= logging.ERROR)
+
+
+def quiet_orbax_errors() -> None:
+  """At the command line: orbax's own error log lines (a checkpoint save
+  that met a full disk logs about 100 lines from its background thread)
+  are not printed; the command's one-line error says what happened. Other
+  libraries' records, and orbax's warnings, pass."""
+  for handler_owner in (logging.getLogger("absl"), logging.getLogger()):
+    if not any(isinstance(f, _DropOrbaxErrors) for f in handler_owner.filters):
+      handler_owner.addFilter(_DropOrbaxErrors())
 
 
 def is_full_disk(error: BaseException) -> bool:

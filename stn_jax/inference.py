@@ -259,10 +259,14 @@ def _population_hint(workdir: str) -> str:
   found = _population_of_point(workdir)
   if found is None:
     return ""
+  folder = found[0]
+  with open(os.path.join(workdir, "record.json")) as f:
+    population = json.load(f)["population"]
   return (
-    f" This sweep point was trained as a population member: the stacked "
-    f"checkpoint of all members is in {found[0]}/checkpoints, and this "
-    "folder keeps the point's config, metrics and results only."
+    f" This sweep point was trained as one of the {population.get('members')}"
+    f" members of {population['name']}: their checkpoint (all members "
+    f"stacked) is in {folder}/checkpoints, and this folder keeps the "
+    "point's config, metrics and results only."
   )
 
 

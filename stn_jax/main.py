@@ -80,6 +80,7 @@ def run(argv, hooks=()) -> int:
   if not _WORKDIR.value.strip():
     raise ValueError("--workdir is empty; give the run's folder.")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  cli.quiet_orbax_errors()  # its failures reach us and get one line
   distributed.initialize(
     _COORDINATOR.value,
     _NUM_PROCESSES.value,

@@ -609,6 +609,7 @@ def main(argv=None) -> int:
     if positional:
       raise ValueError(f"unexpected arguments {positional}.")
     logging.set_verbosity(logging.WARNING)
+    cli.quiet_orbax_errors()
     path, extra_arg = split_config_spec(values.config)
     if values.collect and values.shard:
       raise ValueError("--collect reads every shard; drop --shard.")

@@ -4,6 +4,7 @@ held here: nothing silently wrong, nothing lost, one clear line."""
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -634,3 +635,50 @@ def test_a_data_folder_variable_naming_a_file_is_one_line(variable, tmp_path):
   # not a folder"; STN_DATA_DIR (downloads off in the tests): "Missing
   # MNIST file ...: looked in <it>/mnist ..."
   assert str(file) in errors[0], errors[0]
+
+
+FILL_AND_RUN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_careless_hands import FillDiskAt
+from stn_jax import main
+sys.exit(main.main(sys.argv[3:], hooks=[FillDiskAt(3, sys.argv[2])]))
+"""
+
+
+def test_a_disk_filled_during_a_run_is_one_line_at_the_command_line(
+  tiny_tfds, small_disk
+):
+  """Case 7 at the command line: a checkpoint save that meets a full disk
+  ends in the one CheckpointError line, without orbax's own log lines from
+  its background threads."""
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      FILL_AND_RUN,
+      str(REPO / "tests"),
+      str(small_disk),
+      "python -m stn_jax.main",
+      "--config=configs/mnist.py:model=cnn,small=true",
+      f"--workdir={small_disk / 'run'}",
+      f"--config.tfds_dir={tiny_tfds}",
+      "--config.batch_size=8",
+      "--config.eval_batch_size=8",
+      "--config.num_steps=6",
+      "--config.checkpoint_every=2",
+      "--config.log_every=1000",
+      "--config.eval_every=1000",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": pythonpath(REPO)},
+  )
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr[-3000:]
+  # (with asynchronous saves, the save that meets the full disk is 2 or 4)
+  assert re.search(r"could not write checkpoint [24] ", lines[0]), lines[0]
+  assert "No space left on device" in lines[0]

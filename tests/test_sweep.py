@@ -168,7 +168,9 @@ def test_sigterm_in_a_point_stops_the_sweep(tmp_path):
 
 
 def test_unknown_sweep_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="sweep must be one of localisation_lr"):
+  with pytest.raises(
+    ValueError, match="sweep must be one of beyond, localisation_lr"
+  ):
     sweep.expand(
       sweep.load_config_module(str(REPO / "configs" / "mnist.py")), "table9"
     )
@@ -249,6 +251,6 @@ def test_command_line_errors_are_one_line_without_a_traceback(tmp_path, capsys):
   )
   err = capsys.readouterr().err
   assert status == 1
-  assert "error: sweep must be one of localisation_lr" in err
+  assert "error: sweep must be one of beyond, localisation_lr" in err
   assert "Traceback" not in err
   assert sweep.main(["--sweep=tc"]) == 2  # missing required flags

@@ -271,6 +271,7 @@ def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
     "--distortions=rts",
     "--models=cnn,st_cnn",
     "--max_examples=8",
+    f"--figures={tmp_path / 'figures'}",
     f"--set=tfds_dir={tiny_tfds}",
     "--set=num_steps=2",
     "--set=batch_size=8",
@@ -287,6 +288,11 @@ def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
   for row in rows[1:]:
     cells = row.strip("| ").split(" | ")[1:]
     assert len(cells) == 2 + 2 * 3 and all("(n=1)" in c for c in cells), row
+  assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+    "beyond_rts_rotation.png",
+    "beyond_rts_scale.png",
+    "beyond_rts_translation.png",
+  ]
   caches = sorted((tmp_path / "runs" / "beyond").glob("*/beyond.json"))
   assert len(caches) == 2
   cached = json.loads(caches[0].read_text())
