@@ -6,15 +6,17 @@ transforms and sampler modes), the refusals and the command line."""
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
-from conftest import GTSRB, MNIST, REPO, pythonpath
+from conftest import GTSRB, MNIST, pythonpath
 
 import stn_jax
 from stn_jax import export, model_zoo, models
 from stn_jax.inference import Restored
+from stn_jax.normalization import Normalization
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -149,7 +151,17 @@ def test_gtsrb_cnn_with_three_transformers_and_normalisation():
 )
 def test_onnx_refuses_what_it_cannot_express(arg, sampler, message):
   config = MNIST.get_config(f"distortion=rts,small=true,{arg}")
-  restored = _random(config, (42, 42, 1), **sampler)
+  model = models.from_config(config, (42, 42, 1))
+  for transformer in models.transformers(model):
+    for key, value in sampler.items():
+      setattr(transformer, key, value)
+  # What export_onnx reads of a Restored, without compiling the model.
+  restored = types.SimpleNamespace(
+    model=model,
+    in_shape=(42, 42, 1),
+    config=config,
+    normalization=Normalization.from_config(config),
+  )
   with pytest.raises(ValueError, match=message):
     export.export_onnx(restored)
 
@@ -164,21 +176,15 @@ def test_bad_opset_and_format_are_refused(pretrained, tmp_path):
     export.export(restored, str(tmp_path / "x"), format="tflite")
 
 
-def test_command_line(tmp_path):
+def test_command_line(tmp_path, capsys):
   out = tmp_path / "m.onnx"
-  env = dict(os.environ, PYTHONPATH=pythonpath(REPO))
-  run = lambda *args: subprocess.run(
-    [sys.executable, "-m", "stn_jax.export", *args],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    env=env,
-  )
-  done = run("--pretrained=rts_st_cnn_small", "--format=onnx", f"--out={out}")
-  assert done.returncode == 0, done.stderr
-  assert f"wrote {out} (onnx," in done.stdout and out.stat().st_size > 0
-  bad = run("--workdir=/nonexistent", "--format=onnx", f"--out={out}")
-  assert bad.returncode == 1
-  assert bad.stderr.strip().splitlines() == [
+  args = ["--pretrained=rts_st_cnn_small", "--format=onnx", f"--out={out}"]
+  assert export.main(args) == 0
+  assert f"wrote {out} (onnx," in capsys.readouterr().out
+  assert out.stat().st_size > 0
+  assert export.main(["--workdir=/nonexistent", *args[1:]]) == 1
+  assert capsys.readouterr().err.strip().splitlines() == [
     "python -m stn_jax.export: error: --workdir '/nonexistent' is not a folder."
   ]
+  assert export.main(args[1:]) == 1
+  assert "exactly one of --workdir" in capsys.readouterr().err
