@@ -22,8 +22,9 @@
 # copy with its outputs.
 #
 # Settings, from the environment so the test can shrink them:
-# `STN_TUTORIAL_STEPS` (training steps, default 600), `STN_TUTORIAL_TFDS_DIR`
-# (built datasets; default TFDS's), `STN_TUTORIAL_OUT` (figures and the run).
+# `STN_TUTORIAL_STEPS` (training steps, default 600), `STN_TUTORIAL_BATCH`
+# (batch size, default the config's 128), `STN_TUTORIAL_TFDS_DIR` (built
+# datasets; default TFDS's), `STN_TUTORIAL_OUT` (figures and the run).
 
 # %%
 import os
@@ -37,6 +38,7 @@ import stn_jax
 from stn_jax import model_zoo
 
 STEPS = int(os.environ.get("STN_TUTORIAL_STEPS", "600"))
+BATCH = int(os.environ.get("STN_TUTORIAL_BATCH", "0"))  # 0: the config's
 TFDS_DIR = os.environ.get("STN_TUTORIAL_TFDS_DIR", "")
 OUT = pathlib.Path(os.environ.get("STN_TUTORIAL_OUT", "tutorial_output"))
 OUT.mkdir(parents=True, exist_ok=True)
@@ -56,8 +58,12 @@ image = digits[:1].astype(np.float32) / 255  # (1, 42, 42, 1) in [0, 1]
 
 angle = np.deg2rad(30)
 theta = jnp.array(
-  [[[np.cos(angle) * 0.7, -np.sin(angle) * 0.7, 0.1],
-    [np.sin(angle) * 0.7, np.cos(angle) * 0.7, 0.0]]],
+  [
+    [
+      [np.cos(angle) * 0.7, -np.sin(angle) * 0.7, 0.1],
+      [np.sin(angle) * 0.7, np.cos(angle) * 0.7, 0.0],
+    ]
+  ],
   jnp.float32,
 )  # rotate by 30 degrees, zoom in by 1/0.7, shift right
 grid = stn_jax.affine_grid(theta, (42, 42))  # (1, 42, 42, 2)
@@ -68,9 +74,11 @@ print("grid", grid.shape, "warped", warped.shape)
 def draw_grid(image, grid, scale=6, step=6):
   """The image, upscaled, with every step-th grid point drawn on it."""
   size = image.shape[0] * scale
-  picture = Image.fromarray(
-    np.uint8(np.clip(image[..., 0], 0, 1) * 255)
-  ).resize((size, size), Image.NEAREST).convert("RGB")
+  picture = (
+    Image.fromarray(np.uint8(np.clip(image[..., 0], 0, 1) * 255))
+    .resize((size, size), Image.NEAREST)
+    .convert("RGB")
+  )
   draw = ImageDraw.Draw(picture)
   points = (np.asarray(grid)[::step, ::step] + 1) / 2 * size  # pixels
   for row in points:
@@ -118,6 +126,8 @@ config.num_steps = STEPS
 config.eval_every = max(1, STEPS // 3)
 config.checkpoint_every = STEPS
 config.log_every = max(1, STEPS // 6)
+if BATCH:
+  config.batch_size = config.eval_batch_size = BATCH
 if TFDS_DIR:
   config.tfds_dir = TFDS_DIR
 workdir = OUT / "run"
@@ -132,9 +142,7 @@ frames = [np.load(path)[:8] for path in snapshots]
 steps = [int(path.stem) for path in snapshots]
 tiles = np.concatenate(frames)
 names = [f"step {s}" if i == 0 else "" for s in steps for i in range(8)]
-preview.grid_image(tiles, names, columns=8, scale=2).save(
-  OUT / "snapshots.png"
-)
+preview.grid_image(tiles, names, columns=8, scale=2).save(OUT / "snapshots.png")
 print("snapshots at steps", steps)
 
 # %% [markdown]
@@ -154,7 +162,10 @@ logits = run.predict(test["image"])
 error = np.mean(logits.argmax(1) != test["label"])
 print(f"restored at step {run.step}: {100 * error:.2f}% test error")
 warped = run.transform(test["image"][:8])  # (8, 42, 42, 1) in [0, 1]
-print("transform params of the first digit:", run.transform_params(test["image"][:1])[0])
+print(
+  "transform params of the first digit:",
+  run.transform_params(test["image"][:1])[0],
+)
 
 # %%
 import json  # noqa: E402
@@ -163,7 +174,9 @@ from stn_jax import viz  # noqa: E402
 
 with open(workdir / "metrics.jsonl") as f:
   records = [json.loads(line) for line in f]
-curve = [(r["step"], 100 * r["test_error"]) for r in records if "test_error" in r]
+curve = [
+  (r["step"], 100 * r["test_error"]) for r in records if "test_error" in r
+]
 print("test error (%) by step:", curve)
 viz.line_plot(
   [("ST-CNN", curve)],
@@ -182,7 +195,9 @@ viz.line_plot(
 pretrained = stn_jax.pretrained("rts_st_cnn_small")
 card = stn_jax.pretrained()["rts_st_cnn_small"]
 print(f"card: {100 * card.test_error:.2f}% test error, step {card.step}")
-print("its predictions on the shipped digits:", pretrained.predict(digits).argmax(1))
+print(
+  "its predictions on the shipped digits:", pretrained.predict(digits).argmax(1)
+)
 print("labels:                               ", labels)
 
 # %% [markdown]

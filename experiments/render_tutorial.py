@@ -74,7 +74,9 @@ def main():
   )
   # The title first, then where the page comes from.
   title, rest = lines[0].split("\n", 1)
-  PAGE.write_text("\n".join([title, "", note, "", rest, *lines[1:]]).rstrip() + "\n")
+  PAGE.write_text(
+    "\n".join([title, "", note, "", rest, *lines[1:]]).rstrip() + "\n"
+  )
   print(f"wrote {PAGE} ({seconds:.0f} s)")
 
 

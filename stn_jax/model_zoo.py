@@ -264,7 +264,8 @@ def load(name: str, *, models_dir: os.PathLike | None = None):
   card = registry[name]
   path = weights_path(card, models_dir)
   config = ml_collections.ConfigDict(card.config)
-  model = models.from_config(config, card.in_shape)
+  # Abstract parameters (shapes only): no random initialisation to compile.
+  model = nnx.eval_shape(lambda: models.from_config(config, card.in_shape))
   graphdef, state = nnx.split(model)
   state = load_weights(state, path, dtype=card.dtype)
   return Restored(config, nnx.merge(graphdef, state), card.in_shape, card.step)

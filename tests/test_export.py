@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import GTSRB, MNIST, pythonpath
+from flax import nnx
 
 import stn_jax
 from stn_jax import export, model_zoo, models
@@ -151,7 +152,8 @@ def test_gtsrb_cnn_with_three_transformers_and_normalisation():
 )
 def test_onnx_refuses_what_it_cannot_express(arg, sampler, message):
   config = MNIST.get_config(f"distortion=rts,small=true,{arg}")
-  model = models.from_config(config, (42, 42, 1))
+  # Abstract parameters (no initialisation run): refused before reading any.
+  model = nnx.eval_shape(lambda: models.from_config(config, (42, 42, 1)))
   for transformer in models.transformers(model):
     for key, value in sampler.items():
       setattr(transformer, key, value)

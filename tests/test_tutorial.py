@@ -20,6 +20,7 @@ def _cells(text):
 
 def test_tutorial_runs_at_a_tiny_budget(tiny_tfds, tmp_path, monkeypatch):
   monkeypatch.setenv("STN_TUTORIAL_STEPS", "2")
+  monkeypatch.setenv("STN_TUTORIAL_BATCH", "8")
   monkeypatch.setenv("STN_TUTORIAL_TFDS_DIR", str(tiny_tfds))
   monkeypatch.setenv("STN_TUTORIAL_OUT", str(tmp_path))
   namespace = runpy.run_path(str(REPO / "docs" / "tutorial.py"))
