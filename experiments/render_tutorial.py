@@ -74,9 +74,8 @@ def main():
   )
   # The title first, then where the page comes from.
   title, rest = lines[0].split("\n", 1)
-  PAGE.write_text(
-    "\n".join([title, "", note, "", rest, *lines[1:]]).rstrip() + "\n"
-  )
+  page = [title, "", note, "", rest.lstrip("\n"), *lines[1:]]
+  PAGE.write_text("\n".join(page).rstrip() + "\n")
   print(f"wrote {PAGE} ({seconds:.0f} s)")
 
 
