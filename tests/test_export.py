@@ -9,13 +9,14 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import GTSRB, MNIST, pythonpath
 from flax import nnx
 
 import stn_jax
-from stn_jax import export, model_zoo, models
+from stn_jax import export, model_zoo, models, ops
 from stn_jax.inference import Restored
 from stn_jax.normalization import Normalization
 
@@ -39,11 +40,23 @@ def _run_onnx(model, images):
 
 
 def _random(config, in_shape, **sampler):
-  """A random model whose transformers do not regress the identity."""
-  model = models.from_config(config, in_shape)
-  for i, transformer in enumerate(models.transformers(model)):
-    head = transformer.localisation.head.kernel
-    head[...] = 0.1 * jax.random.normal(jax.random.key(i), head[...].shape)
+  """A model with random parameters (NumPy draws into an abstract model:
+  no initialiser to compile), its transformers' heads about 0.1 from the
+  identity in every parameter."""
+  model = nnx.eval_shape(lambda: models.from_config(config, in_shape))
+  graphdef, state = nnx.split(model)
+  rng = np.random.default_rng(0)
+
+  def draw(shape):
+    fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 100
+    return (rng.normal(size=shape) / np.sqrt(fan_in)).astype(np.float32)
+
+  state = jax.tree.map(lambda leaf: jnp.asarray(draw(leaf.shape)), state)
+  model = nnx.merge(graphdef, state)
+  for transformer in models.transformers(model):
+    head = transformer.localisation.head
+    identity = ops.identity_params(transformer.transform)
+    head.bias[...] = head.bias[...] + identity  # about 0.1 from it
     for key, value in sampler.items():
       setattr(transformer, key, value)
   return Restored(config, model, in_shape, 0)
