@@ -4,14 +4,17 @@ damaged weights, and release downloads from a 127.0.0.1 server."""
 
 import dataclasses
 import shutil
+import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import MNIST, tiny
 from http_fixtures import FileServer
 
 import stn_jax
-from stn_jax import model_zoo, train
+from stn_jax import model_zoo
 from stn_jax.data import download
 from stn_jax.inference import Restored
 
@@ -49,12 +52,38 @@ def test_unknown_name_lists_the_known_ones():
     stn_jax.pretrained("nope")
 
 
+def _workdir_with_a_checkpoint(config, folder):
+  """A workdir as training leaves it (config, input shape, a verified
+  orbax checkpoint at step 7) holding random parameters, without the cost
+  of training: NumPy draws into the model's abstract state."""
+  from flax import nnx
+
+  from stn_jax import checkpointing, models
+
+  in_shape = (42, 42, 1)
+  checkpointing.write_run_files(str(folder), config, in_shape)
+  model = nnx.eval_shape(lambda: models.from_config(config, in_shape))
+  graphdef, state = nnx.split(model)
+  rng = np.random.default_rng(0)
+  state = jax.tree.map(
+    lambda leaf: jnp.asarray(0.1 * rng.normal(size=leaf.shape), leaf.dtype),
+    state,
+  )
+  checkpoints = checkpointing.Checkpoints(str(folder))
+  try:
+    checkpoints.save(
+      7, types.SimpleNamespace(model=state, opt_state={"count": 0}), {}
+    )
+  finally:
+    checkpoints.close()
+
+
 @pytest.fixture(scope="module")
 def packaged(tiny_tfds, tmp_path_factory):
-  """A tiny trained run and its packaged entry in a temporary registry."""
+  """A run's workdir and its packaged entry in a temporary registry."""
   workdir = tmp_path_factory.mktemp("run")
   config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds)
-  train.train_and_evaluate(config, str(workdir))
+  _workdir_with_a_checkpoint(config, workdir)
   models_dir = tmp_path_factory.mktemp("registry")
   card = model_zoo.package(
     str(workdir),
@@ -73,6 +102,7 @@ def test_packaged_run_predicts_as_restore_and_its_error_is_measured(
   restored = stn_jax.restore(str(workdir))
   loaded = model_zoo.load("tiny", models_dir=models_dir)
   assert type(loaded) is type(restored)
+  assert loaded.step == restored.step == card.step == 7
   assert loaded.config.to_dict() == restored.config.to_dict()
   from stn_jax.data import datasets
 
