@@ -545,3 +545,34 @@ def test_images_beyond_32_bit_pixel_indices_are_refused_without_allocating():
   grid = jax.ShapeDtypeStruct((2**15 - 1, 1, 1, 2), jnp.float32)
   out = jax.eval_shape(stn_jax.grid_sample, small, grid)
   assert out.shape == (2**15 - 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode", stn_jax.MODES)
+def test_reflection_of_taps_on_a_multiple_of_the_span(
+  mode, align_corners, sampler_path
+):
+  """Taps exactly on a mirror (e.g. pixel 41 of a 42-wide image with
+  align_corners) were reflected to the opposite edge when XLA computed
+  floor(41 / 41) as floor(41 * (1 / 41)) = 0; it did so for some batch
+  sizes and not others (seen: 50 points wrong, 1 point right)."""
+  rng = np.random.default_rng(3)
+  for height, width in ((8, 42), (42, 42), (5, 13)):
+    image = rng.uniform(size=(1, height, width, 1)).astype(np.float32)
+    grid = np.zeros((1, 3, 50, 2), np.float32)
+    grid[..., 0] = np.linspace(1.0001, 1.04, 50)  # just past the right edge
+    grid[:, 1, :, 0] = np.linspace(-1.04, -1.0001, 50)  # the left edge
+    grid[:, 2, :, 0] = np.linspace(2.9, 3.1, 50)  # a whole period away
+    grid[..., 1] = np.linspace(-1.0, 1.0, 3)[None, :, None]
+    want = reference.grid_sample(image, grid, mode, "reflection", align_corners)
+    for points in (50, 7, 1):
+      got = stn_jax.grid_sample(
+        image,
+        grid[:, :, :points],
+        mode=mode,
+        padding_mode="reflection",
+        align_corners=align_corners,
+      )
+      np.testing.assert_allclose(
+        got, want[:, :, :points], atol=1e-5, err_msg=f"{height}x{width}"
+      )

@@ -63,8 +63,15 @@ def _reflect(coord, twice_low, twice_high):
   shifted = coord - low
   sign = jnp.where(shifted < 0, -1.0, 1.0).astype(coord.dtype)
   distance = jnp.abs(shifted)
-  extra = jnp.fmod(distance, span)
-  even = jnp.fmod(jnp.floor(distance / span), 2) == 0
+  extra = jnp.fmod(distance, span)  # exact in floating point
+  # The number of whole spans, as PyTorch's floor(distance / span) with a
+  # correctly rounded division. distance - extra is an exact multiple of
+  # span, so rounding its quotient is exact even where XLA divides by
+  # multiplying with a reciprocal (41 / 41 then gave 0.99999994, floor 0,
+  # and the edge pixel 41 reflected to 0).
+  # (floor(q + 0.5), not round: the Pallas Triton lowering has no round.)
+  flips = jnp.floor((distance - extra) / span + 0.5)
+  even = jnp.fmod(flips, 2) == 0
   reflected = jnp.where(even, extra + low, span - extra + low)
   return reflected, jnp.where(even, sign, -sign)
 

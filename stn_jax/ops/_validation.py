@@ -133,8 +133,11 @@ MAX_INDEXED_PIXELS = 2**31 - 1
 
 def check_index_range(name: str, shape, description: str) -> None:
   """Raises unless the pixels of ``shape`` (every axis but the last, the
-  channels) can be indexed with int32, the samplers' flattened indices."""
-  pixels = int(np.prod(tuple(shape)[:-1], dtype=np.int64))
+  channels) can be indexed with int32, the samplers' flattened indices.
+  A symbolic dimension (``jax.export`` shape polymorphism, e.g. the batch
+  size) is not known until the call: only the constant ones are checked."""
+  constant = [d for d in tuple(shape)[:-1] if isinstance(d, (int, np.integer))]
+  pixels = int(np.prod(constant, dtype=np.int64))
   if pixels > MAX_INDEXED_PIXELS:
     raise ValueError(
       f"{name} has {pixels:,} pixels in shape {description} = "
