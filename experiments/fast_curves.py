@@ -7,7 +7,8 @@ Usage:
       --batch_size 256 --out experiments/results/figures/fast_curves_mnist.png
 
 Each ``--run`` is ``LABEL=WORKDIR`` (a run folder with ``metrics.jsonl``
-and ``config.json``); its evaluations give one curve of % test error (solid)
+and ``config.json``, or an archived run's folder with its
+``manifest.json``); its evaluations give one curve of % test error (solid)
 and, where the run evaluated it, one of % validation error. ``--points``
 adds a curve from evaluations reported elsewhere (``step:percent`` pairs)
 when a run's folder is gone, with ``--points_batch_size`` its batch size.
@@ -19,25 +20,34 @@ import argparse
 import json
 import os
 
-from stn_jax import viz
+from stn_jax import sweep_archive, viz
 
 
 def evaluations(folder: str) -> tuple[int, dict[str, list[tuple[int, float]]]]:
-  """(batch size, {split: [(examples seen, % error), ...]}) of a run folder:
-  the last logged value of each step wins (a resumed run repeats steps)."""
-  with open(os.path.join(folder, "config.json")) as f:
-    batch_size = json.load(f)["batch_size"]
+  """(batch size, {split: [(examples seen, % error), ...]}) of a run folder
+  (its metrics.jsonl and config.json) or of an archived run (its
+  manifest.json); the last logged value of each step wins (a resumed run
+  repeats steps)."""
+  manifest = sweep_archive.read_manifest(folder)
+  if os.path.isfile(os.path.join(folder, "metrics.jsonl")):
+    with open(os.path.join(folder, "config.json")) as f:
+      batch_size = json.load(f)["batch_size"]
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  elif manifest is not None:
+    batch_size = manifest["config"]["batch_size"]
+    rows = manifest.get("evaluations", [])
+  else:
+    raise FileNotFoundError(f"{folder} has no metrics.jsonl or manifest.json")
   found: dict[str, dict[int, float]] = {}
-  with open(os.path.join(folder, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      for key, value in row.items():
-        if key.endswith("_error") and not key.startswith("train"):
-          split = key[: -len("_error")]
-          found.setdefault(split, {})[row["step"]] = 100 * value
+  for row in rows:
+    for key, value in row.items():
+      if key.endswith("_error") and not key.startswith("train"):
+        split = key[: -len("_error")]
+        found.setdefault(split, {})[row["step"]] = 100 * value
   return batch_size, {
-    split: sorted((step * batch_size, err) for step, err in rows.items())
-    for split, rows in found.items()
+    split: sorted((step * batch_size, err) for step, err in points.items())
+    for split, points in found.items()
   }
 
 
@@ -65,9 +75,10 @@ def main(argv=None) -> int:
   curves = []
   for spec in args.run:
     label, _, folder = spec.partition("=")
-    if not os.path.isfile(os.path.join(folder, "metrics.jsonl")):
-      parser.error(f"--run {spec!r}: no metrics.jsonl in {folder!r}")
-    _, found = evaluations(folder)
+    try:
+      _, found = evaluations(folder)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+      parser.error(f"--run {spec!r}: {error}")
     for split, rows in sorted(found.items(), key=lambda kv: kv[0] != "test"):
       curves.append((f"{label}: {split}", [(x / 1e6, y) for x, y in rows]))
   for spec in args.points:
