@@ -200,6 +200,8 @@ def test_archived_runs_compare_as_before():
       saved = json.load(f)
     if path.endswith("manifest.json"):
       saved = saved["config"]
+    if "lr_schedule" in saved:  # written after the old rules (recipe keys)
+      continue
     module = GTSRB if saved["dataset"].startswith("gtsrb") else MNIST
     config = module.get_config(saved["arg"])
     assert workdir.config_differences(saved, config) == _old_differences(
