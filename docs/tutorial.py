@@ -35,7 +35,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import stn_jax
-from stn_jax import model_zoo
 
 STEPS = int(os.environ.get("STN_TUTORIAL_STEPS", "600"))
 BATCH = int(os.environ.get("STN_TUTORIAL_BATCH", "0"))  # 0: the config's
@@ -46,14 +45,18 @@ OUT.mkdir(parents=True, exist_ok=True)
 # %% [markdown]
 # ## 1. The spatial ops on a real digit
 #
-# A few real RTS test digits ship with the pretrained model (uint8, NHWC,
-# 42x42). `affine_grid(theta, (H, W))` gives, for every output pixel, the
-# normalised input point `(x, y)` it reads (`-1` left/top, `1`
-# right/bottom); `grid_sample` reads the image there.
+# The RTS test split (uint8, NHWC, 42x42), built from the MNIST files the
+# first time it is read. `affine_grid(theta, (H, W))` gives, for every
+# output pixel, the normalised input point `(x, y)` it reads (`-1`
+# left/top, `1` right/bottom); `grid_sample` reads the image there.
 
 # %%
-with np.load(model_zoo.MODELS_DIR / "rts_st_cnn_small" / "samples.npz") as s:
-  digits, labels = s["images"], s["labels"]
+from stn_jax.data import datasets  # noqa: E402
+
+test = datasets.load_arrays(
+  "distorted_mnist/rts", "test", tfds_dir=TFDS_DIR or None
+)
+digits, labels = test["image"][:16], test["label"][:16]
 image = digits[:1].astype(np.float32) / 255  # (1, 42, 42, 1) in [0, 1]
 
 angle = np.deg2rad(30)
@@ -152,12 +155,7 @@ print("snapshots at steps", steps)
 # ## 3. Restore, predict, and the error curve
 
 # %%
-from stn_jax.data import datasets  # noqa: E402
-
 run = stn_jax.restore(str(workdir))
-test = datasets.load_arrays(
-  "distorted_mnist/rts", "test", tfds_dir=TFDS_DIR or None
-)
 logits = run.predict(test["image"])
 error = np.mean(logits.argmax(1) != test["label"])
 print(f"restored at step {run.step}: {100 * error:.2f}% test error")
@@ -196,9 +194,10 @@ pretrained = stn_jax.pretrained("rts_st_cnn_small")
 card = stn_jax.pretrained()["rts_st_cnn_small"]
 print(f"card: {100 * card.test_error:.2f}% test error, step {card.step}")
 print(
-  "its predictions on the shipped digits:", pretrained.predict(digits).argmax(1)
+  "its predictions on the first test digits:",
+  pretrained.predict(digits).argmax(1),
 )
-print("labels:                               ", labels)
+print("labels:                                  ", labels)
 
 # %% [markdown]
 # ## 4. Export and run without stn_jax

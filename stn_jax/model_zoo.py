@@ -6,9 +6,12 @@ its training step, the test error measured on the run's test split with
 :meth:`~stn_jax.inference.Restored.predict`, the command that trained it,
 the commit and machine, and the weights file's name, size and sha256), and
 its weights ``weights.npz`` (every parameter of the model's ``nnx.State``,
-keyed by its ``/``-joined path, float32 or bfloat16). A few real test
-images with their logits (``samples.npz``) let a test check the loaded
-model without the dataset.
+keyed by its ``/``-joined path, float32 or bfloat16). Its check file
+``check.npz`` holds no images: the logits the run's own checkpoint gave on
+seeded noise probes (:func:`probe_images`, rebuilt from the seed), which
+check the loaded model without any data, and the test-split indices,
+labels and logits of a few real test images, which :func:`verify` checks
+against the test split read from the data directory.
 
 Weights over about 5 MB are not in the package: the card gives their
 ``url`` (a release download) and they are downloaded on first use into
@@ -22,9 +25,9 @@ Adding an entry (see ``docs/pretrained.md``)::
   python -m stn_jax.model_zoo package --workdir=RUN --name=NAME \\
     --command="python -m stn_jax.main --config=... --workdir=RUN"
 
-measures the test error, writes the card, weights and samples into
+measures the test error, writes the card, weights and check file into
 ``stn_jax/pretrained_models/NAME/`` (``--out=DIR``: ``DIR/NAME/``, e.g.
-for a large model's release file, with ``--url``; its card and samples are
+for a large model's release file, with ``--url``; its card and check file are
 then copied into the package), and nothing else is needed.
 """
 
@@ -44,7 +47,7 @@ from stn_jax import provenance
 MODELS_DIR = pathlib.Path(__file__).parent / "pretrained_models"
 CARD = "card.json"
 WEIGHTS = "weights.npz"
-SAMPLES = "samples.npz"
+CHECK = "check.npz"
 DTYPES = ("float32", "bfloat16")
 # Weights larger than this go to a release download, not the package.
 MAX_SHIPPED_BYTES = 5 * 1024 * 1024
@@ -301,10 +304,13 @@ def package(
 ) -> Card:
   """Packages the run ``workdir`` as the pretrained model ``name``.
 
-  Writes ``weights.npz``, ``samples.npz`` (its first ``num_samples`` test
-  images, labels and the logits ``restore(workdir).predict`` gives them) and ``card.json`` into ``<out>/<name>/``
-  (``out`` defaults to ``stn_jax/pretrained_models``), after measuring the test error of
-  the packaged weights (converted to ``dtype``) on the whole test split.
+  Writes ``weights.npz``, ``card.json`` and ``check.npz`` into
+  ``<out>/<name>/`` (``out`` defaults to ``stn_jax/pretrained_models``),
+  after measuring the test error of the packaged weights (converted to
+  ``dtype``) on the whole test split. ``check.npz`` (:func:`write_check`)
+  holds the logits that ``restore(workdir).predict`` gives on seeded noise
+  probes and on the first ``num_samples`` test images, with their indices
+  and labels, but no image.
 
   Raises:
     ValueError: a bad name or dtype, weights over 5 MB without ``url``.
@@ -364,26 +370,147 @@ def package(
   error = float(np.mean(np.argmax(logits, -1) != labels))
   card = dataclasses.replace(card, test_error=error, test_examples=len(labels))
   card.write(folder)
-  # The samples' logits come from the run's own checkpoint (restore), so a
+  # The check's logits come from the run's own checkpoint (restore), so a
   # test of the packaged file against them is a test of the packaging.
-  keep = slice(0, num_samples)
-  np.savez(
-    folder / SAMPLES,
-    images=images[keep],
-    labels=labels[keep],
-    logits=restored.predict(images[keep]),
-  )
+  write_check(folder, restored, images, labels, num_samples=num_samples)
   return card
+
+
+def probe_images(in_shape, *, count: int = 8, seed: int = 0) -> np.ndarray:
+  """``count`` uint8 noise images of shape ``in_shape`` ``(H, W, C)``,
+  ``(count, H, W, C)``, drawn from ``seed``: the data-free inputs of a
+  pretrained model's check (the same on every machine)."""
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (count, *in_shape), dtype=np.uint8)
+
+
+def write_check(
+  folder: os.PathLike,
+  restored,
+  images: np.ndarray,
+  labels: np.ndarray,
+  *,
+  num_samples: int = 16,
+  probe_seed: int = 0,
+) -> None:
+  """Writes ``<folder>/check.npz``: ``probe_seed`` and ``probe_logits``
+  (``restored.predict`` on :func:`probe_images`), and ``indices``,
+  ``labels`` and ``logits`` of the first ``num_samples`` of the test split
+  ``images`` (uint8 ``(N, H, W, C)``) and ``labels`` ``(N,)``. No image is
+  written: the probes are rebuilt from the seed, the test images read from
+  the data directory (:func:`verify`)."""
+  probes = probe_images(restored.in_shape, seed=probe_seed)
+  indices = np.arange(min(num_samples, len(images)))
+  np.savez(
+    pathlib.Path(folder) / CHECK,
+    probe_seed=np.int64(probe_seed),
+    probe_logits=np.asarray(restored.predict(probes)),
+    indices=indices,
+    labels=np.asarray(labels)[indices],
+    logits=np.asarray(restored.predict(np.asarray(images)[indices])),
+  )
+
+
+def read_check(name: str, *, models_dir: os.PathLike | None = None) -> dict:
+  """The check file of the pretrained model ``name`` as a dict of arrays
+  (``probe_seed``, ``probe_logits`` ``(8, classes)``, ``indices``,
+  ``labels``, ``logits`` ``(K, classes)``)."""
+  path = pathlib.Path(models_dir or MODELS_DIR) / name / CHECK
+  with np.load(path) as stored:
+    return {key: stored[key] for key in stored.files}
+
+
+def _tolerance(card: Card) -> float:
+  # float32 weights reproduce the run's logits up to float error; bfloat16
+  # weights only to their 8-bit mantissa.
+  return 1e-4 if card.dtype == "float32" else 0.1
+
+
+def verify(
+  name: str,
+  *,
+  models_dir: os.PathLike | None = None,
+  real: bool = True,
+  full: bool = False,
+  **where,
+) -> dict:
+  """Checks the pretrained model ``name`` against the run it came from.
+
+  Always: its weights' sha256 (on load) and its logits on the seeded noise
+  probes against the run's own (no data needed). With ``real``: its logits
+  on the check's real test images, read by index from the test split in
+  the data directory (``where``: ``tfds_dir``, ``source_dir``,
+  ``data_mirror``; the dataset is built or downloaded if it is missing).
+  With ``full``: its error on the whole test split against the card's.
+
+  Returns:
+    ``{'probe_max_diff': float, 'real_max_diff': float, 'real_correct':
+    int, 'real_count': int, 'test_error': float}``, the last four only
+    where measured. Differences are the largest absolute logit difference.
+
+  Raises:
+    ValueError: a difference over the tolerance (1e-4 for float32
+      weights, 0.1 for bfloat16), another test error, or bad weights.
+  """
+  model = load(name, models_dir=models_dir)  # raises for an unknown name
+  card = cards(models_dir)[name]
+  check = read_check(name, models_dir=models_dir)
+  tolerance = _tolerance(card)
+  found = {}
+
+  def compare(what, logits, expected):
+    diff = float(np.max(np.abs(np.asarray(logits) - expected)))
+    if not diff <= tolerance:
+      raise ValueError(
+        f"pretrained model {name!r}: its logits on {what} differ from the "
+        f"run's by up to {diff:.3g} (tolerance {tolerance}); its weights "
+        "do not reproduce the run."
+      )
+    return diff
+
+  probes = probe_images(card.in_shape, seed=int(check["probe_seed"]))
+  found["probe_max_diff"] = compare(
+    "the noise probes", model.predict(probes), check["probe_logits"]
+  )
+  if real or full:
+    images, labels = load_test_split(model.config, **where)
+    indices = check["indices"]
+    if not np.array_equal(labels[indices], check["labels"]):
+      raise ValueError(
+        f"pretrained model {name!r}: the test split read from the data "
+        "directory has other labels at the check's indices than the run's; "
+        "it is another version of the dataset."
+      )
+    logits = model.predict(images[indices])
+    found["real_max_diff"] = compare(
+      f"test images {indices.tolist()}", logits, check["logits"]
+    )
+    found["real_correct"] = int(np.sum(logits.argmax(1) == check["labels"]))
+    found["real_count"] = len(indices)
+    if full:
+      logits = model.predict(images)
+      error = float(np.mean(np.argmax(logits, -1) != labels))
+      found["test_error"] = error
+      if abs(error - card.test_error) * len(labels) > 1.5:
+        raise ValueError(
+          f"pretrained model {name!r}: test error {100 * error:.2f}% on "
+          f"{len(labels)} images, the card says "
+          f"{100 * card.test_error:.2f}% on {card.test_examples}."
+        )
+  return found
 
 
 USAGE = """python -m stn_jax.model_zoo [list | package --workdir=RUN \
 --name=NAME --command=CMD [--description=TEXT] [--out=DIR] \
-[--dtype=float32|bfloat16] [--url=URL]]
+[--dtype=float32|bfloat16] [--url=URL] | verify NAME [--full]]
 
 list (the default): the pretrained models with their test errors.
 package: makes RUN (a training workdir) the pretrained model NAME: measures
 its test error on the whole test split, writes card.json, weights.npz and
-samples.npz into stn_jax/pretrained_models/NAME (or --out/NAME).
+check.npz into stn_jax/pretrained_models/NAME (or --out/NAME).
+verify NAME [--full]: checks NAME's weights against the run's logits on
+noise probes and on real test images (read from the data directory);
+--full: also its error on the whole test split against the card's.
 """
 
 
@@ -411,6 +538,9 @@ def main(argv=None) -> int:
   flags.DEFINE_string(
     "url", "", "package: release download URL.", flag_values=values
   )
+  flags.DEFINE_bool(
+    "full", False, "verify: the whole test split too.", flag_values=values
+  )
 
   def body(positional):
     command = positional[0] if positional else "list"
@@ -422,9 +552,24 @@ def main(argv=None) -> int:
           f"{card.dataset} test images (step {card.step})"
         )
       return 0
+    if command == "verify" and len(positional) == 2:
+      found = verify(positional[1], full=values.full)
+      print(
+        f"{positional[1]}: logits equal the run's (largest difference "
+        f"{found['probe_max_diff']:.2g} on noise probes, "
+        f"{found['real_max_diff']:.2g} on {found['real_count']} test images, "
+        f"{found['real_correct']} right)"
+        + (
+          f"; test error {100 * found['test_error']:.2f}% as on its card"
+          if "test_error" in found
+          else ""
+        )
+      )
+      return 0
     if command != "package" or len(positional) != 1:
       raise ValueError(
-        f"expected one command, list or package; got {positional}."
+        "expected one command: list, package, or verify NAME; got "
+        f"{positional}."
       )
     if not values.workdir or not values.name:
       raise ValueError("package needs --workdir and --name.")

@@ -1,6 +1,6 @@
 """stn_jax.export: the StableHLO file read back by jax.export alone and the
 ONNX file run by onnxruntime, both against Restored.predict (the shipped
-pretrained model on its real test images, and small random models for the
+pretrained model on RTS-distorted synthetic digits, and small random models for the
 transforms and sampler modes), the refusals and the command line."""
 
 import os
@@ -16,7 +16,7 @@ from conftest import GTSRB, MNIST, pythonpath
 from flax import nnx
 
 import stn_jax
-from stn_jax import export, model_zoo, models, ops
+from stn_jax import export, models, ops
 from stn_jax.inference import Restored
 from stn_jax.normalization import Normalization
 
@@ -24,12 +24,14 @@ ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def pretrained():
-  """The shipped default run and its real RTS test images."""
+def pretrained(tiny_tfds):
+  """The shipped default run and 16 RTS test images (the tiny dataset's
+  synthetic digits, distorted by the data package: no real image ships)."""
+  from stn_jax.data import datasets
+
   restored = stn_jax.pretrained("rts_st_cnn_small")
-  path = model_zoo.MODELS_DIR / "rts_st_cnn_small" / model_zoo.SAMPLES
-  with np.load(path) as samples:
-    return restored, samples["images"]
+  test = datasets.load_arrays("distorted_mnist/rts", "test", tfds_dir=tiny_tfds)
+  return restored, np.asarray(test["image"])
 
 
 def _run_onnx(model, images):
@@ -104,7 +106,7 @@ assert not any(m.startswith('stn_jax') for m in sys.modules)
 
 
 @pytest.mark.parametrize("opset", [16, 20])
-def test_onnx_matches_predict_on_real_test_images(pretrained, opset):
+def test_onnx_matches_predict_on_distorted_digits(pretrained, opset):
   restored, images = pretrained
   model = export.export_onnx(restored, opset=opset)
   (sampler,) = [n for n in model.graph.node if n.op_type == "GridSample"]

@@ -1,5 +1,6 @@
-"""stn_jax.pretrained: the shipped entries (checksums, their real test
-images' logits), packaging a run (against restore(...) of the same run),
+"""stn_jax.pretrained: the shipped entries (checksums, their logits on
+noise probes; no dataset image is shipped), packaging a run, verify against
+the test split (against restore(...) of the same run),
 damaged weights, and release downloads from a 127.0.0.1 server."""
 
 import dataclasses
@@ -21,12 +22,16 @@ from stn_jax.inference import Restored
 
 def test_shipped_entries_match_their_files_and_logits():
   """Every shipped card's weights pass their sha256 (recomputed here), and
-  the model loaded from them gives, on the card's real test images, the
-  logits that restore(workdir).predict gave when it was packaged."""
+  the model loaded from them gives, on the seeded noise probes, the logits
+  that the run's own checkpoint gave when it was packaged. The folder holds
+  no dataset image: the check's real test images are indices."""
   registry = stn_jax.pretrained()
   assert "rts_st_cnn_small" in registry
   for name, card in registry.items():
     folder = model_zoo.MODELS_DIR / name
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+      [model_zoo.CARD, model_zoo.CHECK, card.weights]
+    )
     weights = folder / card.weights
     assert model_zoo.sha256_of(weights) == card.sha256
     assert weights.stat().st_size == card.size <= model_zoo.MAX_SHIPPED_BYTES
@@ -36,15 +41,29 @@ def test_shipped_entries_match_their_files_and_logits():
     assert isinstance(restored, Restored)
     assert restored.step == card.step
     assert restored.in_shape == card.in_shape
-    with np.load(folder / model_zoo.SAMPLES) as samples:
-      logits = restored.predict(samples["images"])
-      expected = samples["logits"]
-      labels = samples["labels"]
-    if card.dtype == "float32":  # bfloat16 weights: the classes only
-      np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(logits.argmax(1), expected.argmax(1))
-    # The samples are real, labelled test images, mostly right.
-    assert (logits.argmax(1) == labels).mean() >= 0.75
+    check = model_zoo.read_check(name)
+    assert "images" not in check
+    assert check["indices"].dtype.kind == "i"
+    assert check["logits"].shape == (len(check["indices"]), 10)
+    assert check["labels"].shape == check["indices"].shape
+    probes = model_zoo.probe_images(
+      card.in_shape, seed=int(check["probe_seed"])
+    )
+    assert probes.shape == (8, *card.in_shape) and probes.dtype == np.uint8
+    logits = restored.predict(probes)
+    np.testing.assert_allclose(logits, check["probe_logits"], rtol=0, atol=1e-4)
+    # The noise probes tell the weights apart: the logits are not constant.
+    assert np.ptp(check["probe_logits"], axis=0).max() > 1e-3
+    # verify() without data does the same check and says so.
+    found = model_zoo.verify(name, real=False)
+    assert found["probe_max_diff"] <= 1e-4 and "real_max_diff" not in found
+
+
+def test_probe_images_are_seeded():
+  a = model_zoo.probe_images((42, 42, 1), seed=3)
+  np.testing.assert_array_equal(a, model_zoo.probe_images((42, 42, 1), seed=3))
+  assert not np.array_equal(a, model_zoo.probe_images((42, 42, 1), seed=4))
+  assert a.min() < 10 and a.max() > 245
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -115,6 +134,40 @@ def test_packaged_run_predicts_as_restore_and_its_error_is_measured(
   )
   assert card.sha256 == model_zoo.sha256_of(models_dir / "tiny" / card.weights)
   assert model_zoo.cards(models_dir)["tiny"] == card
+
+
+def test_verify_reads_the_real_test_images_by_index(packaged, tiny_tfds):
+  """verify() reads the check's test images from the data directory by
+  index, finds the run's logits there and the card's error on the whole
+  split; a check that the weights do not reproduce is refused."""
+  workdir, models_dir, card = packaged
+  check = model_zoo.read_check("tiny", models_dir=models_dir)
+  assert "images" not in check
+  np.testing.assert_array_equal(check["indices"], np.arange(4))
+  from stn_jax.data import datasets
+
+  test = datasets.load_arrays("distorted_mnist/rts", "test", tfds_dir=tiny_tfds)
+  np.testing.assert_array_equal(check["labels"], test["label"][:4])
+  restored = stn_jax.restore(str(workdir))
+  np.testing.assert_array_equal(
+    check["logits"], restored.predict(test["image"][:4])
+  )
+  found = model_zoo.verify(
+    "tiny", models_dir=models_dir, full=True, tfds_dir=tiny_tfds
+  )
+  assert found["probe_max_diff"] == found["real_max_diff"] == 0.0
+  assert found["real_count"] == 4
+  assert found["test_error"] == pytest.approx(card.test_error)
+
+
+def test_verify_refuses_weights_that_do_not_reproduce(packaged, tmp_path):
+  _, models_dir, _ = packaged
+  shutil.copytree(models_dir / "tiny", tmp_path / "tiny")
+  check = model_zoo.read_check("tiny", models_dir=tmp_path)
+  check["probe_logits"] = check["probe_logits"] + 0.01
+  np.savez(tmp_path / "tiny" / model_zoo.CHECK, **check)
+  with pytest.raises(ValueError, match="noise probes differ .* up to 0.01"):
+    model_zoo.verify("tiny", models_dir=tmp_path, real=False)
 
 
 def test_bfloat16_weights_round_trip(packaged, tmp_path):
