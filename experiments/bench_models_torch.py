@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stn_jax import config_args, models, steps
+from stn_jax import config_args, models, recipe, steps
 from stn_jax.provenance import commit_description, machine_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ def jax_step_fn(config, in_shape, num_classes, batch):
   config.learning_rate = 1e-3
   model = models.from_config(config, in_shape)
   count = models.count_params(model)
-  optimizer = steps.make_optimizer(config, nnx.state(model))
+  optimizer = recipe.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
   rng = np.random.default_rng(0)
   data = {

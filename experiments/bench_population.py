@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stn_jax import config_args, models, steps
+from stn_jax import config_args, models, recipe, steps
 from stn_jax.provenance import commit_description, machine_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def time_members(config, k, num_steps, methods=METHODS):
     member = config.copy_and_resolve_references()
     member.seed = seed
     model = models.from_config(member, (42, 42, 1))
-    optimizer = steps.make_optimizer(member, nnx.state(model))
+    optimizer = recipe.make_optimizer(member, nnx.state(model))
     graphdef, state = steps.init_state(model, optimizer)
     states.append(state)
   batches = [{"image": images[t], "label": labels[t]} for t in range(k)]
@@ -88,9 +88,11 @@ def time_members(config, k, num_steps, methods=METHODS):
   stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
   hyper = {
     name: jnp.full((k,), value, jnp.float32)
-    for name, value in steps.member_hyperparameters(config).items()
+    for name, value in recipe.member_hyperparameters(config).items()
   }
-  schedule = steps.learning_rate_schedule(steps.member_optimizer_config(config))
+  schedule = recipe.learning_rate_schedule(
+    recipe.member_optimizer_config(config)
+  )
   stacked = {"state": stack(states), "acc": stack(accumulators)}
   batch_all = {"image": images, "label": labels}
 

@@ -42,7 +42,7 @@ import optax
 from bench_models_torch import model_configs
 from flax import nnx
 
-from stn_jax import models, ops, steps
+from stn_jax import models, ops, recipe, steps
 from stn_jax.models import contrast, layers
 from stn_jax.provenance import commit_description, machine_description
 
@@ -160,7 +160,7 @@ def profile_model(name, config, in_shape, num_classes, batch, repeats):
   rows = []
 
   # The whole step.
-  optimizer = steps.make_optimizer(config, nnx.state(model))
+  optimizer = recipe.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
   data = {"image": images, "label": labels}
   step = jax.jit(

@@ -202,15 +202,15 @@ def _models():
 
 
 def _optimizers():
-  from stn_jax import steps
+  from stn_jax import recipe
 
-  return steps.OPTIMIZERS
+  return recipe.OPTIMIZERS
 
 
 def _schedules():
-  from stn_jax import steps
+  from stn_jax import recipe
 
-  return steps.SCHEDULES
+  return recipe.SCHEDULES
 
 
 def _unit_interval(value) -> str | None:

@@ -2,7 +2,7 @@
 
 The K members may differ in ``seed`` (initialisation and data order),
 ``learning_rate``, ``localisation_lr_multiplier``, ``grad_clip_norm`` and
-``weight_decay`` (:data:`stn_jax.steps.MEMBER_HYPERPARAMETERS`: the step
+``weight_decay`` (:data:`stn_jax.recipe.MEMBER_HYPERPARAMETERS`: the step
 applies each member's own values); everything else must be equal. Their states are stacked
 on a leading member axis and the pure step of :mod:`stn_jax.steps` runs
 under ``jax.vmap`` (or ``jax.lax.map``, or unrolled over the members)
@@ -38,7 +38,7 @@ import os
 
 import jax
 
-from stn_jax import config_schema, steps, train
+from stn_jax import config_schema, recipe, train
 
 # The member-role keys of the config schema, and the config argument
 # string (the keys it produces are compared instead).
@@ -142,7 +142,7 @@ def train_population(
   if "interrupted_at_step" in results[0]:
     return results
   for config, member in zip(configs, results):
-    member.update(seed=config.seed, **steps.member_hyperparameters(config))
+    member.update(seed=config.seed, **recipe.member_hyperparameters(config))
   with open(os.path.join(workdir, "population.json"), "w") as f:
     json.dump(
       {

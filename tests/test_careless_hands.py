@@ -581,12 +581,12 @@ def test_restore_while_a_run_saves_with_one_checkpoint_kept(tmp_path):
 
   from flax import nnx
 
-  from stn_jax import models, steps
+  from stn_jax import models, recipe, steps
 
   config = MNIST.get_config("model=fcn,small=true")
   checkpointing.write_run_files(str(tmp_path), config, (42, 42, 1))
   model = models.from_config(config, (42, 42, 1))
-  optimizer = steps.make_optimizer(config, nnx.state(model))
+  optimizer = recipe.make_optimizer(config, nnx.state(model))
   _, state = steps.init_state(model, optimizer)
   writer = checkpointing.Checkpoints(str(tmp_path), max_to_keep=1)
   writer.save(1, state, {})

@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 from conftest import GTSRB, MNIST, REPO
 
-from stn_jax import config_schema, population, steps, train, workdir
+from stn_jax import config_schema, population, recipe, train, workdir
 
 # The rules as literal tables, as workdir.py, steps.py and population.py
 # wrote them at 9f24987 (before the schema).
@@ -69,7 +69,7 @@ ADDED_KEYS = {
 }
 # Keys the schema gives an implicit value that the old table lacked: what
 # the code already assumed when a config lacked them (config.get defaults
-# in steps.member_hyperparameters, evaluate.py, ...), or safe-to-change
+# in recipe.member_hyperparameters, evaluate.py, ...), or safe-to-change
 # keys the check ignores anyway.
 NEW_IMPLICIT_DEFAULTS = {
   "arg": "",
@@ -101,7 +101,7 @@ def test_the_derived_tables_keep_the_old_rules():
   assert set(workdir.ONLY_WITH) == {"augment_on_device"}
   assert set(workdir.IDENTITY_WHEN) == {"num_steps"}
   assert population.MAY_DIFFER == OLD_MAY_DIFFER
-  assert list(steps.MEMBER_HYPERPARAMETERS) == list(OLD_MAY_DIFFER[1:-1])
+  assert list(recipe.MEMBER_HYPERPARAMETERS) == list(OLD_MAY_DIFFER[1:-1])
 
 
 def test_only_with_ignores_augment_on_device_without_augmentation():

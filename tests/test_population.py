@@ -233,14 +233,14 @@ def test_weight_decay_is_decoupled_and_named_when_bad(tiny_tfds):
   import optax
   from flax import nnx
 
-  from stn_jax import models, steps
+  from stn_jax import models, recipe
 
   config = member(tiny_tfds, 0, 0.1)
   config.optimizer = "sgd"
   config.weight_decay = 0.5
   model = models.from_config(config, (42, 42, 1))
   params = nnx.state(model)
-  optimizer = steps.make_optimizer(config, params)
+  optimizer = recipe.make_optimizer(config, params)
   grads = jax.tree.map(lambda p: np.ones_like(p), params)
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   applied = optax.apply_updates(params, updates)

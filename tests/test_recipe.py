@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import MNIST, tiny
 
-from stn_jax import steps, train
+from stn_jax import recipe, train
 from stn_jax.data import datasets, distorted_mnist
 
 
@@ -29,7 +29,7 @@ def _config(**keys):
 
 
 def test_step_schedule_without_the_new_keys_is_the_papers():
-  schedule = steps.learning_rate_schedule(_config())
+  schedule = recipe.learning_rate_schedule(_config())
   for step, expected in ((0, 0.01), (99, 0.01), (100, 0.001), (250, 1e-4)):
     np.testing.assert_allclose(schedule(step), expected, rtol=1e-6)
 
@@ -37,7 +37,7 @@ def test_step_schedule_without_the_new_keys_is_the_papers():
 @pytest.mark.parametrize("warmup", [0, 50])
 def test_cosine_schedule_with_warmup_against_its_definition(warmup):
   config = _config(lr_schedule="cosine", warmup_steps=warmup)
-  schedule = steps.learning_rate_schedule(config)
+  schedule = recipe.learning_rate_schedule(config)
   for step in (0, 1, 10, 49, 50, 100, 500, 999, 1000):
     expected = 0.01 * 0.5 * (1 + math.cos(math.pi * step / 1000))
     if warmup:
@@ -51,7 +51,7 @@ def test_cosine_schedule_with_warmup_against_its_definition(warmup):
 
 
 def test_warmup_also_ramps_the_step_schedule():
-  schedule = steps.learning_rate_schedule(_config(warmup_steps=10))
+  schedule = recipe.learning_rate_schedule(_config(warmup_steps=10))
   np.testing.assert_allclose(schedule(0), 0.001, rtol=1e-6)
   np.testing.assert_allclose(schedule(9), 0.01, rtol=1e-6)
   np.testing.assert_allclose(schedule(150), 0.001, rtol=1e-6)
@@ -73,7 +73,7 @@ def test_label_smoothing_against_numpy_and_bitwise_off():
   labels = jnp.asarray(rng.integers(0, 10, 16))
   for s in (0.0, 0.1, 0.5):
     np.testing.assert_allclose(
-      steps.classification_loss(logits, labels, s),
+      recipe.classification_loss(logits, labels, s),
       _numpy_smoothed_loss(logits, labels, s),
       rtol=1e-5,
     )
@@ -81,7 +81,7 @@ def test_label_smoothing_against_numpy_and_bitwise_off():
   import optax
 
   assert np.array_equal(
-    steps.classification_loss(logits, labels, 0.0),
+    recipe.classification_loss(logits, labels, 0.0),
     optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
   )
 
@@ -90,7 +90,7 @@ def test_label_smoothing_gradient_numerically_under_jit_and_vmap():
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(4, 5)).astype(np.float64)
   labels = np.array([0, 3, 4, 1])
-  grad = jax.jit(jax.grad(steps.classification_loss), static_argnums=2)(
+  grad = jax.jit(jax.grad(recipe.classification_loss), static_argnums=2)(
     jnp.asarray(logits, jnp.float32), jnp.asarray(labels), 0.2
   )
   eps = 1e-6
@@ -106,7 +106,7 @@ def test_label_smoothing_gradient_numerically_under_jit_and_vmap():
   np.testing.assert_allclose(grad, numeric, atol=1e-6)
   # vmapped over a leading axis of batches: one loss per batch
   stacked = jnp.asarray(np.stack([logits, -logits]), jnp.float32)
-  losses = jax.vmap(lambda x: steps.classification_loss(x, labels, 0.2))(
+  losses = jax.vmap(lambda x: recipe.classification_loss(x, labels, 0.2))(
     stacked
   )
   np.testing.assert_allclose(

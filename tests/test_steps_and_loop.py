@@ -13,7 +13,7 @@ import pytest
 from conftest import MNIST, requires_torch
 from flax import nnx
 
-from stn_jax import checkpointing, hooks, models, steps, train
+from stn_jax import checkpointing, hooks, models, recipe, steps, train
 from stn_jax.data import pipeline
 
 
@@ -53,7 +53,7 @@ def fixed_batch(n=16, size=28, seed=0):
 
 
 def one_step(model, config, batch):
-  optimizer = steps.make_optimizer(config, nnx.state(model))
+  optimizer = recipe.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
   step = jax.jit(
     functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer)
@@ -88,7 +88,7 @@ def test_a_tiny_model_overfits_a_fixed_batch():
     channels=(4, 8),
   )
   config = optimizer_config(optimizer="adam", learning_rate=3e-3)
-  optimizer = steps.make_optimizer(config, nnx.state(model))
+  optimizer = recipe.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
   step = jax.jit(
     functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer)
@@ -264,7 +264,7 @@ def test_the_loop_fetches_nothing_between_log_steps(
 
   model = st_cnn()
   config = optimizer_config(optimizer="adam", learning_rate=1e-3)
-  optimizer = steps.make_optimizer(config, nnx.state(model))
+  optimizer = recipe.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
   rng = np.random.default_rng(0)
   arrays = {

@@ -327,13 +327,13 @@ def write_format_1_checkpoint(workdir, config, in_shape, step):
   import orbax.checkpoint as ocp
   from flax import nnx
 
-  from stn_jax import checkpointing, steps
+  from stn_jax import checkpointing, recipe
 
   checkpointing.write_run_files(str(workdir), config, in_shape)
   model = models.from_config(config, in_shape)
   params = nnx.state(model)
   params = jax.tree.map(lambda x: x + 0.25, params)  # not the init values
-  opt_state = steps.make_optimizer(config, params).init(params)
+  opt_state = recipe.make_optimizer(config, params).init(params)
   manager = ocp.CheckpointManager(os.path.abspath(workdir / "checkpoints"))
   manager.save(
     step,

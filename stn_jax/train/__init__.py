@@ -40,7 +40,7 @@ from stn_jax.data.inputs import (
   train_split,
 )
 from stn_jax.hooks import TrainingDiverged
-from stn_jax.steps import OPTIMIZERS
+from stn_jax.recipe import OPTIMIZERS
 from stn_jax.train.evaluation import evaluate
 from stn_jax.train.hook_registry import DEFAULT_HOOKS, HOOKS, register_hook
 from stn_jax.train.loop import (

@@ -16,7 +16,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from stn_jax import config_schema, distributed, steps
+from stn_jax import config_schema, distributed, recipe
 from stn_jax import hooks as hooks_lib
 
 
@@ -82,7 +82,7 @@ def register_hook(name: str):
 @register_hook("log_metrics")
 def _log_metrics(run: RunParts):
   first = run.config
-  schedule = steps.learning_rate_schedule(first)
+  schedule = recipe.learning_rate_schedule(first)
 
   def learning_rates(at_step):
     scale = float(schedule(at_step)) / first.learning_rate

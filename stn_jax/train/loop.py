@@ -22,7 +22,14 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from stn_jax import checkpointing, config_schema, distributed, models, steps
+from stn_jax import (
+  checkpointing,
+  config_schema,
+  distributed,
+  models,
+  recipe,
+  steps,
+)
 from stn_jax import hooks as hooks_lib
 from stn_jax import workdir as workdir_lib
 from stn_jax.data import inputs
@@ -254,7 +261,7 @@ def _initial_states(placement, in_shape):
   for config in placement.configs:
     config = placement.optimizer_config(config)
     model = models.from_config(config, in_shape)
-    optimizer = steps.make_optimizer(config, nnx.state(model))
+    optimizer = recipe.make_optimizer(config, nnx.state(model))
     graphdef, state = steps.init_state(model, optimizer)
     states.append(state)
   return graphdef, optimizer, states, models.count_params(model)

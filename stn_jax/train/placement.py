@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from stn_jax import checkpointing, distributed, steps
+from stn_jax import checkpointing, distributed, recipe, steps
 from stn_jax.data import inputs, pipeline
 
 
@@ -187,7 +187,7 @@ class Population(SingleRun):
     self.rows = None
     self.streams = []
     self.device_data = None
-    hyper = [steps.member_hyperparameters(c) for c in self.configs]
+    hyper = [recipe.member_hyperparameters(c) for c in self.configs]
     # What a checkpoint records of each member, compared on resume.
     self.identity = [{"seed": c.seed, **h} for c, h in zip(self.configs, hyper)]
     self.member_values = jax.device_put(
@@ -207,14 +207,14 @@ class Population(SingleRun):
 
   def optimizer_config(self, config):
     """One optimiser serves every member (learning rate 1, ...; see
-    :func:`stn_jax.steps.member_optimizer_config`): each member's own
+    :func:`stn_jax.recipe.member_optimizer_config`): each member's own
     values act in the step."""
-    return steps.member_optimizer_config(config)
+    return recipe.member_optimizer_config(config)
 
   def learning_rate_schedule(self):
     """The schedule's shape (learning rate 1), applied in the step."""
-    return steps.learning_rate_schedule(
-      steps.member_optimizer_config(self.configs[0])
+    return recipe.learning_rate_schedule(
+      recipe.member_optimizer_config(self.configs[0])
     )
 
   def place_state(self, states: list):
