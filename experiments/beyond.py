@@ -47,8 +47,7 @@ from _tables import (
 )
 
 from stn_jax import calibration, evaluation, restore, sweep, viz
-from stn_jax.data import datasets
-from stn_jax.data import distortions as distortions_lib
+from stn_jax.data import controlled, datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = {"rts": ("rotation", "scale", "translation"), "p": ("projective",)}
@@ -93,7 +92,7 @@ def evaluate_run(point_dir: str, *, max_examples: int) -> dict:
   summary = {}
   for family in families:
     rows = [r for r in records if r["family"] == family]
-    identity = distortions_lib.CONTROLLED_IDENTITY[family]
+    identity = controlled.IDENTITY[family]
     largest = max(rows, key=lambda r: abs(r["magnitude"] - identity))
     summary[family] = {
       "mean": statistics.mean(r["error"] for r in rows),
@@ -201,7 +200,7 @@ def write_figures(rows: dict, distortions: list[str], folder: str) -> list[str]:
         curves,
         paths[-1],
         title=f"{distortion.upper()}-trained models under {family}",
-        xlabel=distortions_lib.CONTROLLED_UNITS[family],
+        xlabel=controlled.UNITS[family],
         ylabel="% error",
       )
   return paths

@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 
 from stn_jax import calibration, cli, config_schema, evaluation, viz
-from stn_jax.data import datasets, distortions
+from stn_jax.data import controlled, datasets
 
 COMMANDS = ("invariance", "calibration")
 
@@ -68,7 +68,7 @@ def run_invariance(
   from stn_jax import restore
 
   for family in families:
-    distortions.check_family(family)
+    controlled.check_family(family)
   runs = [restore(w) for w in (workdir, *baselines)]
   names = [_name(w) for w in (workdir, *baselines)]
   if len(set(names)) < len(names):
@@ -117,7 +117,7 @@ def run_invariance(
       curves,
       paths[-1],
       title=f"test error under {family}",
-      xlabel=distortions.CONTROLLED_UNITS[family],
+      xlabel=controlled.UNITS[family],
       ylabel="%",
     )
   return paths
@@ -131,7 +131,7 @@ def invariance_table(results, *, count, size) -> str:
     "# Invariance under controlled distortions",
     "",
     f"{count} clean test images in a {size}x{size} canvas; magnitude units: "
-    + "; ".join(f"{k}: {v}" for k, v in distortions.CONTROLLED_UNITS.items())
+    + "; ".join(f"{k}: {v}" for k, v in controlled.UNITS.items())
     + ".",
     "",
     "| family | magnitude | "
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
   )
   flags.DEFINE_list(
     "families",
-    list(distortions.CONTROLLED_FAMILIES),
+    list(controlled.FAMILIES),
     "invariance: the distortion families.",
     flag_values=values,
   )

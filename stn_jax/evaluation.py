@@ -2,10 +2,10 @@
 its spatial transformer does about them.
 
 :func:`invariance_sweep` distorts clean test images (MNIST digits, GTSRB
-signs) with one family of :data:`stn_jax.data.distortions.CONTROLLED_FAMILIES`
+signs) with one family of :data:`stn_jax.data.controlled.FAMILIES`
 at a time, over a grid of magnitudes, with the data package's own
-distortion code (:func:`~stn_jax.data.distortions.controlled_params`,
-:func:`~stn_jax.data.distortions.render_centred`). Example ``i``'s random
+distortion code (:func:`~stn_jax.data.controlled.draw_params`,
+:func:`~stn_jax.data.controlled.render_centred`). Example ``i``'s random
 draws come from ``np.random.default_rng([seed, family, i])``, the same at
 every magnitude and for every model: two runs are compared on identical
 images.
@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from stn_jax import ops
-from stn_jax.data import distortions
+from stn_jax.data import controlled
 
 DEFAULT_MAGNITUDES = {
   "rotation": (-90, -60, -30, -15, 0, 15, 30, 60, 90),
@@ -63,8 +63,8 @@ def distorted_images(
 
   Args:
     images: uint8 ``(N, S, S, C)`` clean objects.
-    family: one of ``distortions.CONTROLLED_FAMILIES``.
-    magnitude: its magnitude (units: ``distortions.CONTROLLED_UNITS``).
+    family: one of ``controlled.FAMILIES``.
+    magnitude: its magnitude (units: ``controlled.UNITS``).
     size: the canvas side the model takes (``>= S``; the object sits
       centred at its own size).
     seed: example ``i`` draws from ``default_rng([seed, family, i])``.
@@ -74,11 +74,11 @@ def distorted_images(
     object-frame parameters (one key: ``theta``, ``homography`` or
     ``control_points``).
   """
-  distortions.check_family(family)
-  code = distortions.CONTROLLED_FAMILIES.index(family)
+  controlled.check_family(family)
+  code = controlled.FAMILIES.index(family)
   object_size = np.shape(images)[1]
   per_example = [
-    distortions.controlled_params(
+    controlled.draw_params(
       family,
       magnitude,
       np.random.default_rng([seed, code, i]),
@@ -88,7 +88,7 @@ def distorted_images(
   ]
   (key,) = per_example[0]
   params = {key: np.stack([p[key] for p in per_example])}
-  return distortions.render_centred(images, params, size=size), params
+  return controlled.render_centred(images, params, size=size), params
 
 
 def transformer_corners(transform: str, params) -> np.ndarray:
@@ -145,7 +145,7 @@ def transformer_record(
     ``constant`` (bool) and ``shrunk`` (int count).
   """
   px = size / 2
-  composed = distortions.map_points(params, corners, placement=placement)
+  composed = controlled.map_points(params, corners, placement=placement)
   scale = np.sqrt(_quad_area(corners) / 4)
   spread = float(corners.std(axis=0).mean() * px)
   return {
@@ -167,7 +167,7 @@ def invariance_sweep(
   labels,
   *,
   size: int,
-  families: Sequence[str] = distortions.CONTROLLED_FAMILIES,
+  families: Sequence[str] = controlled.FAMILIES,
   magnitudes: dict | None = None,
   seed: int = 0,
   transform_params: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -183,7 +183,7 @@ def invariance_sweep(
     images: uint8 ``(N, S, S, C)`` clean test objects.
     labels: ``(N,)`` int.
     size: the canvas side the model takes.
-    families: which of ``distortions.CONTROLLED_FAMILIES``.
+    families: which of ``controlled.FAMILIES``.
     magnitudes: ``{family: sequence}``; default :data:`DEFAULT_MAGNITUDES`.
     seed: the draws' seed (:func:`distorted_images`).
     transform_params: uint8 images -> ``(B, P)`` the first transformer's
@@ -197,7 +197,7 @@ def invariance_sweep(
     transformer statistics when asked for.
   """
   for family in families:
-    distortions.check_family(family)
+    controlled.check_family(family)
   magnitudes = {**DEFAULT_MAGNITUDES, **(magnitudes or {})}
   labels = np.asarray(labels)
   with_transformer = transform_params is not None
@@ -221,7 +221,7 @@ def invariance_sweep(
   records = []
   for family in families:
     for magnitude in magnitudes[family]:
-      if magnitude == distortions.CONTROLLED_IDENTITY[family]:
+      if magnitude == controlled.IDENTITY[family]:
         params = clean_params
         error, corners = clean_error, clean_corners
       else:

@@ -13,9 +13,9 @@ from conftest import MNIST, REPO, pythonpath, tiny
 from flax import nnx
 
 from stn_jax import calibration, evaluation, models
-from stn_jax.data import distortions
+from stn_jax.data import controlled
 
-FAMILIES = distortions.CONTROLLED_FAMILIES
+FAMILIES = controlled.FAMILIES
 SMALL_GRID = {
   "rotation": (-30, 0, 90),
   "scale": (0.7, 1.0),
@@ -46,7 +46,7 @@ def test_the_identity_magnitude_renders_the_clean_images(size):
   offset = (size - 28) // 2
   for family in FAMILIES:
     out, _ = evaluation.distorted_images(
-      images, family, distortions.CONTROLLED_IDENTITY[family], size=size
+      images, family, controlled.IDENTITY[family], size=size
     )
     assert out.shape == (len(images), size, size, 1)
     np.testing.assert_array_equal(
@@ -95,15 +95,15 @@ def test_map_points_agrees_with_the_rendering_grid():
     ys, xs = np.nonzero(out[0, ..., 0] > 0)
     centre = np.array([(xs.mean() + 0.5) / 21 - 1, (ys.mean() + 0.5) / 21 - 1])
     # the canvas point there reads the object's centre
-    read = distortions.map_points(params, centre[None, None], placement=1.5)
+    read = controlled.map_points(params, centre[None, None], placement=1.5)
     np.testing.assert_allclose(read[0, 0], 0, atol=0.06)
 
 
 def test_bad_family_and_magnitude():
   with pytest.raises(ValueError, match="family must be one of"):
-    distortions.controlled_params("shear", 1, np.random.default_rng(0))
+    controlled.draw_params("shear", 1, np.random.default_rng(0))
   with pytest.raises(ValueError, match="> 0"):
-    distortions.controlled_params("scale", 0, np.random.default_rng(0))
+    controlled.draw_params("scale", 0, np.random.default_rng(0))
 
 
 # --- the sweep --------------------------------------------------------------
@@ -117,9 +117,7 @@ def test_magnitude_zero_equals_the_plain_test_error():
   )
   plain = float(np.mean(predict(images).argmax(-1) != labels))
   at_identity = [
-    r
-    for r in records
-    if r["magnitude"] == distortions.CONTROLLED_IDENTITY[r["family"]]
+    r for r in records if r["magnitude"] == controlled.IDENTITY[r["family"]]
   ]
   assert len(at_identity) == len(FAMILIES)
   assert all(r["error"] == plain for r in at_identity)
