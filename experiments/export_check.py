@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from stn_jax import export, model_zoo, provenance
+from stn_jax import export, model_packaging, model_zoo, provenance
 from stn_jax.inference import restore
 
 FLAGS = flags.FLAGS
@@ -48,7 +48,7 @@ def _median_seconds(function, calls, warmup):
 def check(name, restored, folder):
   import onnxruntime as ort
 
-  images, labels = model_zoo.load_test_split(restored.config)
+  images, labels = model_packaging.load_test_split(restored.config)
   start = time.perf_counter()
   expected = restored.predict(images)
   predict_s = time.perf_counter() - start

@@ -10,7 +10,7 @@ keyed by its ``/``-joined path, float32 or bfloat16). Its check file
 ``check.npz`` holds no images: the logits the run's own checkpoint gave on
 seeded noise probes (:func:`probe_images`, rebuilt from the seed), which
 check the loaded model without any data, and the test-split indices,
-labels and logits of a few real test images, which :func:`verify` checks
+labels and logits of a few real test images, which :func:`stn_jax.model_packaging.verify` checks
 against the test split read from the data directory.
 
 Weights over about 5 MB are not in the package: the card gives their
@@ -25,7 +25,8 @@ Adding an entry (see ``docs/pretrained.md``)::
   python -m stn_jax.model_zoo package --workdir=RUN --name=NAME \\
     --command="python -m stn_jax.main --config=... --workdir=RUN"
 
-measures the test error, writes the card, weights and check file into
+(:func:`stn_jax.model_packaging.package`) measures the test error, writes
+the card, weights and check file into
 ``stn_jax/pretrained_models/NAME/`` (``--out=DIR``: ``DIR/NAME/``, e.g.
 for a large model's release file, with ``--url``; its card and check file are
 then copied into the package), and nothing else is needed.
@@ -41,8 +42,6 @@ import pathlib
 import sys
 
 import numpy as np
-
-from stn_jax import provenance
 
 MODELS_DIR = pathlib.Path(__file__).parent / "pretrained_models"
 CARD = "card.json"
@@ -274,141 +273,12 @@ def load(name: str, *, models_dir: os.PathLike | None = None):
   return Restored(config, nnx.merge(graphdef, state), card.in_shape, card.step)
 
 
-def load_test_split(config, **where) -> tuple[np.ndarray, np.ndarray]:
-  """``(uint8 images, labels)`` of a run's whole test split
-  (``config.dataset``); ``where`` overrides ``tfds_dir``, ``source_dir``,
-  ``data_mirror``."""
-  from stn_jax.data import datasets
-
-  kwargs = dict(
-    tfds_dir=config.get("tfds_dir", "") or None,
-    source_dir=config.get("source_dir", "") or None,
-    data_mirror=config.get("data_mirror", "") or None,
-  )
-  kwargs.update({k: v for k, v in where.items() if v})
-  arrays = datasets.load_arrays(config.dataset, "test", **kwargs)
-  return np.asarray(arrays["image"]), np.asarray(arrays["label"])
-
-
-def package(
-  workdir: str,
-  name: str,
-  *,
-  command: str,
-  description: str = "",
-  out: os.PathLike | None = None,
-  dtype: str = "float32",
-  url: str = "",
-  num_samples: int = 16,
-  **where,
-) -> Card:
-  """Packages the run ``workdir`` as the pretrained model ``name``.
-
-  Writes ``weights.npz``, ``card.json`` and ``check.npz`` into
-  ``<out>/<name>/`` (``out`` defaults to ``stn_jax/pretrained_models``),
-  after measuring the test error of the packaged weights (converted to
-  ``dtype``) on the whole test split. ``check.npz`` (:func:`write_check`)
-  holds the logits that ``restore(workdir).predict`` gives on seeded noise
-  probes and on the first ``num_samples`` test images, with their indices
-  and labels, but no image.
-
-  Raises:
-    ValueError: a bad name or dtype, weights over 5 MB without ``url``.
-  """
-  from flax import nnx
-
-  from stn_jax.inference import restore
-
-  if not name or not all(c.isalnum() or c == "_" for c in name):
-    raise ValueError(
-      f"name must be letters, digits and underscores; got {name!r}."
-    )
-  if dtype not in DTYPES:
-    raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
-  if not command:
-    raise ValueError("command must be the command that trained the run.")
-  folder = pathlib.Path(out or MODELS_DIR) / name
-  folder.mkdir(parents=True, exist_ok=True)
-  restored = restore(workdir)
-  _, state = nnx.split(restored.model)
-  weights = folder / WEIGHTS
-  save_weights(state, weights, dtype=dtype)
-  size = weights.stat().st_size
-  if size > MAX_SHIPPED_BYTES and not url:
-    raise ValueError(
-      f"the weights of {name!r} are {size} bytes, over the "
-      f"{MAX_SHIPPED_BYTES} shipped in the package: give the url of the "
-      "release download (--url) and --out outside the package."
-    )
-  config = json.loads(restored.config.to_json_best_effort())
-  card = Card(
-    name=name,
-    description=description,
-    dataset=restored.config.dataset,
-    model=restored.config.model,
-    test_error=0.0,
-    test_examples=0,
-    step=restored.step,
-    command=command,
-    commit=provenance.commit_description(
-      cwd=str(pathlib.Path(__file__).parent)
-    ),
-    machine=provenance.machine_description(),
-    weights=WEIGHTS,
-    sha256=sha256_of(weights),
-    size=size,
-    dtype=dtype,
-    url=url,
-    config=config,
-    in_shape=restored.in_shape,
-  )
-  card.write(folder)
-  # Measure what a user gets: the packaged file, loaded as users load it.
-  loaded = load(name, models_dir=folder.parent)
-  images, labels = load_test_split(restored.config, **where)
-  logits = loaded.predict(images)
-  error = float(np.mean(np.argmax(logits, -1) != labels))
-  card = dataclasses.replace(card, test_error=error, test_examples=len(labels))
-  card.write(folder)
-  # The check's logits come from the run's own checkpoint (restore), so a
-  # test of the packaged file against them is a test of the packaging.
-  write_check(folder, restored, images, labels, num_samples=num_samples)
-  return card
-
-
 def probe_images(in_shape, *, count: int = 8, seed: int = 0) -> np.ndarray:
   """``count`` uint8 noise images of shape ``in_shape`` ``(H, W, C)``,
   ``(count, H, W, C)``, drawn from ``seed``: the data-free inputs of a
   pretrained model's check (the same on every machine)."""
   rng = np.random.default_rng(seed)
   return rng.integers(0, 256, (count, *in_shape), dtype=np.uint8)
-
-
-def write_check(
-  folder: os.PathLike,
-  restored,
-  images: np.ndarray,
-  labels: np.ndarray,
-  *,
-  num_samples: int = 16,
-  probe_seed: int = 0,
-) -> None:
-  """Writes ``<folder>/check.npz``: ``probe_seed`` and ``probe_logits``
-  (``restored.predict`` on :func:`probe_images`), and ``indices``,
-  ``labels`` and ``logits`` of the first ``num_samples`` of the test split
-  ``images`` (uint8 ``(N, H, W, C)``) and ``labels`` ``(N,)``. No image is
-  written: the probes are rebuilt from the seed, the test images read from
-  the data directory (:func:`verify`)."""
-  probes = probe_images(restored.in_shape, seed=probe_seed)
-  indices = np.arange(min(num_samples, len(images)))
-  np.savez(
-    pathlib.Path(folder) / CHECK,
-    probe_seed=np.int64(probe_seed),
-    probe_logits=np.asarray(restored.predict(probes)),
-    indices=indices,
-    labels=np.asarray(labels)[indices],
-    logits=np.asarray(restored.predict(np.asarray(images)[indices])),
-  )
 
 
 def read_check(name: str, *, models_dir: os.PathLike | None = None) -> dict:
@@ -418,86 +288,6 @@ def read_check(name: str, *, models_dir: os.PathLike | None = None) -> dict:
   path = pathlib.Path(models_dir or MODELS_DIR) / name / CHECK
   with np.load(path) as stored:
     return {key: stored[key] for key in stored.files}
-
-
-def _tolerance(card: Card) -> float:
-  # float32 weights reproduce the run's logits up to float error; bfloat16
-  # weights only to their 8-bit mantissa.
-  return 1e-4 if card.dtype == "float32" else 0.1
-
-
-def verify(
-  name: str,
-  *,
-  models_dir: os.PathLike | None = None,
-  real: bool = True,
-  full: bool = False,
-  **where,
-) -> dict:
-  """Checks the pretrained model ``name`` against the run it came from.
-
-  Always: its weights' sha256 (on load) and its logits on the seeded noise
-  probes against the run's own (no data needed). With ``real``: its logits
-  on the check's real test images, read by index from the test split in
-  the data directory (``where``: ``tfds_dir``, ``source_dir``,
-  ``data_mirror``; the dataset is built or downloaded if it is missing).
-  With ``full``: its error on the whole test split against the card's.
-
-  Returns:
-    ``{'probe_max_diff': float, 'real_max_diff': float, 'real_correct':
-    int, 'real_count': int, 'test_error': float}``, the last four only
-    where measured. Differences are the largest absolute logit difference.
-
-  Raises:
-    ValueError: a difference over the tolerance (1e-4 for float32
-      weights, 0.1 for bfloat16), another test error, or bad weights.
-  """
-  model = load(name, models_dir=models_dir)  # raises for an unknown name
-  card = cards(models_dir)[name]
-  check = read_check(name, models_dir=models_dir)
-  tolerance = _tolerance(card)
-  found = {}
-
-  def compare(what, logits, expected):
-    diff = float(np.max(np.abs(np.asarray(logits) - expected)))
-    if not diff <= tolerance:
-      raise ValueError(
-        f"pretrained model {name!r}: its logits on {what} differ from the "
-        f"run's by up to {diff:.3g} (tolerance {tolerance}); its weights "
-        "do not reproduce the run."
-      )
-    return diff
-
-  probes = probe_images(card.in_shape, seed=int(check["probe_seed"]))
-  found["probe_max_diff"] = compare(
-    "the noise probes", model.predict(probes), check["probe_logits"]
-  )
-  if real or full:
-    images, labels = load_test_split(model.config, **where)
-    indices = check["indices"]
-    if not np.array_equal(labels[indices], check["labels"]):
-      raise ValueError(
-        f"pretrained model {name!r}: the test split read from the data "
-        "directory has other labels at the check's indices than the run's; "
-        "it is another version of the dataset."
-      )
-    logits = model.predict(images[indices])
-    found["real_max_diff"] = compare(
-      f"test images {indices.tolist()}", logits, check["logits"]
-    )
-    found["real_correct"] = int(np.sum(logits.argmax(1) == check["labels"]))
-    found["real_count"] = len(indices)
-    if full:
-      logits = model.predict(images)
-      error = float(np.mean(np.argmax(logits, -1) != labels))
-      found["test_error"] = error
-      if abs(error - card.test_error) * len(labels) > 1.5:
-        raise ValueError(
-          f"pretrained model {name!r}: test error {100 * error:.2f}% on "
-          f"{len(labels)} images, the card says "
-          f"{100 * card.test_error:.2f}% on {card.test_examples}."
-        )
-  return found
 
 
 USAGE = """python -m stn_jax.model_zoo [list | package --workdir=RUN \
@@ -518,7 +308,7 @@ def main(argv=None) -> int:
   """``python -m stn_jax.model_zoo``; returns the exit status."""
   from absl import flags
 
-  from stn_jax import cli
+  from stn_jax import cli, model_packaging
 
   values = flags.FlagValues()
   flags.DEFINE_string("workdir", None, "package: the run.", flag_values=values)
@@ -553,7 +343,7 @@ def main(argv=None) -> int:
         )
       return 0
     if command == "verify" and len(positional) == 2:
-      found = verify(positional[1], full=values.full)
+      found = model_packaging.verify(positional[1], full=values.full)
       print(
         f"{positional[1]}: logits equal the run's (largest difference "
         f"{found['probe_max_diff']:.2g} on noise probes, "
@@ -573,7 +363,7 @@ def main(argv=None) -> int:
       )
     if not values.workdir or not values.name:
       raise ValueError("package needs --workdir and --name.")
-    card = package(
+    card = model_packaging.package(
       values.workdir,
       values.name,
       command=values.command,

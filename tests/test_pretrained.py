@@ -15,7 +15,7 @@ from conftest import MNIST, tiny
 from http_fixtures import FileServer
 
 import stn_jax
-from stn_jax import model_zoo
+from stn_jax import model_packaging, model_zoo
 from stn_jax.data import download
 from stn_jax.inference import Restored
 
@@ -55,7 +55,7 @@ def test_shipped_entries_match_their_files_and_logits():
     # The noise probes tell the weights apart: the logits are not constant.
     assert np.ptp(check["probe_logits"], axis=0).max() > 1e-3
     # verify() without data does the same check and says so.
-    found = model_zoo.verify(name, real=False)
+    found = model_packaging.verify(name, real=False)
     assert found["probe_max_diff"] <= 1e-4 and "real_max_diff" not in found
 
 
@@ -104,7 +104,7 @@ def packaged(tiny_tfds, tmp_path_factory):
   config = tiny(MNIST.get_config("model=st_cnn,small=true"), tiny_tfds)
   _workdir_with_a_checkpoint(config, workdir)
   models_dir = tmp_path_factory.mktemp("registry")
-  card = model_zoo.package(
+  card = model_packaging.package(
     str(workdir),
     "tiny",
     command="python -m stn_jax.main --config=... --workdir=RUN",
@@ -152,7 +152,7 @@ def test_verify_reads_the_real_test_images_by_index(packaged, tiny_tfds):
   np.testing.assert_array_equal(
     check["logits"], restored.predict(test["image"][:4])
   )
-  found = model_zoo.verify(
+  found = model_packaging.verify(
     "tiny", models_dir=models_dir, full=True, tfds_dir=tiny_tfds
   )
   assert found["probe_max_diff"] == found["real_max_diff"] == 0.0
@@ -167,7 +167,7 @@ def test_verify_refuses_weights_that_do_not_reproduce(packaged, tmp_path):
   check["probe_logits"] = check["probe_logits"] + 0.01
   np.savez(tmp_path / "tiny" / model_zoo.CHECK, **check)
   with pytest.raises(ValueError, match="noise probes differ .* up to 0.01"):
-    model_zoo.verify("tiny", models_dir=tmp_path, real=False)
+    model_packaging.verify("tiny", models_dir=tmp_path, real=False)
 
 
 def test_bfloat16_weights_round_trip(packaged, tmp_path):
