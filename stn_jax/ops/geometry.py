@@ -23,6 +23,11 @@ Sizes are ``(height, width)``, as ``out_shape`` elsewhere in stn_jax (note
 that OpenCV's ``dsize`` is ``(width, height)``). Every function takes a
 batch or a single example (no batch axis) and works under ``jax.jit``,
 ``jax.vmap`` and ``jax.grad``.
+
+The module is longer than most (about 500 lines) because it is one idea:
+the warps and crops are thin users of the pixel <-> normalised
+conversions above, and each public function's docstring restates the
+convention it takes (the OpenCV equivalent, and the shapes).
 """
 
 from __future__ import annotations
