@@ -211,8 +211,27 @@ def total_minutes(records: Sequence[dict]) -> float:
   )
 
 
+# A results file's hand-written part starts at a heading with this text;
+# rewriting the table keeps it.
+NOTES_HEADING = "(written by hand)"
+
+
+def kept_notes(path: str) -> list[str]:
+  """The lines of ``path`` from its first heading containing
+  :data:`NOTES_HEADING` on (with a blank line before), or none."""
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    lines = f.read().splitlines()
+  for i, line in enumerate(lines):
+    if line.startswith("#") and NOTES_HEADING in line:
+      return ["", *lines[i:]]
+  return []
+
+
 def write_table(out: str, lines: list[str], failed: Sequence[dict]) -> int:
-  """Writes ``lines`` (plus a section naming each failed run) to ``out``,
+  """Writes ``lines`` (plus a section naming each failed run, and the
+  hand-written notes ``out`` already has: :func:`kept_notes`) to ``out``,
   prints them, and returns the exit status: 1 if any run failed."""
   if failed:
     lines = (
@@ -220,6 +239,7 @@ def write_table(out: str, lines: list[str], failed: Sequence[dict]) -> int:
       + ["", "## Failed runs", ""]
       + [f"- {r['name']}: {r['error'].splitlines()[-1]}" for r in failed]
     )
+  lines = lines + kept_notes(out)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -40,6 +40,7 @@ import table1_distorted_mnist as table1
 from _tables import (
   DONE,
   header_lines,
+  kept_notes,
   recipe_words,
   run_in_seed_passes,
   run_script,
@@ -230,24 +231,6 @@ def table(
   if missing:
     lines += ["", "Not in the table yet:", "", *missing]
   return lines
-
-
-# A results file's hand-written part starts at a heading with this text;
-# rewriting the table keeps it.
-NOTES_HEADING = "(written by hand)"
-
-
-def kept_notes(path: str) -> list[str]:
-  """The lines of ``path`` from its first heading containing
-  :data:`NOTES_HEADING` on (with a blank line before), or none."""
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    lines = f.read().splitlines()
-  for i, line in enumerate(lines):
-    if line.startswith("#") and NOTES_HEADING in line:
-      return ["", *lines[i:]]
-  return []
 
 
 def main(argv=None) -> int:

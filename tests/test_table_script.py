@@ -313,14 +313,20 @@ def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
   assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
 
 
-def test_long_runs_keeps_the_hand_written_notes(tmp_path):
-  script = experiment_script("long_runs")
+def test_results_files_keep_their_hand_written_notes(tmp_path):
+  """Every table script writes through _tables.write_table, which keeps
+  the part of the file from a '(written by hand)' heading on."""
+  tables = experiment_script("_tables")
   out = tmp_path / "fast_runs.md"
-  assert script.kept_notes(str(out)) == []
+  assert tables.kept_notes(str(out)) == []
   out.write_text("# table\n\n| a |\n\n## How (written by hand)\n\n- kept\n")
-  assert script.kept_notes(str(out)) == [
+  assert tables.kept_notes(str(out)) == [
     "",
     "## How (written by hand)",
     "",
     "- kept",
   ]
+  assert tables.write_table(str(out), ["# table", "", "| b |"], []) == 0
+  assert out.read_text() == (
+    "# table\n\n| b |\n\n## How (written by hand)\n\n- kept\n"
+  )
