@@ -131,7 +131,9 @@ def test_a_model_is_one_registry_entry_and_the_configs_offer_it():
   finally:
     del registry.ENTRIES["tiny_st_fcn"], registry.MODELS["tiny_st_fcn"]
   with pytest.raises(ValueError, match="datasets must be some of mnist"):
-    models.register_model("x", models.FCN, transformer=False, datasets=("svhn",))
+    models.register_model(
+      "x", models.FCN, transformer=False, datasets=("svhn",)
+    )
   assert "x" not in models.MODELS
   with pytest.raises(ValueError, match="dataset must be one of mnist"):
     models.model_names(dataset="svhn")
