@@ -34,8 +34,10 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
-from stn_jax import checkpointing, launchers, population, sweep_records
+from stn_jax import checkpointing, population
 from stn_jax import workdir as workdir_lib
+from stn_jax.sweep import launchers
+from stn_jax.sweep import records as sweep_records
 
 
 @dataclasses.dataclass
@@ -131,7 +133,7 @@ def run_population(
 ) -> list[dict]:
   """Trains ``unit``'s points as one population under all their point
   locks, writing each point's record as it starts and ends; returns the
-  records (status as :func:`stn_jax.launchers.run_point`'s, the same for
+  records (status as :func:`stn_jax.sweep.launchers.run_point`'s, the same for
   every member)."""
   tasks = unit.tasks
   with contextlib.ExitStack() as stack:
@@ -207,7 +209,7 @@ def run_units(
   log=print,
 ) -> None:
   """Runs populations and single points one after another in this process,
-  as :class:`stn_jax.launchers.LocalLauncher` runs points: ``on_start`` and
+  as :class:`stn_jax.sweep.launchers.LocalLauncher` runs points: ``on_start`` and
   ``on_done(task, record)`` per point; a signal ends the run."""
   for unit in units:
     tasks = unit.tasks if isinstance(unit, PopulationTask) else [unit]

@@ -3,7 +3,7 @@
 :func:`run_point` is what runs a point wherever it runs: it takes the
 point's lock (another runner holding it means the point is reported
 ``'running'`` and left alone), writes the point's record as it starts and
-ends (:mod:`stn_jax.sweep_records`), and trains. The launchers only decide
+ends (:mod:`stn_jax.sweep.records`), and trains. The launchers only decide
 where and how many at once:
 
 - :class:`LocalLauncher`: one point after another in this process.
@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from stn_jax import sweep_records
+from stn_jax.sweep import records as sweep_records
 
 
 @dataclasses.dataclass
