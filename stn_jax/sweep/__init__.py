@@ -24,9 +24,12 @@ from stn_jax.sweep.plan import (
   point_name,
   sweep_names,
 )
+from stn_jax.sweep.records import Record, Status
 from stn_jax.sweep.runner import plan_check, run_sweep
 
 __all__ = [
+  "Record",
+  "Status",
   "build_config",
   "expand",
   "load_config_module",

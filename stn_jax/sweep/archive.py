@@ -146,9 +146,10 @@ def manifest_of(point_dir: str) -> dict:
     path = os.path.join(point_dir, name)
     if os.path.isfile(path):
       optional[key] = _read_json(path)
+  record = sweep_records.read_record(point_dir)
   return {
     "format": MANIFEST_FORMAT,
-    "record": sweep_records.read_record(point_dir),
+    "record": None if record is None else record.to_dict(),
     **optional,
     "evaluations": [row for row in rows if _is_evaluation(row)],
     "step_seconds": step_seconds(

@@ -54,6 +54,7 @@ from absl import flags
 from stn_jax import cli
 from stn_jax.config_args import split_config_spec
 from stn_jax.sweep import launchers
+from stn_jax.sweep.records import Status
 from stn_jax.sweep.runner import run_sweep
 
 
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         resources=values.resources,
       ),
     )
-    failed = [r for r in records if r["status"] in ("failed", "damaged")]
+    failed = [r for r in records if r.status.is_failure]
     counts = collections.Counter(r["status"] for r in records)
     print(
       f"{len(records)} points, {len(failed)} failed"
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
         + f"); results in {values.workdir}/results.md"
       )
     )
-    stopped = [r["signal"] for r in records if r["status"] == "interrupted"]
+    stopped = [r.signal for r in records if r.status == Status.INTERRUPTED]
     if stopped:
       return {"SIGINT": 130, "SIGTERM": 143}.get(stopped[0], 1)
     return 1 if failed else 0

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stn_jax.sweep import records as sweep_records
+from stn_jax.sweep.records import Record, Status
 
 
 @dataclasses.dataclass
@@ -40,29 +41,26 @@ class PointTask:
   point_dir: str
   config: Any  # ml_collections.ConfigDict
 
-  def record(self, **fields) -> dict:
-    return {
-      "name": self.name,
-      "arg": self.arg,
-      "overrides": self.overrides,
-      "results": {},
-      "error": "",
-      **fields,
-    }
+  def record(self, **fields) -> Record:
+    """This point's :class:`Record` with ``fields`` set (status
+    'pending' unless given)."""
+    return Record(
+      name=self.name, arg=self.arg, overrides=self.overrides, **fields
+    )
 
 
-def settle(record: dict, results: dict) -> None:
+def settle(record: Record, results: dict) -> None:
   """Puts a training function's ``results`` into a point's ``record``, with
   status 'interrupted' (and the signal) when a signal stopped the run,
   'finished' otherwise."""
-  record["results"] = results
+  record.results = results
   if "interrupted_at_step" in results:
-    record.update(status="interrupted", signal=results.get("signal"))
+    record.update(status=Status.INTERRUPTED, signal=results.get("signal"))
   else:
-    record["status"] = "finished"
+    record.status = Status.FINISHED
 
 
-def run_point(task: PointTask, train_fn: Callable) -> dict:
+def run_point(task: PointTask, train_fn: Callable) -> Record:
   """Trains ``task`` under its point lock, writing its record as it starts
   and ends; returns the record.
 
@@ -73,12 +71,12 @@ def run_point(task: PointTask, train_fn: Callable) -> dict:
   """
   with sweep_records.PointLock(task.point_dir) as lock:
     if not lock.acquired:
-      return task.record(status="running", error=f"held by {lock.owner}")
+      return task.record(status=Status.RUNNING, error=f"held by {lock.owner}")
     saved = sweep_records.read_record(task.point_dir)
-    if saved is not None and saved["status"] == "finished":
-      return {**task.record(), **saved, "status": "skipped"}
+    if saved is not None and saved.status == Status.FINISHED:
+      return Record.from_dict({**task.record(), **saved, "status": "skipped"})
     record = task.record(
-      status="running",
+      status=Status.RUNNING,
       start_time=time.time(),
       end_time=None,
       **sweep_records.where(),
@@ -87,15 +85,13 @@ def run_point(task: PointTask, train_fn: Callable) -> dict:
     try:
       settle(record, dict(train_fn(task.config, task.point_dir)))
     except Exception:  # noqa: BLE001 - recorded; the other points run
-      record.update(status="failed", error=traceback.format_exc())
+      record.update(status=Status.FAILED, error=traceback.format_exc())
     except BaseException:  # KeyboardInterrupt before the loop's handler
-      record.update(status="interrupted", signal="SIGINT")
+      record.update(status=Status.INTERRUPTED, signal="SIGINT")
       raise
     finally:
-      record["end_time"] = time.time()
-      record["results"]["wall_seconds"] = (
-        record["end_time"] - record["start_time"]
-      )
+      record.end_time = time.time()
+      record.results["wall_seconds"] = record.end_time - record.start_time
       sweep_records.write_record(task.point_dir, record)
   return record
 
@@ -116,7 +112,7 @@ class LocalLauncher:
         on_start(task)
       record = run_point(task, train_fn)
       on_done(task, record)
-      if record["status"] == "interrupted":
+      if record.status == Status.INTERRUPTED:
         return
 
 
@@ -239,7 +235,7 @@ class RayLauncher:
           record = _after_cancel(task, submitted[ref])
         except ray.exceptions.RayError as error:  # the worker died
           record = task.record(
-            status="failed", error=f"{type(error).__name__}: {error}"
+            status=Status.FAILED, error=f"{type(error).__name__}: {error}"
           )
           sweep_records.write_record(task.point_dir, record)
         on_done(task, record)
@@ -256,9 +252,9 @@ def _after_cancel(task: PointTask, since: float, timeout: float = 600.0):
   saved = sweep_records.read_record(task.point_dir)
   if saved is None or (saved.get("start_time") or 0) < since:
     return None  # what is on disk is an earlier invocation's
-  record = {**task.record(), **saved}
-  if record["status"] == "running":  # stopped before it could write
-    record.update(status="interrupted", signal="SIGINT")
+  record = Record.from_dict({**task.record(), **saved})
+  if record.status == Status.RUNNING:  # stopped before it could write
+    record.update(status=Status.INTERRUPTED, signal="SIGINT")
   return record
 
 

@@ -38,6 +38,7 @@ from stn_jax import checkpointing, population
 from stn_jax import workdir as workdir_lib
 from stn_jax.sweep import launchers
 from stn_jax.sweep import records as sweep_records
+from stn_jax.sweep.records import Record, Status
 
 
 @dataclasses.dataclass
@@ -130,7 +131,7 @@ def check_resumes(units: Sequence, workdir: str) -> None:
 
 def run_population(
   unit: PopulationTask, population_fn: Callable, log=print
-) -> list[dict]:
+) -> list[Record]:
   """Trains ``unit``'s points as one population under all their point
   locks, writing each point's record as it starts and ends; returns the
   records (status as :func:`stn_jax.sweep.launchers.run_point`'s, the same for
@@ -143,15 +144,15 @@ def run_population(
     held = [lock.owner for lock in locks if not lock.acquired]
     if held:
       return [
-        t.record(status="running", error=f"a member is held by {held[0]}")
+        t.record(status=Status.RUNNING, error=f"a member is held by {held[0]}")
         for t in tasks
       ]
     saved = [sweep_records.read_record(t.point_dir) for t in tasks]
-    if any(r is not None and r["status"] == "finished" for r in saved):
+    if any(r is not None and r.status == Status.FINISHED for r in saved):
       # Another runner finished some members meanwhile: the group changed.
       return [
         t.record(
-          status="running",
+          status=Status.RUNNING,
           error="another runner finished some of this population's "
           "points; rerun to regroup the rest",
         )
@@ -159,11 +160,11 @@ def run_population(
       ]
     where = sweep_records.where()
     records = [
-      t.record(status="running", start_time=time.time(), end_time=None, **where)
+      t.record(status=Status.RUNNING, start_time=time.time(), **where)
       for t in tasks
     ]
     for index, (t, record) in enumerate(zip(tasks, records)):
-      record["population"] = {
+      record.population = {
         "name": unit.name,
         "members": len(tasks),
         "index": index,  # its member in the stacked checkpoint
@@ -183,18 +184,18 @@ def run_population(
     except Exception:  # noqa: BLE001 - recorded; the other points run
       error = traceback.format_exc()
       for record in records:
-        record.update(status="failed", error=error)
+        record.update(status=Status.FAILED, error=error)
     except BaseException:  # KeyboardInterrupt before the loop's handler
       for record in records:
-        record.update(status="interrupted", signal="SIGINT")
+        record.update(status=Status.INTERRUPTED, signal="SIGINT")
       raise
     finally:
       end = time.time()
       for t, record in zip(tasks, records):
-        wall = end - record["start_time"]
-        record["end_time"] = end
-        record["results"]["wall_seconds"] = wall / len(tasks)
-        record["population"]["wall_seconds"] = wall
+        wall = end - record.start_time
+        record.end_time = end
+        record.results["wall_seconds"] = wall / len(tasks)
+        record.population["wall_seconds"] = wall
         sweep_records.write_record(t.point_dir, record)
   return records
 
@@ -227,5 +228,5 @@ def run_units(
       records = [launchers.run_point(unit, train_fn)]
     for task, record in zip(tasks, records):
       on_done(task, record)
-    if any(r["status"] == "interrupted" for r in records):
+    if any(r.status == Status.INTERRUPTED for r in records):
       return

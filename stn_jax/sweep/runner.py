@@ -27,6 +27,7 @@ from stn_jax.sweep import launchers
 from stn_jax.sweep import population as sweep_population
 from stn_jax.sweep import records as sweep_records
 from stn_jax.sweep.plan import build_config, plan
+from stn_jax.sweep.records import Record, Status
 
 
 def run_sweep(
@@ -118,17 +119,17 @@ def run_sweep(
   if report_only:
     records = _report(planned, mine, workdir, check)
     for record in records:
-      if archive and record["status"] == "skipped":
-        sweep_archive.save(os.path.join(workdir, record["name"]), archive)
+      if archive and record.status == Status.SKIPPED:
+        sweep_archive.save(os.path.join(workdir, record.name), archive)
     return records
   records, tasks = {}, []
   for point in mine:
     record, task = _prepare(module, point, workdir, overrides)
     if task is None:
       records[point["name"]] = record
-      if record["status"] == "failed":
-        log(f"point {point['name']} failed: {record['error'].splitlines()[-1]}")
-      if archive and record["status"] == "skipped":
+      if record.status == Status.FAILED:
+        log(f"point {point['name']} failed: {record.error.splitlines()[-1]}")
+      if archive and record.status == Status.SKIPPED:
         sweep_archive.save(os.path.join(workdir, point["name"]), archive)
     else:
       tasks.append(task)
@@ -141,24 +142,25 @@ def run_sweep(
 
   def on_done(task, record):
     if record is None:  # a signal came before it started
-      record = task.record(status="interrupted", signal=stop.signal)
+      record = task.record(status=Status.INTERRUPTED, signal=stop.signal)
       log(
         f"{stop.signal}: the sweep stopped before {task.name}. Rerun the "
         "same command to continue."
       )
-    elif record["status"] == "failed":
-      log(f"point {task.name} failed:\n{record['error']}")
-    elif record["status"] == "running":
-      log(f"point {task.name} is running elsewhere ({record['error']}).")
-    elif record["status"] == "interrupted":
+    elif record.status == Status.FAILED:
+      log(f"point {task.name} failed:\n{record.error}")
+    elif record.status == Status.RUNNING:
+      log(f"point {task.name} is running elsewhere ({record.error}).")
+    elif record.status == Status.INTERRUPTED:
       log(
         f"point {task.name} was stopped by {record.get('signal')} at step "
         f"{record['results'].get('interrupted_at_step')} (checkpoint saved)"
         "; rerun the same command to resume."
       )
-    if stop.signal and record["status"] == "interrupted":
-      record = {**record, "signal": stop.signal}  # the sweep's, for the exit
-    if archive and record["status"] == "finished":
+    if stop.signal and record.status == Status.INTERRUPTED:
+      # the sweep's signal, for the exit status
+      record = Record.from_dict({**record, "signal": stop.signal})
+    if archive and record.status == Status.FINISHED:
       sweep_archive.save(task.point_dir, archive)
     records[task.name] = record
     sweep_records.write_results(workdir, planned, check)
@@ -182,23 +184,19 @@ def run_sweep(
   return [records[p["name"]] for p in mine if p["name"] in records]
 
 
-def _base_record(point) -> dict:
-  return {
-    "name": point["name"],
-    "arg": point["arg"],
-    "overrides": point["overrides"],
-    "results": {},
-    "error": "",
-  }
+def _base_record(point) -> Record:
+  return Record(
+    name=point["name"], arg=point["arg"], overrides=point["overrides"]
+  )
 
 
-def _dry_run(module, point, overrides) -> dict:
+def _dry_run(module, point, overrides) -> Record:
   record = _base_record(point)
   try:
     train.validate_config(build_config(module, point, overrides))
-    record["status"] = "ok"
+    record.status = Status.OK
   except Exception:  # noqa: BLE001 - listed with the others
-    record.update(status="failed", error=traceback.format_exc())
+    record.update(status=Status.FAILED, error=traceback.format_exc())
   return record
 
 
@@ -212,12 +210,12 @@ def _prepare(module, point, workdir, overrides):
     config = build_config(module, point, overrides)
     train.validate_config(config)
     saved = sweep_records.read_record(point_dir)
-    if saved is not None and saved["status"] == "finished":
+    if saved is not None and saved.status == Status.FINISHED:
       _check_same_config(point_dir, config)
-      return {**record, **saved, "status": "skipped"}, None
+      return Record.from_dict({**record, **saved, "status": "skipped"}), None
   except Exception:  # noqa: BLE001 - report it, run the other points
-    record.update(status="failed", error=traceback.format_exc())
-    if saved is None or saved["status"] != "finished":
+    record.update(status=Status.FAILED, error=traceback.format_exc())
+    if saved is None or saved.status != Status.FINISHED:
       # (a finished point's record stays: this config is not its run)
       sweep_records.write_record(point_dir, record)
     return record, None
@@ -241,8 +239,8 @@ def _report(planned, mine, workdir, check) -> list[dict]:
   records = []
   for point in mine:
     record = on_disk[point["name"]]
-    if record["status"] == "finished":
-      record = {**record, "status": "skipped"}
+    if record.status == Status.FINISHED:
+      record = Record.from_dict({**record, "status": "skipped"})
     records.append(record)
   return records
 
