@@ -68,6 +68,9 @@ def test_an_old_record_file_loads_into_a_record_and_writes_back_the_same(
     and record.get("end_time") == (old["end_time"])
   )
   records.write_record(str(tmp_path / "again"), record)
+  record["point_dir"] = "x"  # callers annotate records as they did dicts
+  record["status"] = "skipped"
+  assert record.extra == {"point_dir": "x"} and record.status is Status.SKIPPED
   assert json.loads((tmp_path / "again" / records.RECORD).read_text()) == (
     present
   )

@@ -4,10 +4,13 @@
   config file, and each point's config (pure).
 - :mod:`stn_jax.sweep.runner`: :func:`run_sweep`, which trains (or lists,
   or collects) the points, each in its own folder, resumably.
+- :mod:`stn_jax.sweep.checks`: whether a finished point is the plan's
+  result now.
 - :mod:`stn_jax.sweep.records`: one ``record.json`` per point, and the
   tables rebuilt from them.
 - :mod:`stn_jax.sweep.launchers`: where points run (this process, Ray
-  tasks, a job array's share).
+  tasks, populations, a job array's share), chosen by name;
+  :mod:`stn_jax.sweep.tasks`: one point's training, wherever it runs.
 - :mod:`stn_jax.sweep.population`: compatible points trained together as
   populations.
 - :mod:`stn_jax.sweep.archive`: finished points kept as small files to
@@ -16,6 +19,7 @@
 """
 
 from stn_jax.config_args import load_config_module
+from stn_jax.sweep.checks import plan_check
 from stn_jax.sweep.cli import main, parse_overrides
 from stn_jax.sweep.plan import (
   build_config,
@@ -25,9 +29,10 @@ from stn_jax.sweep.plan import (
   sweep_names,
 )
 from stn_jax.sweep.records import Record, Status
-from stn_jax.sweep.runner import plan_check, run_sweep
+from stn_jax.sweep.runner import Mode, run_sweep
 
 __all__ = [
+  "Mode",
   "Record",
   "Status",
   "build_config",

@@ -17,8 +17,12 @@ from typing import Any
 
 import ml_collections
 
+from stn_jax.config_args import load_config_module
+
 
 def sweep_names(module) -> list[str]:
+  """The sweeps of a config module: the ``<name>`` of every
+  ``sweep_<name>`` function in it, sorted."""
   return sorted(
     n[len("sweep_") :]
     for n in dir(module)
@@ -27,7 +31,12 @@ def sweep_names(module) -> list[str]:
 
 
 def expand(module, name: str) -> list[dict[str, Any]]:
-  """The points of sweep ``name``: ``[{'arg': str, 'overrides': dict}]``."""
+  """The points of sweep ``name`` of a config ``module``, as its
+  ``sweep_<name>(add)`` adds them: ``[{'arg': str, 'overrides': dict}]``.
+
+  Raises:
+    ValueError: the module has no such sweep (the message lists them).
+  """
   function = getattr(module, f"sweep_{name}", None)
   if function is None:
     raise ValueError(
@@ -45,7 +54,14 @@ def expand(module, name: str) -> list[dict[str, Any]]:
 def build_config(
   module, point, extra_overrides=None
 ) -> ml_collections.ConfigDict:
-  """The config of one point: ``get_config(arg)`` plus its overrides."""
+  """The config of one ``point`` (``{'arg', 'overrides'}``) of a config
+  ``module``: ``get_config(arg)`` with its overrides, then
+  ``extra_overrides`` (dotted keys reach nested fields), set.
+
+  Raises:
+    ValueError: an override names no config field, or has another type
+      than the field's default.
+  """
   config = module.get_config(point["arg"])
   overrides = {**point["overrides"], **(extra_overrides or {})}
   for key, value in overrides.items():
@@ -70,6 +86,9 @@ def build_config(
 
 
 def point_name(index: int, point) -> str:
+  """The folder name of the sweep's ``index``-th point: the index and a
+  slug of its arg and overrides (``'003_distortion=tc,model=cnn,seed=0'``),
+  at most 84 characters."""
   text = ",".join(
     [point["arg"], *(f"{k}={v}" for k, v in sorted(point["overrides"].items()))]
   )
@@ -78,15 +97,32 @@ def point_name(index: int, point) -> str:
 
 
 def plan(
-  module,
+  config,
   name: str,
   *,
   select: Callable[[dict], bool] | None = None,
   extra_arg: str = "",
 ) -> list[dict]:
-  """The kept points of sweep ``name``, in order: ``{'index', 'name',
-  'arg', 'overrides'}`` with ``extra_arg`` appended to each arg and the
-  folder name (:func:`point_name`) from its index in the full sweep."""
+  """The points of sweep ``name``: what a sweep will train, and where.
+
+  Pure: the same arguments give the same points, and nothing is written
+  (the config file is imported, once per path).
+
+  Args:
+    config: the config file (a path, or the module
+      :func:`stn_jax.config_args.load_config_module` returns).
+    name: the sweep, ``sweep_<name>`` in the config file.
+    select: ``select(point)`` keeps a point (``{'arg', 'overrides'}``, as
+      :func:`expand` gives it); None keeps all.
+    extra_arg: appended to every point's arg (e.g. ``'small=true'``), and
+      so to its folder name.
+
+  Returns:
+    the kept points in sweep order, each ``{'index', 'name', 'arg',
+    'overrides'}``: its index in the full sweep and its folder name
+    (:func:`point_name`) from that index.
+  """
+  module = load_config_module(config) if isinstance(config, str) else config
   planned = []
   for index, point in enumerate(expand(module, name)):
     if select is not None and not select(point):

@@ -36,9 +36,9 @@ from collections.abc import Callable, Sequence
 
 from stn_jax import checkpointing, population
 from stn_jax import workdir as workdir_lib
-from stn_jax.sweep import launchers
 from stn_jax.sweep import records as sweep_records
 from stn_jax.sweep.records import Record, Status
+from stn_jax.sweep.tasks import run_point, settle
 
 
 @dataclasses.dataclass
@@ -46,7 +46,7 @@ class PopulationTask:
   """Points to train as one population, and the population's folder."""
 
   name: str
-  tasks: list  # launchers.PointTask, one per member
+  tasks: list  # stn_jax.sweep.tasks.PointTask, one per member
   workdir: str
 
 
@@ -134,7 +134,7 @@ def run_population(
 ) -> list[Record]:
   """Trains ``unit``'s points as one population under all their point
   locks, writing each point's record as it starts and ends; returns the
-  records (status as :func:`stn_jax.sweep.launchers.run_point`'s, the same for
+  records (status as :func:`stn_jax.sweep.tasks.run_point`'s, the same for
   every member)."""
   tasks = unit.tasks
   with contextlib.ExitStack() as stack:
@@ -178,9 +178,7 @@ def run_population(
         log=log,
       )
       for record, member in zip(records, results):
-        launchers.settle(
-          record, {k: v for k, v in member.items() if k != "params"}
-        )
+        settle(record, {k: v for k, v in member.items() if k != "params"})
     except Exception:  # noqa: BLE001 - recorded; the other points run
       error = traceback.format_exc()
       for record in records:
@@ -225,8 +223,47 @@ def run_units(
       log(f"training {len(tasks)} points as {unit.workdir}")
       records = run_population(unit, population_fn, log=log)
     else:
-      records = [launchers.run_point(unit, train_fn)]
+      records = [run_point(unit, train_fn)]
     for task, record in zip(tasks, records):
       on_done(task, record)
     if any(r.status == Status.INTERRUPTED for r in records):
       return
+
+
+@dataclasses.dataclass
+class PopulationLauncher:
+  """``--launcher=population`` (or ``--population``): groups the points
+  into populations (:func:`group`) and trains them, and the points left
+  single, one after another in this process (a
+  :class:`stn_jax.sweep.launchers.Launcher`).
+
+  Attributes:
+    population_fn: ``population_fn(configs, workdir, member_dirs=...,
+      log=...)`` trains one population and returns each member's results
+      (:func:`stn_jax.population.train_population`).
+  """
+
+  population_fn: Callable = population.train_population
+
+  def select(self, planned: list) -> list:
+    """Every planned point."""
+    return list(planned)
+
+  def units(self, tasks: list, workdir: str) -> list:
+    """Populations of the compatible tasks, and the tasks left single
+    (:func:`group`)."""
+    return group(tasks, workdir)
+
+  def run(
+    self, units, train_fn, on_done, stop, on_start=None, log=print
+  ) -> None:
+    """See :func:`run_units`."""
+    run_units(
+      units,
+      train_fn,
+      self.population_fn,
+      on_done,
+      stop,
+      on_start=on_start,
+      log=log,
+    )

@@ -11,8 +11,8 @@ sweep directory without overwriting each other's results.
 A record is a :class:`Record`: ``name``, ``arg``, ``overrides``,
 ``status`` (a :class:`Status`), ``results``, ``error``, ``start_time`` and
 ``end_time`` (Unix seconds), ``host``, ``worker`` and ``device`` (and
-``signal``, ``population`` where they apply). It reads like the dict that
-records were before it (``record['status']``), and every ``record.json``
+``signal``, ``population`` where they apply). It reads and writes like the
+dict that records were before it (``record['status']``), and every ``record.json``
 written since records exist loads into one (:meth:`Record.from_dict`).
 """
 
@@ -90,8 +90,9 @@ class Record(Mapping):
   A field that is None is absent: ``record['end_time']`` raises
   ``KeyError`` while the point runs, ``record.get('end_time')`` is None,
   and :meth:`to_dict` leaves it out. Keys a record on disk has beyond
-  these fields are kept in ``extra`` and written back. As a read-only
-  ``Mapping`` it compares equal to the dict of its keys, and ``{**record,
+  these fields are kept in ``extra`` and written back. As a ``Mapping``
+  (with ``record[key] = value`` and :meth:`update`, as on the dicts records
+  were) it compares equal to the dict of its keys, and ``{**record,
   'status': 'skipped'}`` is a dict that :meth:`from_dict` reads back.
   """
 
@@ -135,14 +136,19 @@ class Record(Mapping):
     status as its string, absent (None) fields left out."""
     return {k: (str(v) if k == "status" else v) for k, v in self.items()}
 
-  def update(self, **fields) -> None:
-    """Sets fields by name (a status may be given as its string); other
-    names go to ``extra``."""
-    for key, value in fields.items():
+  def update(self, other: Mapping[str, Any] = (), /, **fields) -> None:
+    """Sets fields by name, as ``dict.update`` does (a status may be given
+    as its string); other names go to ``extra``."""
+    for key, value in {**dict(other), **fields}.items():
       if key in _KEYS:
         setattr(self, key, _status(value) if key == "status" else value)
       else:
         self.extra[key] = value
+
+  def __setitem__(self, key: str, value: Any) -> None:
+    """``record[key] = value``, as on the dict records were: sets the field
+    (or an ``extra`` key)."""
+    self.update({key: value})
 
   def __getitem__(self, key: str) -> Any:
     if key in _KEYS:

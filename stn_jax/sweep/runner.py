@@ -12,22 +12,40 @@ one point.
 
 from __future__ import annotations
 
+import enum
 import os
-import re
 import signal
 import threading
 import traceback
 from collections.abc import Callable
 
 from stn_jax import population, train
-from stn_jax import workdir as workdir_lib
 from stn_jax.config_args import load_config_module
 from stn_jax.sweep import archive as sweep_archive
-from stn_jax.sweep import launchers
+from stn_jax.sweep import checks, launchers
 from stn_jax.sweep import population as sweep_population
 from stn_jax.sweep import records as sweep_records
 from stn_jax.sweep.plan import build_config, plan
 from stn_jax.sweep.records import Record, Status
+from stn_jax.sweep.tasks import PointTask
+
+
+class Mode(enum.StrEnum):
+  """What a sweep command does, one meaning each.
+
+  - ``RUN``: train this process's points (those its launcher selects)
+    that are not finished, skip the finished ones, and keep every point's
+    record and the tables (``results.jsonl``, ``results.md``) up to date.
+  - ``COLLECT``: train nothing; rebuild the tables from the records of
+    every point (all shards, all runners) and return them: a finished
+    point reads ``skipped``, one without a record ``pending``.
+  - ``DRY_RUN``: build and check every selected point's config; write
+    nothing; each point reads ``ok`` or ``failed``.
+  """
+
+  RUN = "run"
+  COLLECT = "collect"
+  DRY_RUN = "dry_run"
 
 
 def run_sweep(
@@ -35,55 +53,56 @@ def run_sweep(
   name: str,
   workdir: str,
   *,
-  dry_run: bool = False,
+  mode: Mode | str = Mode.RUN,
   overrides: dict | None = None,
   train_fn: Callable = train.train_and_evaluate,
   select: Callable[[dict], bool] | None = None,
   extra_arg: str = "",
-  report_only: bool = False,
   archive: str | None = None,
-  launcher=None,
+  launcher: launchers.Launcher | None = None,
+  log: Callable = print,
+  dry_run: bool = False,
+  report_only: bool = False,
   shard: tuple[int, int] | None = None,
   train_population: bool = False,
   population_fn: Callable = population.train_population,
-  log=print,
-) -> list[dict]:
-  """Runs (or, with ``dry_run``, checks and lists) every point.
+) -> list[Record]:
+  """Runs, collects or dry-runs (``mode``: :class:`Mode`) sweep ``name``
+  of the config file ``config_path`` in ``workdir``.
 
   ``select(point)`` keeps a subset of the points (their workdir names keep
   their index in the full sweep). ``extra_arg`` (e.g. ``'small=true'``) is
   appended to every point's ``get_config`` arg before it is named, so runs
-  with and without it get different workdirs. ``shard=(i, n)`` runs the
-  kept points at positions ``i, i + n, i + 2n, ...`` (one process of a job
-  array of n). ``report_only`` collects the points' records and trains
-  nothing (unfinished points are 'pending'). ``archive`` is a folder of
-  finished points' small files (:mod:`stn_jax.sweep_archive`): restored
-  into ``workdir`` first, added to as points finish. ``launcher`` is a
-  :mod:`stn_jax.launchers` launcher (default: one point after another in
-  this process). ``train_population`` groups the points to train into
-  populations, trained in this process by ``population_fn``
-  (:mod:`stn_jax.sweep_population`).
+  with and without it get different workdirs. ``overrides`` are set on
+  every point's config. ``archive`` is a folder of finished points' small
+  files (:mod:`stn_jax.sweep.archive`): restored into ``workdir`` first,
+  added to as points finish. ``launcher`` (:mod:`stn_jax.sweep.launchers`;
+  default: one point after another in this process) selects this process's
+  points and trains them with ``train_fn(config, point_dir)``.
+
+  The older spellings stay: ``dry_run=True`` and ``report_only=True`` are
+  ``mode='dry_run'`` and ``mode='collect'``; ``shard=(i, n)`` runs the
+  points at positions ``i, i + n, ...`` (a
+  :class:`~stn_jax.sweep.launchers.JobArrayLauncher`);
+  ``train_population`` trains the points as populations with
+  ``population_fn`` (a :class:`~stn_jax.sweep.population.
+  PopulationLauncher`).
 
   Each point writes ``workdir/<point>/record.json``; ``results.jsonl`` and
   ``results.md`` are rebuilt from the records of every kept point (all
-  shards) after each point (:mod:`stn_jax.sweep_records`).
+  shards) after each point (:mod:`stn_jax.sweep.records`).
 
   Returns:
-    one record per point of this shard: name, arg, overrides, status
-    ('finished', 'skipped' (finished earlier), 'failed', 'ok' (dry run),
-    'pending' (report_only), 'running' (another runner holds it),
-    'interrupted' (SIGTERM or SIGINT during a point, or before it started:
-    the sweep stops; ``signal`` names it)), results, error, and where
-    trained: start_time, end_time, host, worker, device.
+    one :class:`~stn_jax.sweep.records.Record` per point this process
+    selected: name, arg, overrides, status ('finished', 'skipped'
+    (finished earlier), 'failed', 'ok' (dry run), 'pending' (collect),
+    'running' (another runner holds it), 'interrupted' (SIGTERM or SIGINT
+    during a point, or before it started: the sweep stops; ``signal``
+    names it)), results, error, and where trained: start_time, end_time,
+    host, worker, device.
   """
-  if train_population and not isinstance(
-    launcher or launchers.LocalLauncher(), launchers.LocalLauncher
-  ):
-    raise ValueError(
-      "--population trains its populations in this process; it does not "
-      "combine with --launcher=ray (use --shard to split a sweep over "
-      "processes)."
-    )
+  mode = resolve_mode(mode, dry_run=dry_run, report_only=report_only)
+  launcher = _launcher(launcher, shard, train_population, population_fn)
   if not str(workdir).strip():
     raise ValueError("--workdir is empty; give the sweep's folder.")
   for flag, folder in (("--workdir", workdir), ("--archive", archive)):
@@ -91,37 +110,105 @@ def run_sweep(
       raise ValueError(f"{flag} {folder} is a file, not a folder.")
   module = load_config_module(config_path)
   planned = plan(module, name, select=select, extra_arg=extra_arg)
-  mine = planned if shard is None else planned[shard[0] :: shard[1]]
-  if dry_run:
-    records = [_dry_run(module, point, overrides) for point in mine]
-    for r in records:
-      log(
-        f"{r['name']}: {r['status']}"
-        + (f" {r['error'].splitlines()[-1]}" if r["error"] else "")
+  mine = launcher.select(planned)
+  if mode == Mode.DRY_RUN:
+    return _dry_run_mode(module, mine, overrides, log)
+  if mode == Mode.COLLECT:
+    return _collect_mode(
+      module, name, planned, mine, workdir, overrides, archive, log
+    )
+  return _run_mode(
+    module, planned, mine, workdir, overrides, archive, launcher, train_fn, log
+  )
+
+
+def resolve_mode(mode, *, dry_run: bool, report_only: bool) -> Mode:
+  """The :class:`Mode` that ``mode`` (a Mode or its string) and the older
+  flags ``dry_run`` and ``report_only`` ask for.
+
+  Raises:
+    ValueError: they ask for two different modes.
+  """
+  asked = {Mode(mode)} - {Mode.RUN}
+  asked |= {Mode.DRY_RUN} if dry_run else set()
+  asked |= {Mode.COLLECT} if report_only else set()
+  if len(asked) > 1:
+    raise ValueError(
+      "choose one of run, collect (--collect) and dry_run (--dry_run); got "
+      f"{' and '.join(sorted(asked))}."
+    )
+  return asked.pop() if asked else Mode.RUN
+
+
+def _launcher(launcher, shard, train_population, population_fn):
+  """The launcher that ``launcher`` and the older arguments ask for."""
+  if train_population:
+    if not isinstance(
+      launcher or launchers.LocalLauncher(),
+      (launchers.LocalLauncher, launchers.PopulationLauncher),
+    ):
+      raise ValueError(
+        "--population trains its populations in this process; it does not "
+        "combine with --launcher=ray (use --shard to split a sweep over "
+        "processes)."
       )
-    return records
-  check = plan_check(module, overrides)
-  if report_only:
-    if overrides and planned:  # a bad --set is named before the folder
-      build_config(module, planned[0], overrides)
-    _check_collect_folder(workdir, name, planned, archive)
+    launcher = launchers.PopulationLauncher(population_fn=population_fn)
+  launcher = launcher or launchers.LocalLauncher()
+  if shard is not None:
+    launcher = launchers.JobArrayLauncher(launcher, *shard)
+  return launcher
+
+
+def _dry_run_mode(module, mine, overrides, log) -> list[Record]:
+  """Mode.DRY_RUN: every point's config built and checked, listed."""
+  records = [_dry_run(module, point, overrides) for point in mine]
+  for r in records:
+    log(
+      f"{r.name}: {r.status}"
+      + (f" {r.error.splitlines()[-1]}" if r.error else "")
+    )
+  return records
+
+
+def _restore_archive(archive, workdir, planned, check, log) -> None:
+  """Copies the archive's finished points that ``workdir`` lacks into it."""
+  by_name = {p["name"]: p for p in planned}
+  restored = sweep_archive.restore(
+    archive,
+    workdir,
+    list(by_name),
+    check=lambda name, folder: check(by_name[name], folder),
+  )
+  if restored:
+    log(f"restored {len(restored)} finished point(s) from {archive}")
+
+
+def _collect_mode(
+  module, name, planned, mine, workdir, overrides, archive, log
+) -> list[Record]:
+  """Mode.COLLECT: the tables rebuilt from the records; nothing trains."""
+  check = checks.plan_check(module, overrides)
+  if overrides and planned:  # a bad --set is named before the folder
+    build_config(module, planned[0], overrides)
+  checks.check_collect_folder(workdir, name, planned, archive)
   os.makedirs(workdir, exist_ok=True)
   if archive:
-    by_name = {p["name"]: p for p in planned}
-    restored = sweep_archive.restore(
-      archive,
-      workdir,
-      list(by_name),
-      check=lambda name, folder: check(by_name[name], folder),
-    )
-    if restored:
-      log(f"restored {len(restored)} finished point(s) from {archive}")
-  if report_only:
-    records = _report(planned, mine, workdir, check)
-    for record in records:
-      if archive and record.status == Status.SKIPPED:
-        sweep_archive.save(os.path.join(workdir, record.name), archive)
-    return records
+    _restore_archive(archive, workdir, planned, check, log)
+  records = _report(planned, mine, workdir, check)
+  for record in records:
+    if archive and record.status == Status.SKIPPED:
+      sweep_archive.save(os.path.join(workdir, record.name), archive)
+  return records
+
+
+def _run_mode(
+  module, planned, mine, workdir, overrides, archive, launcher, train_fn, log
+) -> list[Record]:
+  """Mode.RUN: the selected points trained by ``launcher``."""
+  check = checks.plan_check(module, overrides)
+  os.makedirs(workdir, exist_ok=True)
+  if archive:
+    _restore_archive(archive, workdir, planned, check, log)
   records, tasks = {}, []
   for point in mine:
     record, task = _prepare(module, point, workdir, overrides)
@@ -153,8 +240,8 @@ def run_sweep(
       log(f"point {task.name} is running elsewhere ({record.error}).")
     elif record.status == Status.INTERRUPTED:
       log(
-        f"point {task.name} was stopped by {record.get('signal')} at step "
-        f"{record['results'].get('interrupted_at_step')} (checkpoint saved)"
+        f"point {task.name} was stopped by {record.signal} at step "
+        f"{record.results.get('interrupted_at_step')} (checkpoint saved)"
         "; rerun the same command to resume."
       )
     if stop.signal and record.status == Status.INTERRUPTED:
@@ -165,22 +252,10 @@ def run_sweep(
     records[task.name] = record
     sweep_records.write_results(workdir, planned, check)
 
-  units = sweep_population.group(tasks, workdir) if train_population else tasks
+  units = launcher.units(tasks, workdir)
   sweep_population.check_resumes(units, workdir)
-  launcher = launcher or launchers.LocalLauncher()
   with _StopBetweenPoints() as stop:
-    if train_population:
-      sweep_population.run_units(
-        units,
-        train_fn,
-        population_fn,
-        on_done,
-        stop,
-        on_start=on_start,
-        log=log,
-      )
-    else:
-      launcher.run(tasks, train_fn, on_done, stop, on_start=on_start)
+    launcher.run(units, train_fn, on_done, stop, on_start=on_start, log=log)
   return [records[p["name"]] for p in mine if p["name"] in records]
 
 
@@ -202,7 +277,7 @@ def _dry_run(module, point, overrides) -> Record:
 
 def _prepare(module, point, workdir, overrides):
   """(record, None) for a point that is not to be trained (finished, or a
-  config that fails), else (None, its :class:`launchers.PointTask`)."""
+  config that fails), else (None, its :class:`~stn_jax.sweep.tasks.PointTask`)."""
   point_dir = os.path.join(workdir, point["name"])
   record = _base_record(point)
   saved = None
@@ -211,7 +286,7 @@ def _prepare(module, point, workdir, overrides):
     train.validate_config(config)
     saved = sweep_records.read_record(point_dir)
     if saved is not None and saved.status == Status.FINISHED:
-      _check_same_config(point_dir, config)
+      checks.check_same_config(point_dir, config)
       return Record.from_dict({**record, **saved, "status": "skipped"}), None
   except Exception:  # noqa: BLE001 - report it, run the other points
     record.update(status=Status.FAILED, error=traceback.format_exc())
@@ -219,7 +294,7 @@ def _prepare(module, point, workdir, overrides):
       # (a finished point's record stays: this config is not its run)
       sweep_records.write_record(point_dir, record)
     return record, None
-  task = launchers.PointTask(
+  task = PointTask(
     name=point["name"],
     arg=point["arg"],
     overrides=point["overrides"],
@@ -243,34 +318,6 @@ def _report(planned, mine, workdir, check) -> list[dict]:
       record = Record.from_dict({**record, "status": "skipped"})
     records.append(record)
   return records
-
-
-def _check_collect_folder(workdir, name, planned, archive) -> None:
-  """``--collect`` reads a sweep folder: refuses one that does not exist
-  (a misspelled path would be created) or that holds none of this sweep's
-  points but other points (another ``--sweep``, ``--config`` argument or
-  ``--set``), whose results.md it would overwrite with pending rows."""
-  if archive and os.path.isdir(archive):
-    return  # the points may come from the archive
-  if not os.path.isdir(workdir):
-    raise ValueError(
-      f"--collect: {workdir} is not a folder; give the --workdir of a sweep "
-      "that ran (nothing was created)."
-    )
-  names = {p["name"] for p in planned}
-  present = sorted(
-    entry
-    for entry in os.listdir(workdir)
-    if re.fullmatch(r"\d{3}_.+", entry)
-    and os.path.isdir(os.path.join(workdir, entry))
-  )
-  if present and not names.intersection(present):
-    raise ValueError(
-      f"--collect: {workdir} holds none of the {len(planned)} points of "
-      f"sweep {name!r} but {len(present)} other point folder(s) (e.g. "
-      f"{present[0]}); check --sweep, the --config argument and --set "
-      "(nothing was changed)."
-    )
 
 
 class _StopBetweenPoints:
@@ -297,59 +344,3 @@ class _StopBetweenPoints:
   def __exit__(self, *exc):
     for number, previous in self._previous.items():
       signal.signal(number, previous)
-
-
-def _config_change(point_dir: str, config) -> str:
-  """Why the finished point in ``point_dir`` is not the result of
-  ``config`` ('' when it is, or when it has no config.json to tell). A
-  point is reported as current only if it ran this config (e.g. not before
-  a change of ``--set``). Its step budget counts too: a workdir may extend
-  a run (``num_steps`` is safe to change there), but a point finished at
-  another budget did not produce this point's results."""
-  try:
-    saved = sweep_archive.saved_config(point_dir)
-  except ValueError as error:
-    return (
-      f"its config.json is damaged ({error}); delete {point_dir} to rerun it"
-    )
-  if saved is None:
-    return ""
-  differences = workdir_lib.config_differences(saved, config)
-  if saved.get("num_steps", config.num_steps) != config.num_steps:
-    differences.append(
-      f"num_steps: {saved['num_steps']!r} -> {config.num_steps!r}"
-    )
-  if not differences:
-    return ""
-  return (
-    f"finished with another config ({'; '.join(differences)}); its results "
-    "are not this point's. Use a new --workdir for the changed sweep, or "
-    "delete that point's folder to rerun it."
-  )
-
-
-def _check_same_config(point_dir: str, config) -> None:
-  """Raises :class:`WorkdirError` when :func:`_config_change` finds one."""
-  reason = _config_change(point_dir, config)
-  if reason:
-    raise workdir_lib.WorkdirError(f"{point_dir} {reason}")
-
-
-def plan_check(module, overrides) -> Callable[[dict, str], str]:
-  """``check(point, point_dir)`` for :func:`sweep_records.collect`: why a
-  finished point's record is not the result of the config the sweep
-  builds for it now ('' if it is)."""
-  configs = {}
-
-  def check(point, point_dir):
-    if point["name"] not in configs:
-      try:
-        configs[point["name"]] = build_config(module, point, overrides)
-      except Exception as error:  # noqa: BLE001 - the point's config fails
-        configs[point["name"]] = error
-    config = configs[point["name"]]
-    if isinstance(config, Exception):
-      return f"its config cannot be built now: {config}"
-    return _config_change(point_dir, config)
-
-  return check
