@@ -1,5 +1,7 @@
-"""``python -m stn_jax.sweep``: see :mod:`stn_jax.sweep.cli`."""
+"""``python -m stn_jax.sweep``: runs :func:`stn_jax.sweep.cli.main` (the
+flags, modes and exit status are in :mod:`stn_jax.sweep.cli`)."""
 
 from stn_jax.sweep.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+  raise SystemExit(main())
