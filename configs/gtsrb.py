@@ -26,15 +26,16 @@ localisation reads the stem's features); scale (cpu, cpu_long, fast,
 paper: SCALES below).
 """
 
-from stn_jax import TRANSFORMS, config_args
+from stn_jax import TRANSFORMS, config_args, models
 
 common = config_args.import_sibling(__file__, "common")
 
 # The models of the `models` sweep and the GTSRB table.
 TABLE_MODELS = ("gtsrb_cnn", "gtsrb_st_cnn", "resnet", "resnet_stn")
-MODELS = (*TABLE_MODELS, "preact_resnet", "preact_resnet_stn")
-# The models with a spatial transformer (they take `transform`).
-TRANSFORMER_MODELS = ("gtsrb_st_cnn", "resnet_stn", "preact_resnet_stn")
+# The registered models offered here (stn_jax.models.register_model), and
+# those with a spatial transformer (they take `transform`).
+MODELS = models.model_names(dataset="gtsrb")
+TRANSFORMER_MODELS = models.model_names(dataset="gtsrb", transformer=True)
 
 
 # Scales: ``scale=NAME`` in the config argument applies one (and

@@ -32,31 +32,16 @@ Arguments (typed; unknown keys or values are rejected):
          the config arguments it implies give way to explicit ones)
 """
 
-from stn_jax import TRANSFORMS, config_args
+from stn_jax import TRANSFORMS, config_args, models
 
 common = config_args.import_sibling(__file__, "common")
 
 # Tied to the library's lists by tests/test_configs.py.
 DISTORTIONS = ("plain", "r", "rts", "p", "e", "tc")
-MODELS = (
-  "fcn",
-  "cnn",
-  "st_fcn",
-  "st_cnn",
-  "ic_st_cnn",
-  "resnet",
-  "resnet_stn",
-  "preact_resnet",
-  "preact_resnet_stn",
-)
-# The models with a spatial transformer (they take `transform`).
-TRANSFORMER_MODELS = (
-  "st_fcn",
-  "st_cnn",
-  "ic_st_cnn",
-  "resnet_stn",
-  "preact_resnet_stn",
-)
+# The registered models offered here (stn_jax.models.register_model), and
+# those with a spatial transformer (they take `transform`).
+MODELS = models.model_names(dataset="mnist")
+TRANSFORMER_MODELS = models.model_names(dataset="mnist", transformer=True)
 
 
 # Scales: ``scale=NAME`` in the config argument applies one (and the

@@ -53,14 +53,14 @@ def table_parser(
     action="store_true",
     help="train each cell's seeds together as one population (one "
     "vmapped step; for accelerators): one pass over all seeds instead of "
-    "seed by seed (stn_jax.sweep_population)",
+    "seed by seed (stn_jax.sweep.population)",
   )
   parser.add_argument(
     "--archive",
     help="folder keeping every finished run's small files (record, "
     "config, results, metrics; no checkpoints) to commit: restored into "
     "--workdir first, so a rerun with a lost or new workdir trains only "
-    "what is not in it (stn_jax.sweep_archive)",
+    "what is not in it (stn_jax.sweep.archive)",
   )
   return parser
 
@@ -139,9 +139,9 @@ def run_in_seed_passes(
     extra_arg: appended to every point's arg (e.g. ``'small=true'``).
     report_only: train nothing; unfinished points come back 'pending'.
     archive: each sweep's finished points are kept in ``archive/<name>``
-      (:mod:`stn_jax.sweep_archive`).
+      (:mod:`stn_jax.sweep.archive`).
     population: train each cell's seeds as one population
-      (:mod:`stn_jax.sweep_population`).
+      (:mod:`stn_jax.sweep.population`).
 
   Returns:
     (records of the kept points, as the sweep runner returns them;

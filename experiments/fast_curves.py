@@ -20,7 +20,8 @@ import argparse
 import json
 import os
 
-from stn_jax import sweep_archive, viz
+from stn_jax import viz
+from stn_jax.sweep import archive as sweep_archive
 
 
 def evaluations(folder: str) -> tuple[int, dict[str, list[tuple[int, float]]]]:

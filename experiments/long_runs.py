@@ -46,7 +46,8 @@ from _tables import (
   run_script,
 )
 
-from stn_jax import sweep, sweep_archive
+from stn_jax import sweep
+from stn_jax.sweep import archive as sweep_archive
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,7 +166,7 @@ def run_cell(
 
 def step_minutes(point_dir: str, config) -> float:
   """Minutes the run's training steps took, summed over every invocation
-  of a resumed run (:func:`stn_jax.sweep_archive.step_seconds` of its
+  of a resumed run (:func:`stn_jax.sweep.archive.step_seconds` of its
   metrics log; for a run restored from an archive manifest, the time the
   manifest recorded). Evaluations and checkpoint saves are not included."""
   rows = []
@@ -252,7 +253,7 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--archive",
     help="folder keeping finished runs' small files to commit "
-    "(stn_jax.sweep_archive); restored into --workdir first",
+    "(stn_jax.sweep.archive); restored into --workdir first",
   )
   parser.add_argument(
     "--set", action="append", default=[], help="override for every run"

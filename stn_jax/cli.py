@@ -12,6 +12,23 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
+# The exit statuses of the command lines (python -m stn_jax.main and
+# python -m stn_jax.sweep), one map: done; a user's error or a failed point;
+# a flag error; stopped by a signal (128 + its number: its checkpoint is
+# saved, the same command resumes).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_STATUS = {"SIGINT": 128 + 2, "SIGTERM": 128 + 15}
+
+
+def exit_status(signal_name: str | None) -> int:
+  """The exit status of a command whose run the signal ``signal_name``
+  (``'SIGINT'``, ``'SIGTERM'``) stopped: :data:`EXIT_STATUS`'s, or
+  :data:`EXIT_FAILED` for a stop without one of those signals."""
+  return EXIT_STATUS.get(signal_name, EXIT_FAILED)
+
+
 # What to do about a filesystem error, by errno.
 WAYS_OUT = {
   errno.ENOSPC: "free space there (or choose a folder on another disk) and "
@@ -99,11 +116,11 @@ def run(
   """Parses ``argv`` (default ``sys.argv[1:]``) into ``flag_values`` and
   calls ``main(positional arguments)``; returns the exit status.
 
-  A flag error prints the usage and returns 2; a ``ValueError``,
+  A flag error prints the usage and returns :data:`EXIT_USAGE` (2); a ``ValueError``,
   ``OSError`` (a missing, unwritable or full place: :func:`error_line`)
   or data error (``stn_jax.data.SourceError``: a missing source, a failed
   download, a damaged dataset) from ``main`` prints one line and returns
-  1.
+  :data:`EXIT_FAILED` (1).
   """
   from stn_jax.data.sources import SourceError  # light: numpy only
 
@@ -115,9 +132,9 @@ def run(
     positional = flag_values([prog, *argv])[1:]
   except flags.Error as error:
     print(f"{prog}: error: {error}\n\n{doc.strip()}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
   try:
-    return int(main(positional) or 0)
+    return int(main(positional) or EXIT_OK)
   except (ValueError, OSError, SourceError) as error:
     print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
-    return 1
+    return EXIT_FAILED

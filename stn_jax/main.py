@@ -18,7 +18,6 @@ or mismatched workdir, a full disk) ends in one line on stderr and status 1
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from absl import flags, logging
@@ -68,7 +67,6 @@ USER_ERRORS = (
   checkpointing.CheckpointMismatch,
   workdir.WorkdirError,
 )
-EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def run(argv, hooks=()) -> int:
@@ -90,9 +88,16 @@ def run(argv, hooks=()) -> int:
   results = train.train_and_evaluate(
     _CONFIG.value, _WORKDIR.value, hooks=hooks, overwrite=_OVERWRITE.value
   )
+  return exit_status(results)
+
+
+def exit_status(results: dict) -> int:
+  """The command's exit status for a run's ``results``: 0 if it finished,
+  else the signal's that stopped it (one map for every command:
+  :data:`stn_jax.cli.EXIT_STATUS`)."""
   if "interrupted_at_step" in results:
-    return EXIT_STATUS.get(results.get("signal"), 1)
-  return 0
+    return cli.exit_status(results.get("signal"))
+  return cli.EXIT_OK
 
 
 def main(argv=None, hooks=()) -> int:
@@ -112,15 +117,15 @@ def main(argv=None, hooks=()) -> int:
       message = f"{lines[0]} {lines[-1]}"
     print(f"{prog}: error: {message}", file=sys.stderr)
     print("Pass --helpshort for the flags.", file=sys.stderr)
-    return 2
+    return cli.EXIT_USAGE
   try:
     return run(argv, hooks=hooks)
   except USER_ERRORS as error:
     print(f"{prog}: error: {cli.error_line(error)}", file=sys.stderr)
-    return 1
+    return cli.EXIT_FAILED
   except KeyboardInterrupt:  # Ctrl-C outside the training loop
     print(f"{prog}: interrupted (nothing to save yet).", file=sys.stderr)
-    return 128 + signal.SIGINT
+    return cli.exit_status("SIGINT")
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ from stn_jax import (
   cli,
   hooks,
   sweep,
-  sweep_records,
   train,
   viz,
   workdir,
 )
 from stn_jax.data import download, sources
 from stn_jax.data.sources import SourceError
+from stn_jax.sweep import records as sweep_records
 
 THREE = (
   "def sweep_tiny(add):\n"

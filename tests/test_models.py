@@ -94,3 +94,46 @@ def test_unknown_model_is_rejected():
     models.get_model(
       "vit", in_shape=(28, 28, 1), num_classes=10, rngs=nnx.Rngs(0)
     )
+
+
+def test_a_model_is_one_registry_entry_and_the_configs_offer_it():
+  """register_model is the one place: get_model builds the new model, the
+  lists derive from it, and a config file loaded afterwards offers it."""
+  import importlib.util
+
+  from conftest import REPO
+
+  from stn_jax.models import registry
+
+  models.register_model(
+    "tiny_st_fcn", models.st_fcn, transformer=True, datasets=("mnist",)
+  )
+  try:
+    assert models.MODELS["tiny_st_fcn"] is models.st_fcn
+    assert "tiny_st_fcn" in models.model_names(dataset="mnist")
+    assert "tiny_st_fcn" not in models.model_names(dataset="gtsrb")
+    assert "tiny_st_fcn" in models.model_names(transformer=True)
+    assert "tiny_st_fcn" not in models.model_names(transformer=False)
+    spec = importlib.util.spec_from_file_location(
+      "mnist_config_after_registration", REPO / "configs" / "mnist.py"
+    )
+    config_file = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config_file)
+    assert "tiny_st_fcn" in config_file.TRANSFORMER_MODELS
+    config = config_file.get_config("model=tiny_st_fcn,transform=projective")
+    assert config.model_kwargs.transform == "projective"
+    model = models.from_config(config, (42, 42, 1))
+    assert len(models.transformers(model)) == 1
+    with pytest.raises(ValueError, match="'tiny_st_fcn' is registered"):
+      models.register_model(
+        "tiny_st_fcn", models.st_fcn, transformer=True, datasets=("mnist",)
+      )
+  finally:
+    del registry.ENTRIES["tiny_st_fcn"], registry.MODELS["tiny_st_fcn"]
+  with pytest.raises(ValueError, match="datasets must be some of mnist"):
+    models.register_model(
+      "x", models.FCN, transformer=False, datasets=("svhn",)
+    )
+  assert "x" not in models.MODELS
+  with pytest.raises(ValueError, match="dataset must be one of mnist"):
+    models.model_names(dataset="svhn")

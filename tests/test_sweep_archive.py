@@ -9,7 +9,9 @@ import shutil
 import pytest
 from conftest import write_mnist_config_with_sweep
 
-from stn_jax import checkpointing, sweep, sweep_archive, sweep_records
+from stn_jax import checkpointing, sweep
+from stn_jax.sweep import archive as sweep_archive
+from stn_jax.sweep import records as sweep_records
 from stn_jax.workdir import WorkdirError
 
 THREE_POINTS = """def sweep_tiny(add):

@@ -12,7 +12,9 @@ import jax
 import pytest
 from conftest import write_mnist_config_with_sweep
 
-from stn_jax import launchers, sweep, sweep_records
+from stn_jax import sweep
+from stn_jax.sweep import launchers
+from stn_jax.sweep import records as sweep_records
 
 FOUR_POINTS = """def sweep_tiny(add):
   add("distortion=rts,model=cnn,small=true", seed=0)
@@ -91,7 +93,7 @@ def test_a_locked_point_is_left_to_its_runner_and_a_dead_one_reads_interrupted(
     [
       sys.executable,
       "-c",
-      "import sys, time; from stn_jax import sweep_records as r\n"
+      "import sys, time; from stn_jax.sweep import records as r\n"
       f"with r.PointLock({str(busy)!r}) as lock:\n"
       "  assert lock.acquired; print('held', flush=True); time.sleep(60)",
     ],

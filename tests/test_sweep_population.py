@@ -7,8 +7,9 @@ import shutil
 import pytest
 from conftest import write_mnist_config_with_sweep
 
-from stn_jax import config_args, sweep, sweep_records
+from stn_jax import config_args, sweep
 from stn_jax import workdir as workdir_lib
+from stn_jax.sweep import records as sweep_records
 
 # Two populations (cnn seeds 0-2; fcn seeds 0-1, one with its own learning
 # rate, a member hyperparameter) and one point alone (another batch size).

@@ -3,7 +3,10 @@ classifiers of the paper, GTSRB, a small ResNet and a pre-activation
 ResNet with transformers where the config places them.
 
 ``get_model(name, in_shape=..., num_classes=..., rngs=..., **kwargs)`` builds
-any registered model; ``MODELS`` names them all.
+any registered model; ``MODELS`` names them all. A model is one
+``register_model(name, factory, transformer=..., datasets=...)`` entry below
+(:mod:`stn_jax.models.registry`); the config files read their lists of
+models from :func:`model_names`.
 """
 
 from __future__ import annotations
@@ -34,31 +37,43 @@ from stn_jax.models.layers import (
   SpatialTransformer,
   SpatialTransformer3D,
 )
+from stn_jax.models.registry import (
+  MODELS,
+  ModelEntry,
+  model_names,
+  register_model,
+)
 from stn_jax.models.resnet import PreActResNet, preact_resnet_stn
 
-MODELS = {
-  "fcn": FCN,
-  "cnn": CNN,
-  "st_fcn": st_fcn,
-  "st_cnn": st_cnn,
-  "ic_st_cnn": ic_st_cnn,
-  "gtsrb_cnn": functools.partial(GtsrbCNN, num_transformers=0),
-  "gtsrb_st_cnn": functools.partial(GtsrbCNN, num_transformers=3),
-  "resnet": ResNet,
-  "resnet_stn": resnet_stn,
-  "preact_resnet": PreActResNet,
-  "preact_resnet_stn": preact_resnet_stn,
-}
-# The models with a spatial transformer (tests/test_configs.py ties this
-# list to the models themselves and to the configs' lists).
-TRANSFORMER_MODELS = (
-  "st_fcn",
-  "st_cnn",
-  "ic_st_cnn",
-  "gtsrb_st_cnn",
-  "resnet_stn",
-  "preact_resnet_stn",
+# One entry per model (its name, factory, whether it holds a spatial
+# transformer, and which config files offer it): stn_jax.models.registry.
+_MNIST, _GTSRB, _BOTH = ("mnist",), ("gtsrb",), ("mnist", "gtsrb")
+register_model("fcn", FCN, transformer=False, datasets=_MNIST)
+register_model("cnn", CNN, transformer=False, datasets=_MNIST)
+register_model("st_fcn", st_fcn, transformer=True, datasets=_MNIST)
+register_model("st_cnn", st_cnn, transformer=True, datasets=_MNIST)
+register_model("ic_st_cnn", ic_st_cnn, transformer=True, datasets=_MNIST)
+register_model(
+  "gtsrb_cnn",
+  functools.partial(GtsrbCNN, num_transformers=0),
+  transformer=False,
+  datasets=_GTSRB,
 )
+register_model(
+  "gtsrb_st_cnn",
+  functools.partial(GtsrbCNN, num_transformers=3),
+  transformer=True,
+  datasets=_GTSRB,
+)
+register_model("resnet", ResNet, transformer=False, datasets=_BOTH)
+register_model("resnet_stn", resnet_stn, transformer=True, datasets=_BOTH)
+register_model("preact_resnet", PreActResNet, transformer=False, datasets=_BOTH)
+register_model(
+  "preact_resnet_stn", preact_resnet_stn, transformer=True, datasets=_BOTH
+)
+# The built-in models with a spatial transformer (model_names(transformer=
+# True) also lists models registered later).
+TRANSFORMER_MODELS = model_names(transformer=True)
 
 
 def get_model(
@@ -176,6 +191,7 @@ __all__ = [
   "GtsrbCNN",
   "ICSpatialTransformer",
   "MODELS",
+  "ModelEntry",
   "PreActResNet",
   "ResNet",
   "STClassifier",
@@ -186,6 +202,8 @@ __all__ = [
   "first_transform_params",
   "from_config",
   "get_model",
+  "model_names",
+  "register_model",
   "transformer_input",
   "transformers",
   "warp_input",

@@ -34,8 +34,11 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
-from stn_jax import checkpointing, launchers, population, sweep_records
+from stn_jax import checkpointing, population
 from stn_jax import workdir as workdir_lib
+from stn_jax.sweep import records as sweep_records
+from stn_jax.sweep.records import Record, Status
+from stn_jax.sweep.tasks import run_point, settle
 
 
 @dataclasses.dataclass
@@ -43,7 +46,7 @@ class PopulationTask:
   """Points to train as one population, and the population's folder."""
 
   name: str
-  tasks: list  # launchers.PointTask, one per member
+  tasks: list  # stn_jax.sweep.tasks.PointTask, one per member
   workdir: str
 
 
@@ -128,10 +131,10 @@ def check_resumes(units: Sequence, workdir: str) -> None:
 
 def run_population(
   unit: PopulationTask, population_fn: Callable, log=print
-) -> list[dict]:
+) -> list[Record]:
   """Trains ``unit``'s points as one population under all their point
   locks, writing each point's record as it starts and ends; returns the
-  records (status as :func:`stn_jax.launchers.run_point`'s, the same for
+  records (status as :func:`stn_jax.sweep.tasks.run_point`'s, the same for
   every member)."""
   tasks = unit.tasks
   with contextlib.ExitStack() as stack:
@@ -141,15 +144,15 @@ def run_population(
     held = [lock.owner for lock in locks if not lock.acquired]
     if held:
       return [
-        t.record(status="running", error=f"a member is held by {held[0]}")
+        t.record(status=Status.RUNNING, error=f"a member is held by {held[0]}")
         for t in tasks
       ]
     saved = [sweep_records.read_record(t.point_dir) for t in tasks]
-    if any(r is not None and r["status"] == "finished" for r in saved):
+    if any(r is not None and r.status == Status.FINISHED for r in saved):
       # Another runner finished some members meanwhile: the group changed.
       return [
         t.record(
-          status="running",
+          status=Status.RUNNING,
           error="another runner finished some of this population's "
           "points; rerun to regroup the rest",
         )
@@ -157,11 +160,11 @@ def run_population(
       ]
     where = sweep_records.where()
     records = [
-      t.record(status="running", start_time=time.time(), end_time=None, **where)
+      t.record(status=Status.RUNNING, start_time=time.time(), **where)
       for t in tasks
     ]
     for index, (t, record) in enumerate(zip(tasks, records)):
-      record["population"] = {
+      record.population = {
         "name": unit.name,
         "members": len(tasks),
         "index": index,  # its member in the stacked checkpoint
@@ -175,24 +178,22 @@ def run_population(
         log=log,
       )
       for record, member in zip(records, results):
-        launchers.settle(
-          record, {k: v for k, v in member.items() if k != "params"}
-        )
+        settle(record, {k: v for k, v in member.items() if k != "params"})
     except Exception:  # noqa: BLE001 - recorded; the other points run
       error = traceback.format_exc()
       for record in records:
-        record.update(status="failed", error=error)
+        record.update(status=Status.FAILED, error=error)
     except BaseException:  # KeyboardInterrupt before the loop's handler
       for record in records:
-        record.update(status="interrupted", signal="SIGINT")
+        record.update(status=Status.INTERRUPTED, signal="SIGINT")
       raise
     finally:
       end = time.time()
       for t, record in zip(tasks, records):
-        wall = end - record["start_time"]
-        record["end_time"] = end
-        record["results"]["wall_seconds"] = wall / len(tasks)
-        record["population"]["wall_seconds"] = wall
+        wall = end - record.start_time
+        record.end_time = end
+        record.results["wall_seconds"] = wall / len(tasks)
+        record.population["wall_seconds"] = wall
         sweep_records.write_record(t.point_dir, record)
   return records
 
@@ -207,7 +208,7 @@ def run_units(
   log=print,
 ) -> None:
   """Runs populations and single points one after another in this process,
-  as :class:`stn_jax.launchers.LocalLauncher` runs points: ``on_start`` and
+  as :class:`stn_jax.sweep.launchers.LocalLauncher` runs points: ``on_start`` and
   ``on_done(task, record)`` per point; a signal ends the run."""
   for unit in units:
     tasks = unit.tasks if isinstance(unit, PopulationTask) else [unit]
@@ -222,8 +223,47 @@ def run_units(
       log(f"training {len(tasks)} points as {unit.workdir}")
       records = run_population(unit, population_fn, log=log)
     else:
-      records = [launchers.run_point(unit, train_fn)]
+      records = [run_point(unit, train_fn)]
     for task, record in zip(tasks, records):
       on_done(task, record)
-    if any(r["status"] == "interrupted" for r in records):
+    if any(r.status == Status.INTERRUPTED for r in records):
       return
+
+
+@dataclasses.dataclass
+class PopulationLauncher:
+  """``--launcher=population`` (or ``--population``): groups the points
+  into populations (:func:`group`) and trains them, and the points left
+  single, one after another in this process (a
+  :class:`stn_jax.sweep.launchers.Launcher`).
+
+  Attributes:
+    population_fn: ``population_fn(configs, workdir, member_dirs=...,
+      log=...)`` trains one population and returns each member's results
+      (:func:`stn_jax.population.train_population`).
+  """
+
+  population_fn: Callable = population.train_population
+
+  def select(self, planned: list) -> list:
+    """Every planned point."""
+    return list(planned)
+
+  def units(self, tasks: list, workdir: str) -> list:
+    """Populations of the compatible tasks, and the tasks left single
+    (:func:`group`)."""
+    return group(tasks, workdir)
+
+  def run(
+    self, units, train_fn, on_done, stop, on_start=None, log=print
+  ) -> None:
+    """See :func:`run_units`."""
+    run_units(
+      units,
+      train_fn,
+      self.population_fn,
+      on_done,
+      stop,
+      on_start=on_start,
+      log=log,
+    )
