@@ -313,10 +313,10 @@ def test_restore_needs_no_data_stack_and_no_optimizer(
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split("\n")[-2] == "2 []"
-  from stn_jax import steps
+  from stn_jax import recipe
 
   monkeypatch.setattr(
-    steps, "make_optimizer", lambda *a: pytest.fail("built an optimiser")
+    recipe, "make_optimizer", lambda *a: pytest.fail("built an optimiser")
   )
   assert stn_jax.restore(str(tmp_path)).step == 2
 
