@@ -28,6 +28,7 @@ sampler as one ONNX ``GridSample`` node (opset 16 or later).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 
@@ -106,6 +107,8 @@ def export(restored, out: str, *, format: str, opset: int = DEFAULT_OPSET):
   """
   if format not in FORMATS:
     raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
+  if os.path.isdir(out):  # before the work, and before OUT.tmp is written
+    raise IsADirectoryError(errno.EISDIR, "Is a directory", out)
   if format == "stablehlo":
     data = bytes(export_stablehlo(restored).serialize())
   else:
@@ -113,9 +116,14 @@ def export(restored, out: str, *, format: str, opset: int = DEFAULT_OPSET):
   folder = os.path.dirname(os.path.abspath(out))
   os.makedirs(folder, exist_ok=True)
   temporary = f"{out}.tmp"
-  with open(temporary, "wb") as f:
-    f.write(data)
-  os.replace(temporary, out)
+  try:
+    with open(temporary, "wb") as f:
+      f.write(data)
+    os.replace(temporary, out)
+  except BaseException:  # a full disk, a folder in the way: no .tmp left
+    with contextlib.suppress(OSError):
+      os.remove(temporary)
+    raise
   return len(data)
 
 
