@@ -272,6 +272,11 @@ def main(argv=None) -> int:
       raise ValueError(
         f"--max_examples must be >= 0; got {values.max_examples}."
       )
+    if positional[0] == "invariance" and not values.families:
+      raise ValueError(
+        f"--families is empty; give one or more of "
+        f"{','.join(controlled.FAMILIES)}."
+      )
     if not os.path.isdir(values.workdir):
       raise FileNotFoundError(f"--workdir {values.workdir!r} is not a folder.")
     out = values.out or os.path.join(values.workdir, "evaluation")
