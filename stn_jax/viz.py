@@ -337,6 +337,8 @@ def main(argv=None) -> int:
   def body(positional):
     if positional:
       raise ValueError(f"unexpected arguments {positional}.")
+    if not values.workdir.strip():
+      raise ValueError("--workdir is empty; give a run's folder.")
     out = values.out or os.path.join(values.workdir, "figures")
     for path in make_figures(
       values.workdir,
