@@ -23,6 +23,7 @@ import stn_jax
 from stn_jax import (
   checkpointing,
   cli,
+  evaluate,
   hooks,
   sweep,
   sweep_records,
@@ -705,3 +706,24 @@ def test_a_damaged_run_file_is_named_by_restore_and_the_tools(
   assert message.startswith(f"{run / name} is damaged ("), message
   assert "train the run again" in message
   assert viz.main([f"--workdir={run}", "--figures=transformer"]) == 1
+
+
+def test_figures_and_reports_on_a_full_disk_leave_no_partial_file(
+  tiny_tfds, small_disk, capsys
+):
+  """Case 7 on viz and evaluate (found by experiments/hostile_cases.py):
+  on a full disk they left a truncated PNG or calibration.md behind, and
+  the message said "a file: No space left on device" without naming it."""
+  run = small_disk.parent / "run"
+  train.train_and_evaluate(small(tiny_tfds), str(run))
+  fill(small_disk)
+  for command, out in (
+    (viz.main, [f"--workdir={run}", "--figures=error"]),
+    (evaluate.main, ["calibration", f"--workdir={run}"]),
+  ):
+    folder = small_disk / command.__module__
+    assert command([*out, f"--out={folder}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert f"{folder}/" in err and "No space left on device" in err, err
+    assert list(folder.iterdir()) == [], err

@@ -32,7 +32,7 @@ import time
 
 from absl import flags
 
-from stn_jax import cli, config_args, config_schema
+from stn_jax import cli, config_args, config_schema, files
 from stn_jax.data import datasets, preview
 
 COMMANDS = ("build", "preview")
@@ -166,7 +166,8 @@ def main(argv=None) -> int:
       columns=values.columns,
       title=f"{names[0]} ({values.split}), first {count} examples",
     )
-    image.save(values.out)
+    with files.written(values.out) as temporary:
+      image.save(temporary)
     print(f"wrote {values.out}")
     return 0
 
