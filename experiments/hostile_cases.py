@@ -1255,7 +1255,8 @@ PARTS = {
   "base_archive": "sweep",
   "base_pop": "population",
 }
-_BUILT: dict[str, threading.Event] = {}
+_BUILT: dict[str, tuple[threading.Event, int]] = {}
+_FAILED: dict[str, str] = {}
 _BUILDING = threading.Lock()
 
 
@@ -1264,12 +1265,15 @@ def build_part(part: str, p: Paths) -> None:
   an earlier run with the same ``--scratch``); waits for another thread
   that builds it."""
   with _BUILDING:
-    event = _BUILT.get(part)
+    event, builder = _BUILT.get(part, (None, None))
     mine = event is None
     if mine:
-      event = _BUILT[part] = threading.Event()
+      event, builder = _BUILT[part] = threading.Event(), threading.get_ident()
   if not mine:
-    event.wait()
+    if builder != threading.get_ident():  # (the builder reads its own paths)
+      event.wait()
+    if part in _FAILED:
+      raise RuntimeError(f"the shared setup {part!r} failed: {_FAILED[part]}")
     return
   done = os.path.join(p.get_plain("root"), "shared", f"{part}.done")
   try:
@@ -1277,6 +1281,9 @@ def build_part(part: str, p: Paths) -> None:
       p.get_plain("log")(f"setup: {part}")
       SETUP[part](p)
       open(done, "w").close()
+  except Exception as error:
+    _FAILED[part] = f"{type(error).__name__}: {str(error)[-2000:]}"
+    raise
   finally:
     event.set()
 
