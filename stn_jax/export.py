@@ -34,6 +34,7 @@ import sys
 
 import numpy as np
 
+from stn_jax import files
 from stn_jax.export_onnx import DEFAULT_OPSET, export_onnx
 
 FORMATS = ("stablehlo", "onnx")
@@ -115,15 +116,8 @@ def export(restored, out: str, *, format: str, opset: int = DEFAULT_OPSET):
     data = export_onnx(restored, opset=opset).SerializeToString()
   folder = os.path.dirname(os.path.abspath(out))
   os.makedirs(folder, exist_ok=True)
-  temporary = f"{out}.tmp"
-  try:
-    with open(temporary, "wb") as f:
-      f.write(data)
-    os.replace(temporary, out)
-  except BaseException:  # a full disk, a folder in the way: no .tmp left
-    with contextlib.suppress(OSError):
-      os.remove(temporary)
-    raise
+  with files.written(out) as temporary, open(temporary, "wb") as f:
+    f.write(data)
   return len(data)
 
 

@@ -223,8 +223,9 @@ def test_an_out_that_is_a_folder_or_a_failed_write_leaves_nothing(
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(os, "replace", full_disk)
-  with pytest.raises(OSError, match="No space left"):
+  with pytest.raises(OSError, match="No space left") as error:
     export.export(restored, str(tmp_path / "m.hlo"), format="stablehlo")
+  assert error.value.filename == str(tmp_path / "m.hlo")  # the one line's
   assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
