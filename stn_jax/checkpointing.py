@@ -145,11 +145,26 @@ def read_run_files(
       raise FileNotFoundError(
         f"{path} not found: is {workdir!r} a stn_jax workdir?"
       )
-  with open(paths[0]) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  with open(paths[1]) as f:
-    in_shape = tuple(json.load(f))
-  return config, in_shape
+  config = _read_json(paths[0], workdir, dict)
+  in_shape = _read_json(paths[1], workdir, list)
+  return ml_collections.ConfigDict(config), tuple(in_shape)
+
+
+def _read_json(path: str, workdir: str, kind: type):
+  """The JSON ``kind`` (dict or list) in ``path``; a damaged file is a
+  ``ValueError`` naming it and the way out."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+    if not isinstance(value, kind):
+      raise ValueError(f"a JSON {type(value).__name__}, not a {kind.__name__}")
+  except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+    raise ValueError(
+      f"{path} is damaged ({error}); the run in {workdir} cannot be read "
+      "without it: put back a copy (a sweep's --archive keeps one) or train "
+      "the run again (--overwrite)."
+    ) from None
+  return value
 
 
 def _abstract(tree):

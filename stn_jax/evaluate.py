@@ -25,7 +25,7 @@ import time
 import numpy as np
 from absl import flags
 
-from stn_jax import calibration, cli, config_schema, evaluation, viz
+from stn_jax import calibration, cli, config_schema, evaluation, files, viz
 from stn_jax.data import controlled, datasets
 
 COMMANDS = ("invariance", "calibration")
@@ -98,7 +98,7 @@ def run_invariance(
     )
   os.makedirs(out, exist_ok=True)
   paths = [os.path.join(out, "invariance.md")]
-  with open(paths[0], "w") as f:
+  with files.written(paths[0]) as temporary, open(temporary, "w") as f:
     f.write(invariance_table(results, count=len(labels), size=size))
   for family in families:
     curves = [
@@ -210,7 +210,7 @@ def run_calibration(workdir, *, out, max_examples=0, data=None):
     if counts[b]
   ]
   error = float(np.mean(logits.argmax(-1) != labels))
-  with open(paths[0], "w") as f:
+  with files.written(paths[0]) as temporary, open(temporary, "w") as f:
     f.write(
       f"# Calibration of {name}\n\n{len(labels)} {split} images of "
       f"{config.dataset}: error {100 * error:.2f}%, expected calibration "
@@ -271,6 +271,11 @@ def main(argv=None) -> int:
     if values.max_examples is not None and values.max_examples < 0:
       raise ValueError(
         f"--max_examples must be >= 0; got {values.max_examples}."
+      )
+    if positional[0] == "invariance" and not values.families:
+      raise ValueError(
+        f"--families is empty; give one or more of "
+        f"{','.join(controlled.FAMILIES)}."
       )
     if not os.path.isdir(values.workdir):
       raise FileNotFoundError(f"--workdir {values.workdir!r} is not a folder.")

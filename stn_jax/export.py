@@ -28,11 +28,13 @@ sampler as one ONNX ``GridSample`` node (opset 16 or later).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 
 import numpy as np
 
+from stn_jax import files
 from stn_jax.export_onnx import DEFAULT_OPSET, export_onnx
 
 FORMATS = ("stablehlo", "onnx")
@@ -106,16 +108,16 @@ def export(restored, out: str, *, format: str, opset: int = DEFAULT_OPSET):
   """
   if format not in FORMATS:
     raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
+  if os.path.isdir(out):  # before the work, and before OUT.tmp is written
+    raise IsADirectoryError(errno.EISDIR, "Is a directory", out)
   if format == "stablehlo":
     data = bytes(export_stablehlo(restored).serialize())
   else:
     data = export_onnx(restored, opset=opset).SerializeToString()
   folder = os.path.dirname(os.path.abspath(out))
   os.makedirs(folder, exist_ok=True)
-  temporary = f"{out}.tmp"
-  with open(temporary, "wb") as f:
+  with files.written(out) as temporary, open(temporary, "wb") as f:
     f.write(data)
-  os.replace(temporary, out)
   return len(data)
 
 

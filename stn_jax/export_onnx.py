@@ -276,7 +276,8 @@ def export_onnx(restored, *, opset: int = DEFAULT_OPSET):
     ``(N, num_classes)``; checked by ``onnx.checker``.
 
   Raises:
-    ValueError: ``opset`` below 16, or a model, transform or sampler mode
+    ValueError: ``opset`` below 16 or above the installed onnx's newest,
+      or a model, transform or sampler mode
       without an ONNX equivalent (the message names it).
     ImportError: onnx is not installed (the message names the extra).
   """
@@ -290,6 +291,13 @@ def export_onnx(restored, *, opset: int = DEFAULT_OPSET):
     )
   onnx = _import_onnx()
   from onnx import TensorProto, helper
+
+  newest = onnx.defs.onnx_opset_version()
+  if opset > newest:  # else written into the model as it is
+    raise ValueError(
+      f"opset must be <= {newest}, the newest the installed onnx "
+      f"{onnx.__version__} knows; got {opset}."
+    )
 
   g = _Graph(onnx, int(opset))
   height, width, channels = restored.in_shape

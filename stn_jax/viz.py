@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw
 
-from stn_jax import cli, config_schema
+from stn_jax import cli, config_schema, files
 from stn_jax.data import datasets, preview
 
 COUNT = 16
@@ -46,6 +46,13 @@ def _test_arrays(run):
   )
 
 
+def _save(image: Image.Image, path: str, **kwargs) -> None:
+  """Saves ``image`` to ``path`` (PIL's ``save`` ``kwargs``), whole or not
+  at all (:func:`stn_jax.files.written`)."""
+  with files.written(path) as temporary:
+    image.save(temporary, **kwargs)
+
+
 def transformer_grid(run, arrays, path):
   images = arrays["image"][:COUNT]
   out = run.transform(images)
@@ -54,12 +61,13 @@ def transformer_grid(run, arrays, path):
   for i in range(len(images)):
     tiles += [images[i], to_uint8(out[i])]
     labels += [f"in {int(arrays['label'][i])}", "ST out"]
-  preview.grid_image(
+  image = preview.grid_image(
     np.stack(tiles),
     labels,
     columns=8,
     title=f"{run.config.dataset}: inputs and transformer outputs",
-  ).save(path)
+  )
+  _save(image, path)
 
 
 def training_gif(workdir, path, scale=3):
@@ -79,8 +87,13 @@ def training_gif(workdir, path, scale=3):
       )
     )
   if frames:
-    frames[0].save(
-      path, save_all=True, append_images=frames[1:], duration=700, loop=0
+    _save(
+      frames[0],
+      path,
+      save_all=True,
+      append_images=frames[1:],
+      duration=700,
+      loop=0,
     )
   return len(frames)
 
@@ -115,12 +128,13 @@ def saliency_grid(runs, arrays, path):
     for name, row in rows:
       tiles.append(row[i])
       captions.append(name.split()[0] if name != "input" else f"in {labels[i]}")
-  preview.grid_image(
+  image = preview.grid_image(
     np.stack(tiles),
     captions,
     columns=len(rows) * 4,
     title="saliency |d score / d pixel|: " + ", ".join(n for n, _ in rows[1:]),
-  ).save(path)
+  )
+  _save(image, path)
 
 
 def _errors(workdir, key="test_error"):
@@ -187,7 +201,7 @@ def error_plot(curves, path, size=(640, 400)):
       fill=colour,
     )
   draw.text((left, 8), "test error vs steps", fill="black")
-  image.save(path)
+  _save(image, path)
 
 
 COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -227,7 +241,7 @@ def line_plot(curves, path, *, title, xlabel, ylabel, size=(640, 400)):
       draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
     draw.text((left + 10, top + 8 + 14 * i), name, fill=colour)
   draw.text((left, 8), f"{title} ({ylabel})", fill="black")
-  image.save(path)
+  _save(image, path)
 
 
 def reliability_diagram(counts, accuracy, confidence, path, *, title):
@@ -259,7 +273,7 @@ def reliability_diagram(counts, accuracy, confidence, path, *, title):
     (left + 90, bottom + 22), "confidence (red: bin mean)", fill="black"
   )
   draw.text((left, 12), f"{title}; bars: accuracy", fill="black")
-  image.save(path)
+  _save(image, path)
 
 
 FIGURES = ("transformer", "gif", "saliency", "error")
@@ -337,6 +351,8 @@ def main(argv=None) -> int:
   def body(positional):
     if positional:
       raise ValueError(f"unexpected arguments {positional}.")
+    if not values.workdir.strip():
+      raise ValueError("--workdir is empty; give a run's folder.")
     out = values.out or os.path.join(values.workdir, "figures")
     for path in make_figures(
       values.workdir,

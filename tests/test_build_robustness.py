@@ -185,3 +185,19 @@ def test_preview_rejects_nonsensical_count_and_columns(flag, tmp_path, capsys):
   assert err.startswith(f"python -m stn_jax.data: error: {name} must be")
   assert "\n" not in err
   assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("out", ["folder", "preview", "preview.xyz"])
+def test_preview_out_must_be_an_image_file(out, tmp_path, capsys):
+  """Issue 33 (rerun as a user): ``--out`` naming a folder, or a file
+  without an image extension, was "unknown file extension:" after the
+  dataset was read."""
+  (tmp_path / "folder").mkdir()
+  path = tmp_path / out
+  status = data_cli.main(["preview", NAME, f"--out={path}"])
+  err = capsys.readouterr().err.strip()
+  assert status == 1
+  assert err.startswith(f"python -m stn_jax.data: error: {path}"), err
+  assert ("folder" if out == "folder" else ".png") in err
+  assert "\n" not in err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]

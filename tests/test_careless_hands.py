@@ -23,6 +23,7 @@ import stn_jax
 from stn_jax import (
   checkpointing,
   cli,
+  evaluate,
   hooks,
   sweep,
   train,
@@ -682,3 +683,47 @@ def test_a_disk_filled_during_a_run_is_one_line_at_the_command_line(
   # (with asynchronous saves, the save that meets the full disk is 2 or 4)
   assert re.search(r"could not write checkpoint [24] ", lines[0]), lines[0]
   assert "No space left on device" in lines[0]
+
+
+@pytest.mark.parametrize(
+  "name, damage",
+  [("config.json", '{"model": "cn'), ("in_shape.json", "[42, 4")],
+)
+def test_a_damaged_run_file_is_named_by_restore_and_the_tools(
+  tmp_path, name, damage
+):
+  """Case 9 on the other commands (found by experiments/hostile_cases.py):
+  restore(), and so viz, evaluate, export and model_zoo package, said "a
+  JSON file is damaged" without naming it (restore() raised a bare
+  JSONDecodeError)."""
+  run = tmp_path / "run"
+  config = MNIST.get_config("model=cnn,small=true")
+  checkpointing.write_run_files(str(run), config, (42, 42, 1))
+  (run / name).write_text(damage)
+  with pytest.raises(ValueError) as error:
+    stn_jax.restore(str(run))
+  message = str(error.value)
+  assert message.startswith(f"{run / name} is damaged ("), message
+  assert "train the run again" in message
+  assert viz.main([f"--workdir={run}", "--figures=transformer"]) == 1
+
+
+def test_figures_and_reports_on_a_full_disk_leave_no_partial_file(
+  tiny_tfds, small_disk, capsys
+):
+  """Case 7 on viz and evaluate (found by experiments/hostile_cases.py):
+  on a full disk they left a truncated PNG or calibration.md behind, and
+  the message said "a file: No space left on device" without naming it."""
+  run = small_disk.parent / "run"
+  train.train_and_evaluate(small(tiny_tfds), str(run))
+  fill(small_disk)
+  for command, out in (
+    (viz.main, [f"--workdir={run}", "--figures=error"]),
+    (evaluate.main, ["calibration", f"--workdir={run}"]),
+  ):
+    folder = small_disk / command.__module__
+    assert command([*out, f"--out={folder}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert f"{folder}/" in err and "No space left on device" in err, err
+    assert list(folder.iterdir()) == [], err

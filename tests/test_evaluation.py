@@ -314,6 +314,8 @@ def _evaluate(*args):
     (["invariance"], 2, "--workdir"),
     (["rotate", "--workdir=."], 1, "expected one command"),
     (["invariance", "--workdir=.", "--families=shear"], 1, "family must be"),
+    # found by hostile_cases.py: read the data, then failed elsewhere
+    (["invariance", "--workdir=.", "--families="], 1, "--families is empty"),
     (["invariance", "--workdir=/nonexistent"], 1, "is not a folder"),
   ],
 )

@@ -194,8 +194,39 @@ def test_bad_opset_and_format_are_refused(pretrained, tmp_path):
     ValueError, match=r"opset must be an int >= 16 \(ONNX GridSample\); got 13"
   ):
     export.export_onnx(restored, opset=13)
+  # Above what the installed onnx knows (found by hostile_cases.py: an
+  # opset of 100000 was written into the model).
+  import onnx
+
+  newest = onnx.defs.onnx_opset_version()
+  with pytest.raises(ValueError, match=rf"<= {newest}, the newest .* 100000"):
+    export.export_onnx(restored, opset=100000)
+  assert export.export_onnx(restored, opset=newest).opset_import
   with pytest.raises(ValueError, match="format must be one of"):
     export.export(restored, str(tmp_path / "x"), format="tflite")
+
+
+def test_an_out_that_is_a_folder_or_a_failed_write_leaves_nothing(
+  pretrained, tmp_path, monkeypatch
+):
+  """Issue 33 (rerun as a user): ``--out`` naming a folder was an error
+  only after a ``FOLDER.tmp`` file was written beside it, and left there."""
+  restored, _ = pretrained
+  folder = tmp_path / "run"
+  folder.mkdir()
+  with pytest.raises(IsADirectoryError) as error:
+    export.export(restored, str(folder), format="stablehlo")
+  assert error.value.filename == str(folder)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+  def full_disk(*_):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", full_disk)
+  with pytest.raises(OSError, match="No space left") as error:
+    export.export(restored, str(tmp_path / "m.hlo"), format="stablehlo")
+  assert error.value.filename == str(tmp_path / "m.hlo")  # the one line's
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_command_line(tmp_path, capsys):

@@ -65,3 +65,16 @@ def test_command_line_writes_into_the_workdir_by_default(
   assert status == 0
   assert (tmp_path / "run" / "figures" / "transformer_run.png").is_file()
   assert viz.main(["--figures=transformer"]) == 2  # --workdir is required
+
+
+def test_an_empty_workdir_flag_is_named(tmp_path, capsys, monkeypatch):
+  """Found by experiments/hostile_cases.py: ``--workdir=`` said "config.json
+  not found: is '' a stn_jax workdir?"."""
+  monkeypatch.chdir(tmp_path)
+  assert viz.main(["--workdir="]) == 1
+  err = capsys.readouterr().err.strip()
+  assert (
+    err
+    == "python -m stn_jax.viz: error: --workdir is empty; give a run's folder."
+  )
+  assert list(tmp_path.iterdir()) == []

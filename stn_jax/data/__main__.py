@@ -25,12 +25,14 @@ stderr and exit status 1.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import time
 
 from absl import flags
 
-from stn_jax import cli, config_args, config_schema
+from stn_jax import cli, config_args, config_schema, files
 from stn_jax.data import datasets, preview
 
 COMMANDS = ("build", "preview")
@@ -103,6 +105,21 @@ def _datasets(values, names, command):
   return names, values.tfds_dir, values.source_dir, values.data_mirror
 
 
+def _check_image_path(out: str) -> None:
+  """``--out`` is a file with an extension PIL writes, checked before the
+  dataset is read."""
+  from PIL import Image
+
+  if os.path.isdir(out):
+    raise IsADirectoryError(errno.EISDIR, "Is a directory", out)
+  extension = os.path.splitext(out)[1].lower()
+  if extension not in Image.registered_extensions():
+    raise ValueError(
+      f"{out}: --out must be an image file such as preview.png (.png, .jpg, "
+      f".gif, ...); {extension or 'no extension'} is not an image format."
+    )
+
+
 def main(argv=None) -> int:
   """``python -m stn_jax.data``; returns the exit status."""
   values = _flags()
@@ -139,6 +156,7 @@ def main(argv=None) -> int:
           f"--{flag} must be a positive number of examples; got "
           f"{values[flag].value}."
         )
+    _check_image_path(values.out)
     arrays = datasets.load_arrays(names[0], values.split, **dirs)
     count = min(values.count, len(arrays["label"]))
     labels = arrays["label"][:count]
@@ -148,7 +166,8 @@ def main(argv=None) -> int:
       columns=values.columns,
       title=f"{names[0]} ({values.split}), first {count} examples",
     )
-    image.save(values.out)
+    with files.written(values.out) as temporary:
+      image.save(temporary)
     print(f"wrote {values.out}")
     return 0
 
