@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from stn_jax import cli, distributed
+from stn_jax.files import written
 
 FORMAT = 2
 MANIFEST = "stn_jax_sha256.json"
@@ -100,10 +101,9 @@ def _file_hashes(folder: str) -> dict[str, str]:
 def write_manifest(folder: str) -> None:
   """Records the sha256 of every file under ``folder`` (atomically)."""
   hashes = _file_hashes(folder)
-  temporary = os.path.join(folder, MANIFEST + ".tmp")
-  with open(temporary, "w") as f:
+  path = os.path.join(folder, MANIFEST)
+  with written(path) as temporary, open(temporary, "w") as f:
     json.dump(hashes, f, indent=0, sort_keys=True)
-  os.replace(temporary, os.path.join(folder, MANIFEST))
 
 
 def verify_manifest(folder: str) -> None:
@@ -127,9 +127,11 @@ def verify_manifest(folder: str) -> None:
 def write_run_files(workdir: str, config, in_shape) -> None:
   """``config.json`` and ``in_shape.json`` (the model's input shape)."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  path = os.path.join(workdir, "config.json")
+  with written(path) as temporary, open(temporary, "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  with open(os.path.join(workdir, "in_shape.json"), "w") as f:
+  path = os.path.join(workdir, "in_shape.json")
+  with written(path) as temporary, open(temporary, "w") as f:
     json.dump(list(in_shape), f)
 
 

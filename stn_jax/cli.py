@@ -73,10 +73,17 @@ def is_full_disk(error: BaseException) -> bool:
   """Whether ``error`` reports a full disk, including orbax's and
   TensorStore's ``ValueError``s that carry it as ``RESOURCE_EXHAUSTED``
   or in their text rather than as an ``OSError``."""
-  if isinstance(error, OSError):
+  if isinstance(error, OSError) and error.errno:
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
   text = str(error)
-  return "RESOURCE_EXHAUSTED" in text or "No space left on device" in text
+  return any(
+    words in text
+    for words in (
+      "RESOURCE_EXHAUSTED",  # orbax, TensorStore
+      "No space left on device",
+      "Not enough disk space",  # TFDS's check before a build (no errno)
+    )
+  )
 
 
 def error_line(error: BaseException) -> str:
@@ -89,7 +96,7 @@ def error_line(error: BaseException) -> str:
     if error.filename2:
       where += f" -> {error.filename2}"
     return f"{where}: {error.strerror}; {WAYS_OUT[error.errno]}."
-  if not isinstance(error, OSError) and is_full_disk(error):
+  if is_full_disk(error):
     return (
       f"no space left on device ({str(error).splitlines()[0][:200]}); "
       f"{WAYS_OUT[errno.ENOSPC]}."

@@ -187,12 +187,18 @@ class MetricWriter:
     path = os.path.join(folder, "metrics.jsonl")
     repair_jsonl(path)
     # Open for the whole run (appended to on resume); closed by close().
+    self._jsonl_path = path
     self._jsonl = open(path, "a")  # noqa: SIM115
     self._tensorboard = SummaryWriter(os.path.join(folder, "tensorboard"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+      self._jsonl.flush()
+    except OSError as error:  # a failed write names no file: name it
+      raise type(error)(
+        error.errno, error.strerror, self._jsonl_path
+      ) from error
     for key, value in metrics.items():
       self._tensorboard.add_scalar(key, value, step)
     self._tensorboard.flush()

@@ -14,6 +14,7 @@ lock keeps two processes out of it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -197,8 +198,13 @@ def try_lock(path: str, owner: str):
   previous = handle.read().strip()
   handle.seek(0)
   handle.truncate()
-  handle.write(owner + "\n")
-  handle.flush()
+  try:
+    handle.write(owner + "\n")
+    handle.flush()
+  except OSError as error:  # a full disk: a failed write names no file
+    with contextlib.suppress(OSError):  # closing flushes, and fails again
+      handle.close()
+    raise type(error)(error.errno, error.strerror, path) from error
   return handle, previous
 
 

@@ -32,6 +32,7 @@ from stn_jax import (
 )
 from stn_jax.data import download, sources
 from stn_jax.data.sources import SourceError
+from stn_jax.sweep import launchers as sweep_launchers
 from stn_jax.sweep import records as sweep_records
 
 THREE = (
@@ -148,6 +149,41 @@ def test_collect_refuses_another_sweeps_folder_and_a_missing_one(
   )
   assert status == 1
   assert (work / "results.md").read_text() == before
+
+
+# Case 4 again (found by experiments/hostile_cases.py): --collect on a
+# folder that holds no sweep point at all (a training run's workdir).
+def test_collect_refuses_a_folder_without_points_and_prints_why(
+  sweep_config, tmp_path
+):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="holds no sweep point folder"):
+    run(sweep_config, run_dir, report_only=True)
+  assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
+  # Collecting points that are not the plan's result prints why, as a
+  # training rerun does (case 10), not only inside results.md.
+  work = tmp_path / "s"
+  run(sweep_config, work)
+  lines = []
+  run(
+    sweep_config,
+    work,
+    overrides={"learning_rate": 0.1},
+    report_only=True,
+    log=lines.append,
+  )
+  failed = [line for line in lines if " failed: " in line]
+  assert len(failed) == 3
+  assert all("learning_rate: 0.001 -> 0.1" in line for line in failed)
+
+
+def test_max_concurrent_below_one_is_refused():
+  for value in (0, -1, True, 1.5):
+    with pytest.raises(ValueError, match="--max_concurrent must be an int"):
+      sweep_launchers.make_launcher("local", max_concurrent=value)
+  sweep_launchers.make_launcher("ray", max_concurrent=2)  # starts no Ray
 
 
 # Case 9: a truncated record.json names its file and blocks nothing else.
@@ -331,6 +367,8 @@ def test_a_full_disk_is_a_checkpoint_error_and_a_fresh_run_one_line(
   )
   assert result.returncode == 1, result.stderr
   assert "No space left on device" in result.stderr
+  # It names the file that could not be written (the workdir's lock).
+  assert str(small_disk / "fresh") in result.stderr, result.stderr
   assert "Traceback" not in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   # Space freed: the same command resumes from checkpoint 2 and finishes.
@@ -338,6 +376,34 @@ def test_a_full_disk_is_a_checkpoint_error_and_a_fresh_run_one_line(
   os.remove(small_disk / "filler_again")
   train.train_and_evaluate(config, str(work))
   assert stn_jax.restore(str(work)).step == 6
+
+
+def test_full_disk_writes_name_their_file(small_disk):
+  """A failed write names no file (its OSError has no filename): the
+  sweep's records and the workdir lock name theirs."""
+  from stn_jax import workdir as workdir_lib
+
+  fill(small_disk)
+  path = small_disk / "point" / "record.json"
+  (small_disk / "point").mkdir()
+  with pytest.raises(OSError) as error:
+    sweep_records.write_json_atomically(str(path), "x" * 100_000)
+  assert error.value.filename == str(path)
+  assert str(path) in cli.error_line(error.value)
+  assert sorted(os.listdir(small_disk / "point")) == []
+  with pytest.raises(OSError) as error:
+    workdir_lib.try_lock(str(small_disk / "point" / ".lock"), "x" * 100_000)
+  assert error.value.filename == str(small_disk / "point" / ".lock")
+
+
+def test_tfds_not_enough_disk_space_is_a_full_disk():
+  # TFDS checks the space before a build and raises an OSError without an
+  # errno; the command lines say what to do about it.
+  error = OSError("Not enough disk space. Needed: Unknown size")
+  assert cli.is_full_disk(error)
+  line = cli.error_line(error)
+  assert line.startswith("no space left on device (Not enough disk space")
+  assert "free space" in line
 
 
 def run_main(*args, env=None):

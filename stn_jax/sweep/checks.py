@@ -77,9 +77,11 @@ def plan_check(module, overrides) -> Callable[[dict, str], str]:
 
 def check_collect_folder(workdir, name, planned, archive) -> None:
   """``--collect`` reads a sweep folder: refuses one that does not exist
-  (a misspelled path would be created) or that holds none of this sweep's
-  points but other points (another ``--sweep``, ``--config`` argument or
-  ``--set``), whose results.md it would overwrite with pending rows."""
+  (a misspelled path would be created), one that holds no point folder at
+  all (a training run's workdir: a results.md of pending rows would be
+  left in it), or one that holds none of this sweep's points but other
+  points (another ``--sweep``, ``--config`` argument or ``--set``), whose
+  results.md it would overwrite with pending rows."""
   if archive and os.path.isdir(archive):
     return  # the points may come from the archive
   if not os.path.isdir(workdir):
@@ -100,4 +102,11 @@ def check_collect_folder(workdir, name, planned, archive) -> None:
       f"sweep {name!r} but {len(present)} other point folder(s) (e.g. "
       f"{present[0]}); check --sweep, the --config argument and --set "
       "(nothing was changed)."
+    )
+  if not present:
+    raise ValueError(
+      f"--collect: {workdir} holds no sweep point folder (none of the "
+      f"{len(planned)} points of sweep {name!r} ran there); give the "
+      "--workdir of a sweep that ran, or run the sweep without --collect "
+      "(nothing was written)."
     )

@@ -213,6 +213,15 @@ def make_launcher(
     raise ValueError(
       f"launcher must be one of {', '.join(LAUNCHERS)}; got {name!r}."
     )
+  if max_concurrent is not None and (
+    isinstance(max_concurrent, bool)
+    or not isinstance(max_concurrent, int)
+    or max_concurrent < 1
+  ):
+    raise ValueError(
+      f"--max_concurrent must be an int >= 1 (points running at once); got "
+      f"{max_concurrent!r}."
+    )
   if isinstance(resources, str):
     resources = parse_resources(resources)
   launcher = LAUNCHERS[name](

@@ -188,9 +188,12 @@ def write_json_atomically(path: str, payload: str) -> None:
     with os.fdopen(handle, "w") as f:
       f.write(payload)
     os.replace(temporary, path)
-  except BaseException:
+  except BaseException as error:
     if os.path.exists(temporary):
       os.remove(temporary)
+    if isinstance(error, OSError) and error.errno and not error.filename:
+      # a failed write names no file (a full disk): name the one it was
+      raise type(error)(error.errno, error.strerror, path) from error
     raise
 
 

@@ -198,6 +198,11 @@ def _collect_mode(
   for record in records:
     if archive and record.status == Status.SKIPPED:
       sweep_archive.save(os.path.join(workdir, record.name), archive)
+    if record.status in (Status.FAILED, Status.DAMAGED) and record.error:
+      log(
+        f"point {record.name} {record.status}: "
+        f"{record.error.strip().splitlines()[-1]}"
+      )
   return records
 
 

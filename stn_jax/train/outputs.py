@@ -14,7 +14,7 @@ import os
 import numpy as np
 from flax import nnx
 
-from stn_jax import distributed, models
+from stn_jax import distributed, files, models
 from stn_jax import hooks as hooks_lib
 from stn_jax.data import preview
 from stn_jax.normalization import Normalization
@@ -127,7 +127,8 @@ class RunOutputs:
         self.normalization,
       )
       if self.main:
-        with open(os.path.join(folder, "results.json"), "w") as f:
+        path = os.path.join(folder, "results.json")
+        with files.written(path) as temporary, open(temporary, "w") as f:
           json.dump({"step": context.step, **member_results}, f, indent=2)
 
   def closers(self) -> list:
