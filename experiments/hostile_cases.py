@@ -1080,7 +1080,7 @@ def classify(case, p, result, timed_out, lost, problem):
 def short(text: str, p) -> str:
   for key in ("root",):
     text = text.replace(p[key], "$S")
-  return text.replace(REPO + "/", "").replace(PY, "python")
+  return text.replace(PY, "python").replace(REPO + "/", "")
 
 
 def run_case(case: Case, root: str, shared: dict) -> Outcome:

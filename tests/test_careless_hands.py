@@ -159,7 +159,7 @@ def test_collect_refuses_a_folder_without_points_and_prints_why(
   run_dir = tmp_path / "run"
   run_dir.mkdir()
   (run_dir / "config.json").write_text("{}")
-  with pytest.raises(ValueError, match="holds no sweep point folder"):
+  with pytest.raises(ValueError, match="holds no sweep point folder but"):
     run(sweep_config, run_dir, report_only=True)
   assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
   # Collecting points that are not the plan's result prints why, as a

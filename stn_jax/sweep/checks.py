@@ -77,9 +77,9 @@ def plan_check(module, overrides) -> Callable[[dict, str], str]:
 
 def check_collect_folder(workdir, name, planned, archive) -> None:
   """``--collect`` reads a sweep folder: refuses one that does not exist
-  (a misspelled path would be created), one that holds no point folder at
-  all (a training run's workdir: a results.md of pending rows would be
-  left in it), or one that holds none of this sweep's points but other
+  (a misspelled path would be created), one that holds no point folder but
+  other files (a training run's workdir: a results.md of pending rows would
+  be left in it), or one that holds none of this sweep's points but other
   points (another ``--sweep``, ``--config`` argument or ``--set``), whose
   results.md it would overwrite with pending rows."""
   if archive and os.path.isdir(archive):
@@ -103,10 +103,13 @@ def check_collect_folder(workdir, name, planned, archive) -> None:
       f"{present[0]}); check --sweep, the --config argument and --set "
       "(nothing was changed)."
     )
-  if not present:
+  # The sweep's own table files; anything else in a folder without a
+  # point (a training run's workdir, another tool's folder) is not a sweep.
+  own = {"results.md", "results.jsonl", ".results.lock"}
+  others = sorted(set(os.listdir(workdir)) - own)
+  if not present and others:
     raise ValueError(
-      f"--collect: {workdir} holds no sweep point folder (none of the "
-      f"{len(planned)} points of sweep {name!r} ran there); give the "
-      "--workdir of a sweep that ran, or run the sweep without --collect "
-      "(nothing was written)."
+      f"--collect: {workdir} holds no sweep point folder but other files "
+      f"(e.g. {others[0]}): it is not the folder of sweep {name!r}; give "
+      "the --workdir of a sweep that ran (nothing was written)."
     )
