@@ -181,7 +181,9 @@ def test_collect_refuses_a_folder_without_points_and_prints_why(
 
 def test_max_concurrent_below_one_is_refused():
   for value in (0, -1, True, 1.5):
-    with pytest.raises(ValueError, match="--max_concurrent must be an int"):
+    with pytest.raises(
+      ValueError, match="--max_concurrent must be a positive int"
+    ):
       sweep_launchers.make_launcher("local", max_concurrent=value)
   sweep_launchers.make_launcher("ray", max_concurrent=2)  # starts no Ray
 

@@ -219,8 +219,8 @@ def make_launcher(
     or max_concurrent < 1
   ):
     raise ValueError(
-      f"--max_concurrent must be an int >= 1 (points running at once); got "
-      f"{max_concurrent!r}."
+      "--max_concurrent must be a positive int (points running at once); "
+      f"got {max_concurrent!r}."
     )
   if isinstance(resources, str):
     resources = parse_resources(resources)
