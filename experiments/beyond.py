@@ -181,8 +181,10 @@ def write_figures(rows: dict, distortions: list[str], folder: str) -> list[str]:
     for family in FAMILIES[distortion]:
       curves = []
       for (d, label), runs in sorted(rows.items(), key=lambda kv: kv[0][1]):
+        if d != distortion:  # another distortion's runs lack this family
+          continue
         evaluated = [r["curves"][family] for r in runs if r.get("curves")]
-        if d != distortion or not evaluated:
+        if not evaluated:
           continue
         magnitudes = [m for m, _ in evaluated[0]]
         mean = [

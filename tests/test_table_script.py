@@ -1,6 +1,7 @@
 """The Table 1 script end to end on a tiny budget."""
 
 import json
+import pathlib
 import re
 import shutil
 import subprocess
@@ -330,3 +331,42 @@ def test_results_files_keep_their_hand_written_notes(tmp_path):
   assert out.read_text() == (
     "# table\n\n| b |\n\n## How (written by hand)\n\n- kept\n"
   )
+
+
+def test_beyond_figures_and_table_with_both_distortions(tmp_path):
+  """beyond.py's report from rows of RTS and P runs (their invariance
+  families differ): one figure per distortion and family, one table per
+  distortion, each cell the mean ± std over seeds."""
+  beyond = experiment_script("beyond")
+
+  def run(error, family_errors):
+    curves = {f: [(0.0, error), (1.0, e)] for f, e in family_errors.items()}
+    families = {
+      f: {"mean": (error + e) / 2, "largest": 1.0, "at_largest": e}
+      for f, e in family_errors.items()
+    }
+    return {
+      "test_error": error,
+      "ece": 0.01,
+      "families": families,
+      "curves": curves,
+    }
+
+  rts = {"rotation": 0.2, "scale": 0.1, "translation": 0.3}
+  rows = {
+    ("rts", "CNN"): [run(0.08, rts), run(0.10, rts)],
+    ("rts", "ST-CNN"): [run(0.03, rts)],
+    ("p", "CNN"): [run(0.07, {"projective": 0.4})],
+  }
+  paths = beyond.write_figures(rows, ["rts", "p"], str(tmp_path))
+  assert sorted(pathlib.Path(p).name for p in paths) == [
+    "beyond_p_projective.png",
+    "beyond_rts_rotation.png",
+    "beyond_rts_scale.png",
+    "beyond_rts_translation.png",
+  ]
+  assert all(pathlib.Path(p).stat().st_size > 0 for p in paths)
+  lines = beyond.table_lines(rows, ["rts", "p"])
+  assert "## RTS" in lines and "## P" in lines
+  cnn = next(line for line in lines if line.startswith("| CNN |"))
+  assert "9.00 ± 1.41 (n=2)" in cnn  # the two seeds' 8% and 10%
