@@ -37,6 +37,22 @@ def base(arg: str) -> ml_collections.ConfigDict:
   return config
 
 
+# Issue 38's placement study (experiments/resnet_stn.py): the
+# pre-activation ResNet without a transformer, then the ResNet-STN with its
+# transformer on the input, after stage 1, after stage 2, on the input
+# localising from the shared stem, and at all three places. Each is a
+# config argument; the sweeps `placement` of configs/gtsrb.py and
+# configs/mnist.py add a seed (and, for MNIST, the distortion).
+PLACEMENT_VARIANTS = (
+  "model=preact_resnet",
+  "model=preact_resnet_stn,placement=input",
+  "model=preact_resnet_stn,placement=stage1",
+  "model=preact_resnet_stn,placement=stage2",
+  "model=preact_resnet_stn,placement=input,shared_stem=true",
+  "model=preact_resnet_stn,placement=input+stage1+stage2",
+)
+
+
 def check_resnet_args(args: dict) -> None:
   """Refuses ``placement`` / ``shared_stem`` config arguments given to a
   model other than preact_resnet_stn (they would be silently unused)."""

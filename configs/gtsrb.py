@@ -146,17 +146,10 @@ def sweep_models(add):
 
 
 def sweep_placement(add):
-  """Where the transformer goes in the pre-activation ResNet-STN: none, on
-  the input, after stage 1, after stage 2, on the input localising from
-  the shared stem, and at all three places x 3 seeds (issue 38's study)."""
-  variants = (
-    "model=preact_resnet",
-    "model=preact_resnet_stn,placement=input",
-    "model=preact_resnet_stn,placement=stage1",
-    "model=preact_resnet_stn,placement=stage2",
-    "model=preact_resnet_stn,placement=input,shared_stem=true",
-    "model=preact_resnet_stn,placement=input+stage1+stage2",
-  )
-  for variant in variants:
+  """Where the transformer goes in the pre-activation ResNet-STN
+  (common.PLACEMENT_VARIANTS: none, on the input, after stage 1, after
+  stage 2, on the input localising from the shared stem, at all three
+  places) x 3 seeds (issue 38's study, experiments/resnet_stn.py)."""
+  for variant in common.PLACEMENT_VARIANTS:
     for seed in range(3):
       add(f"{variant},seed={seed}")

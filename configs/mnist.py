@@ -207,6 +207,15 @@ def sweep_beyond(add):
         add(arg + (f",{extra}" if extra else ""))
 
 
+def sweep_placement(add):
+  """Where the transformer goes in the pre-activation ResNet-STN on RTS
+  (common.PLACEMENT_VARIANTS, affine transformers) x 3 seeds (issue 38's
+  study, experiments/resnet_stn.py)."""
+  for variant in common.PLACEMENT_VARIANTS:
+    for seed in range(3):
+      add(f"distortion=rts,{variant},seed={seed}")
+
+
 def sweep_localisation_lr(add):
   """The localisation-net learning-rate multiplier on RTS ST-CNN (small)."""
   for multiplier in (1.0, 0.1, 0.01):

@@ -370,3 +370,115 @@ def test_beyond_figures_and_table_with_both_distortions(tmp_path):
   assert "## RTS" in lines and "## P" in lines
   cnn = next(line for line in lines if line.startswith("| CNN |"))
   assert "9.00 ± 1.41 (n=2)" in cnn  # the two seeds' 8% and 10%
+
+
+def test_resnet_stn_script_trains_evaluates_and_reports(tiny_tfds, tmp_path):
+  """resnet_stn.py on a tiny budget, two of the placement variants on
+  GTSRB: one row each (accuracy, throughput, parameters, invariance), the
+  figures, and a cached evaluation that a rerun reads."""
+  out = tmp_path / "resnet_stn.md"
+  command = [
+    sys.executable,
+    "experiments/resnet_stn.py",
+    f"--workdir={tmp_path / 'runs'}",
+    f"--out={out}",
+    "--seeds=1",
+    "--datasets=gtsrb",
+    "--only=model=preact_resnet",
+    "--only=placement=stage1",
+    "--max_examples=8",
+    f"--figures={tmp_path / 'figures'}",
+    f"--set=tfds_dir={tiny_tfds}",
+    "--set=num_steps=2",
+    "--set=batch_size=8",
+    "--set=eval_batch_size=8",
+    "--set=log_every=1",
+  ]
+  result = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = out.read_text()
+  rows = [r for r in table.splitlines() if r.startswith("| ")]
+  assert rows[0].startswith(
+    "| variant | test accuracy % | validation accuracy % | examples/s | "
+    "parameters | rotation: mean error %"
+  )
+  cells = {
+    r.split(" | ")[0][2:]: r.strip("| ").split(" | ")[1:] for r in rows[1:]
+  }
+  assert sorted(cells) == ["ResNet", "ResNet-STN: stage1"]
+  for row in cells.values():
+    test, validation, rate, _, *families = row
+    assert "(n=1)" in test and "(n=1)" in validation, row
+    assert float(rate.replace(",", "")) > 0, row
+    assert len(families) == 3 and all("(n=1)" in f for f in families), row
+  # the transformer adds parameters
+  count = {k: int(v[3].replace(",", "")) for k, v in cells.items()}
+  assert count["ResNet-STN: stage1"] > count["ResNet"]
+  assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+    "resnet_stn_gtsrb_rotation.png",
+    "resnet_stn_gtsrb_scale.png",
+    "resnet_stn_gtsrb_translation.png",
+  ]
+  caches = sorted((tmp_path / "runs").glob("gtsrb/placement/*/resnet_stn.json"))
+  assert len(caches) == 2
+  stamps = [c.stat().st_mtime_ns for c in caches]
+  again = subprocess.run(
+    command + ["--report_only"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert [c.stat().st_mtime_ns for c in caches] == stamps
+  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
+
+
+def test_resnet_stn_table_gives_accuracy_for_gtsrb_and_error_for_rts():
+  """resnet_stn.py's measure and table from synthetic rows: GTSRB cells
+  are accuracies, RTS cells errors, each the mean ± std over seeds."""
+  study = experiment_script("resnet_stn")
+  assert study.measure("gtsrb", {"test_error": 0.05}, "test") == 0.95
+  assert study.measure("rts", {"test_error": 0.05}, "test") == 0.05
+  assert study.measure("rts", {"test_error": 0.05}, "validation") is None
+
+  def run(test):
+    curves = {f: [(0.0, 0.1), (1.0, 0.3)] for f in study.FAMILIES}
+    return {
+      "test": test,
+      "validation": None,
+      "parameters": 1000,
+      "examples_per_second": 500.0,
+      "families": {f: 0.2 for f in study.FAMILIES},
+      "curves": curves,
+    }
+
+  rows = {
+    ("gtsrb", "ResNet"): [run(0.90), run(0.92)],
+    ("rts", "ResNet-STN: input"): [run(0.02)],
+  }
+  lines = study.table_lines(rows, ["gtsrb", "rts"])
+  gtsrb = lines.index("## GTSRB")
+  assert lines[gtsrb + 2].startswith("| variant | test accuracy % |")
+  assert lines[gtsrb + 4].startswith(
+    "| ResNet | 91.00 ± 1.41 (n=2) | not run |"
+  )
+  rts = lines.index("## RTS")
+  assert lines[rts + 2].startswith("| variant | test error % |")
+  assert lines[rts + 4].startswith("| ResNet-STN: input | 2.00 ± 0.00 (n=1) |")
+  assert (
+    study.variant_label(
+      {
+        "model": "preact_resnet_stn",
+        "placement": "input",
+        "shared_stem": "true",
+      }
+    )
+    == "ResNet-STN: input, shared stem"
+  )
+  keep = study.keeps(["model=preact_resnet", "placement=stage1"])
+  assert keep({"model": "preact_resnet", "seed": "0"})
+  assert keep({"model": "preact_resnet_stn", "placement": "stage1"})
+  assert not keep({"model": "preact_resnet_stn", "placement": "input"})
