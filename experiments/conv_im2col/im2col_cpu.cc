@@ -9,10 +9,16 @@
 // or bfloat16 (rounded to nearest even), the patch of output (y, x) being
 // the input window whose top-left corner is (y - top, x - left), zero
 // outside the image, in (i, j, c) order: the order of an HWIO kernel
-// reshaped to (kh * kw * C, C_out). One thread; the caller chunks the batch.
+// reshaped to (kh * kw * C, C_out). The rows (image, output row) are split
+// over XLA's intra-op thread pool; the caller chunks the batch.
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
@@ -28,29 +34,62 @@ inline uint16_t ToBfloat16(float value) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+// Runs fn(begin, end) over [0, rows) in up to 2 * threads parts: the caller
+// takes parts too, and parts are claimed from a counter, so the call ends
+// even if no pool thread runs.
+template <typename Fn>
+void InParts(ffi::ThreadPool& pool, int64_t rows, Fn fn) {
+  const int64_t parts = std::min<int64_t>(rows, 2 * pool.num_threads());
+  if (parts < 2) {
+    fn(int64_t{0}, rows);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::mutex mutex;
+    std::condition_variable finished;
+    int64_t done = 0;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, parts, rows, &fn] {
+    for (int64_t p; (p = state->next.fetch_add(1)) < parts;) {
+      fn(rows * p / parts, rows * (p + 1) / parts);
+      std::lock_guard<std::mutex> lock(state->mutex);
+      if (++state->done == parts) state->finished.notify_all();
+    }
+  };
+  for (int64_t i = 1; i < std::min<int64_t>(pool.num_threads(), parts); ++i) {
+    auto task = work;
+    pool.Schedule(std::move(task));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->finished.wait(lock, [&] { return state->done == parts; });
+}
+
+// Patches of the rows [begin, end) of the (image, output row) grid.
 template <typename Out>
-void Patches(const float* x, Out* out, int64_t n, int64_t h, int64_t w,
-             int64_t c, int64_t h_out, int64_t w_out, int kh, int kw, int top,
-             int left) {
+void Patches(const float* x, Out* out, int64_t begin, int64_t end, int64_t h,
+             int64_t w, int64_t c, int64_t h_out, int64_t w_out, int kh,
+             int kw, int top, int left) {
   const int64_t k = int64_t(kh) * kw * c;
-  for (int64_t b = 0; b < n; ++b) {
-    for (int64_t y = 0; y < h_out; ++y) {
-      for (int64_t x_out = 0; x_out < w_out; ++x_out) {
-        Out* dst = out + ((b * h_out + y) * w_out + x_out) * k;
-        for (int i = 0; i < kh; ++i) {
-          const int64_t row = y + i - top;
-          for (int j = 0; j < kw; ++j, dst += c) {
-            const int64_t col = x_out + j - left;
-            if (row < 0 || row >= h || col < 0 || col >= w) {
-              std::memset(dst, 0, c * sizeof(Out));
-              continue;
-            }
-            const float* src = x + ((b * h + row) * w + col) * c;
-            if constexpr (sizeof(Out) == 2) {
-              for (int64_t ch = 0; ch < c; ++ch) dst[ch] = ToBfloat16(src[ch]);
-            } else {
-              std::memcpy(dst, src, c * sizeof(float));
-            }
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t b = index / h_out, y = index % h_out;
+    for (int64_t x_out = 0; x_out < w_out; ++x_out) {
+      Out* dst = out + (index * w_out + x_out) * k;
+      for (int i = 0; i < kh; ++i) {
+        const int64_t row = y + i - top;
+        for (int j = 0; j < kw; ++j, dst += c) {
+          const int64_t col = x_out + j - left;
+          if (row < 0 || row >= h || col < 0 || col >= w) {
+            std::memset(dst, 0, c * sizeof(Out));
+            continue;
+          }
+          const float* src = x + ((b * h + row) * w + col) * c;
+          if constexpr (sizeof(Out) == 2) {
+            for (int64_t ch = 0; ch < c; ++ch) dst[ch] = ToBfloat16(src[ch]);
+          } else {
+            std::memcpy(dst, src, c * sizeof(float));
           }
         }
       }
@@ -59,7 +98,8 @@ void Patches(const float* x, Out* out, int64_t n, int64_t h, int64_t w,
 }
 
 template <ffi::DataType T>
-ffi::Error Im2col(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<T> out,
+ffi::Error Im2col(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                  ffi::ResultBuffer<T> out,
                   int32_t kh, int32_t kw, int32_t top, int32_t left) {
   auto in = x.dimensions();
   auto dims = out->dimensions();
@@ -70,8 +110,11 @@ ffi::Error Im2col(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<T> out,
                       "(N, H_out, W_out, kh * kw * C)");
   }
   using Out = std::conditional_t<T == ffi::BF16, uint16_t, float>;
-  Patches(x.typed_data(), reinterpret_cast<Out*>(out->untyped_data()), in[0],
-          in[1], in[2], in[3], dims[1], dims[2], kh, kw, top, left);
+  Out* result = reinterpret_cast<Out*>(out->untyped_data());
+  InParts(pool, in[0] * dims[1], [&](int64_t begin, int64_t end) {
+    Patches(x.typed_data(), result, begin, end, in[1], in[2], in[3], dims[1],
+            dims[2], kh, kw, top, left);
+  });
   return ffi::Error::Success();
 }
 
@@ -79,6 +122,7 @@ ffi::Error Im2col(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<T> out,
 
 #define STN_IM2COL_BINDING(T)                \
   ffi::Ffi::Bind()                           \
+      .Ctx<ffi::ThreadPool>()                \
       .Arg<ffi::Buffer<ffi::F32>>()          \
       .Ret<ffi::Buffer<T>>()                 \
       .Attr<int32_t>("kh")                   \
