@@ -294,6 +294,9 @@ def main(argv=None) -> int:
     parser.error(f"--datasets: unknown {unknown}; expected gtsrb and/or rts")
   keep = keeps(args.only)
   start, rows, failed, trained, recipes = time.perf_counter(), {}, [], 0, []
+  # After a SIGTERM/SIGINT stops a run, the later datasets are tabulated,
+  # not trained (the signal is not sent twice).
+  stopped = False
   for dataset in chosen:
     scales = scales_of(CONFIGS[dataset])
     if args.scale not in scales:
@@ -313,9 +316,10 @@ def main(argv=None) -> int:
       keep=keep,
       overrides=overrides,
       extra_arg=scale.arg,
-      report_only=args.report_only,
+      report_only=args.report_only or stopped,
       archive=args.archive and os.path.join(args.archive, dataset),
     )
+    stopped = stopped or any(r["status"] == "interrupted" for r in records)
     trained += len(new)
     failed += [r for r in records if r["status"] == "failed"]
     for record in records:

@@ -1,6 +1,7 @@
 """The Table 1 script end to end on a tiny budget."""
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -482,3 +483,28 @@ def test_resnet_stn_table_gives_accuracy_for_gtsrb_and_error_for_rts():
   assert keep({"model": "preact_resnet", "seed": "0"})
   assert keep({"model": "preact_resnet_stn", "placement": "stage1"})
   assert not keep({"model": "preact_resnet_stn", "placement": "input"})
+
+
+def test_resnet_stn_trains_no_further_dataset_after_a_stop(
+  monkeypatch, tmp_path
+):
+  """A SIGTERM that stops a GTSRB run ends the training: RTS is then only
+  tabulated (run_in_seed_passes with report_only), not started."""
+  study = experiment_script("resnet_stn")
+  calls = []
+
+  def passes(config_path, sweep_names, workdir, **kwargs):
+    calls.append((os.path.basename(config_path), kwargs["report_only"]))
+    status = "interrupted" if not calls[1:] else "pending"
+    return [{"status": status, "name": "p", "arg": "model=preact_resnet"}], []
+
+  monkeypatch.setattr(study, "run_in_seed_passes", passes)
+  status = study.main(
+    [
+      f"--workdir={tmp_path / 'runs'}",
+      f"--out={tmp_path / 'out.md'}",
+      f"--figures={tmp_path / 'figures'}",
+    ]
+  )
+  assert status == 0
+  assert calls == [("gtsrb.py", False), ("mnist.py", True)]
