@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from stn_jax import sweep
+from stn_jax import sweep, viz
+from stn_jax.data import controlled
 from stn_jax.provenance import header_lines  # noqa: F401 (the scripts' header)
 
 
@@ -245,3 +246,39 @@ def write_table(out: str, lines: list[str], failed: Sequence[dict]) -> int:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
   return 1 if failed else 0
+
+
+def invariance_figure(
+  rows: Mapping, group: str, family: str, path: str, title: str
+) -> str | None:
+  """One PNG of % error against ``family``'s magnitude: a curve per
+  ``(group, label)`` key of ``rows`` (``{(group, label): [run, ...]}``,
+  each run with ``'curves': {family: [(magnitude, error), ...]}``), the
+  mean over its evaluated seeds. Returns ``path``, or None (nothing
+  written) when no run of ``group`` has curves."""
+  curves = []
+  for (key, label), runs in sorted(rows.items(), key=lambda kv: kv[0][1]):
+    if key != group:  # another group's runs may lack this family
+      continue
+    evaluated = [r["curves"][family] for r in runs if r.get("curves")]
+    if not evaluated:
+      continue
+    magnitudes = [m for m, _ in evaluated[0]]
+    mean = [
+      100 * statistics.mean(run[i][1] for run in evaluated)
+      for i in range(len(magnitudes))
+    ]
+    curves.append(
+      (f"{label} (n={len(evaluated)})", list(zip(magnitudes, mean)))
+    )
+  if not curves:
+    return None
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  viz.line_plot(
+    curves,
+    path,
+    title=title,
+    xlabel=controlled.UNITS[family],
+    ylabel="% error",
+  )
+  return path

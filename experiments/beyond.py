@@ -39,6 +39,7 @@ import table1_distorted_mnist as table1
 from _tables import (
   DONE,
   header_lines,
+  invariance_figure,
   parse_arg,
   recipe_words,
   run_in_seed_passes,
@@ -46,7 +47,7 @@ from _tables import (
   write_table,
 )
 
-from stn_jax import calibration, evaluation, restore, sweep, viz
+from stn_jax import calibration, evaluation, restore, sweep
 from stn_jax.data import controlled, datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,36 +177,18 @@ def table_lines(rows: dict, distortions: list[str]) -> list[str]:
 def write_figures(rows: dict, distortions: list[str], folder: str) -> list[str]:
   """One PNG per distortion and family: % error against magnitude, one
   curve per model (the mean over its evaluated seeds); returns the paths."""
-  paths = []
-  for distortion in distortions:
-    for family in FAMILIES[distortion]:
-      curves = []
-      for (d, label), runs in sorted(rows.items(), key=lambda kv: kv[0][1]):
-        if d != distortion:  # another distortion's runs lack this family
-          continue
-        evaluated = [r["curves"][family] for r in runs if r.get("curves")]
-        if not evaluated:
-          continue
-        magnitudes = [m for m, _ in evaluated[0]]
-        mean = [
-          100 * statistics.mean(run[i][1] for run in evaluated)
-          for i in range(len(magnitudes))
-        ]
-        curves.append(
-          (f"{label} (n={len(evaluated)})", list(zip(magnitudes, mean)))
-        )
-      if not curves:
-        continue
-      os.makedirs(folder, exist_ok=True)
-      paths.append(os.path.join(folder, f"beyond_{distortion}_{family}.png"))
-      viz.line_plot(
-        curves,
-        paths[-1],
-        title=f"{distortion.upper()}-trained models under {family}",
-        xlabel=controlled.UNITS[family],
-        ylabel="% error",
-      )
-  return paths
+  paths = [
+    invariance_figure(
+      rows,
+      distortion,
+      family,
+      os.path.join(folder, f"beyond_{distortion}_{family}.png"),
+      f"{distortion.upper()}-trained models under {family}",
+    )
+    for distortion in distortions
+    for family in FAMILIES[distortion]
+  ]
+  return [path for path in paths if path]
 
 
 def main(argv=None) -> int:

@@ -48,6 +48,7 @@ import numpy as np
 from _tables import (
   DONE,
   header_lines,
+  invariance_figure,
   mean_std_cell,
   parse_arg,
   recipe_words,
@@ -57,8 +58,8 @@ from _tables import (
   write_table,
 )
 
-from stn_jax import evaluation, models, restore, sweep, viz
-from stn_jax.data import controlled, datasets
+from stn_jax import evaluation, models, restore, sweep
+from stn_jax.data import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -230,34 +231,18 @@ def table_lines(rows: dict, datasets_: list[str]) -> list[str]:
 def write_figures(rows: dict, datasets_: list[str], folder: str) -> list[str]:
   """One PNG per dataset and family: % error against magnitude, a curve
   per variant (the mean over its evaluated seeds); returns the paths."""
-  paths = []
-  for dataset in datasets_:
-    for family in FAMILIES:
-      curves = []
-      for (d, label), runs in sorted(rows.items(), key=lambda kv: kv[0][1]):
-        evaluated = [r["curves"][family] for r in runs if r.get("curves")]
-        if d != dataset or not evaluated:
-          continue
-        magnitudes = [m for m, _ in evaluated[0]]
-        mean = [
-          100 * statistics.mean(run[i][1] for run in evaluated)
-          for i in range(len(magnitudes))
-        ]
-        curves.append(
-          (f"{label} (n={len(evaluated)})", list(zip(magnitudes, mean)))
-        )
-      if not curves:
-        continue
-      os.makedirs(folder, exist_ok=True)
-      paths.append(os.path.join(folder, f"resnet_stn_{dataset}_{family}.png"))
-      viz.line_plot(
-        curves,
-        paths[-1],
-        title=f"{dataset.upper()}: ResNet(-STN) variants under {family}",
-        xlabel=controlled.UNITS[family],
-        ylabel="% error",
-      )
-  return paths
+  paths = [
+    invariance_figure(
+      rows,
+      dataset,
+      family,
+      os.path.join(folder, f"resnet_stn_{dataset}_{family}.png"),
+      f"{dataset.upper()}: ResNet(-STN) variants under {family}",
+    )
+    for dataset in datasets_
+    for family in FAMILIES
+  ]
+  return [path for path in paths if path]
 
 
 def main(argv=None) -> int:
