@@ -157,24 +157,32 @@ def evaluate_run(point_dir: str, *, max_examples: int) -> dict:
   }
 
 
-def cached_evaluation(point_dir: str, *, max_examples: int) -> dict | None:
-  """:func:`evaluate_run`'s result, read from or written to the run's
-  ``resnet_stn.json`` (keyed by ``max_examples``); None when the run has
-  no checkpoint here (restored from an archive)."""
-  path = os.path.join(point_dir, CACHE)
-  if os.path.isfile(path):
-    with open(path) as f:
-      cached = json.load(f)
-    if cached.get("max_examples") == max_examples:
-      return cached
+def cached_evaluation(
+  point_dir: str, *, max_examples: int, archive_dir: str | None = None
+) -> dict | None:
+  """:func:`evaluate_run`'s result, read from the run's ``resnet_stn.json``
+  (keyed by ``max_examples``) in ``point_dir``, else in ``archive_dir``
+  (the point's archive folder, which outlives the workdir), else computed
+  from the run's checkpoint and written to both; None when neither has it
+  and the run has no checkpoint here (restored from an archive)."""
+  folders = [point_dir] + ([archive_dir] if archive_dir else [])
+  for folder in folders:
+    path = os.path.join(folder, CACHE)
+    if os.path.isfile(path):
+      with open(path) as f:
+        cached = json.load(f)
+      if cached.get("max_examples") == max_examples:
+        return cached
   if not os.path.isdir(os.path.join(point_dir, "checkpoints")):
     return None
   result = {
     "max_examples": max_examples,
     **evaluate_run(point_dir, max_examples=max_examples),
   }
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
+  for folder in folders:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, CACHE), "w") as f:
+      json.dump(result, f, indent=1)
   return result
 
 
@@ -311,7 +319,12 @@ def main(argv=None) -> int:
       if record["status"] not in DONE:
         continue
       point_dir = os.path.join(workdir, "placement", record["name"])
-      evaluated = cached_evaluation(point_dir, max_examples=args.max_examples)
+      evaluated = cached_evaluation(
+        point_dir,
+        max_examples=args.max_examples,
+        archive_dir=args.archive
+        and os.path.join(args.archive, dataset, "placement", record["name"]),
+      )
       results = record["results"]
       rows.setdefault(
         (dataset, variant_label(parse_arg(record["arg"]))), []

@@ -57,14 +57,10 @@ def transformer_grid(run, arrays, path):
   images = arrays["image"][:COUNT]
   out = run.transform(images)
   to_uint8 = lambda x: np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
-  tiles, labels = [], []
-  for i in range(len(images)):
-    tiles += [images[i], to_uint8(out[i])]
-    labels += [f"in {int(arrays['label'][i])}", "ST out"]
-  image = preview.grid_image(
-    np.stack(tiles),
-    labels,
-    columns=8,
+  image = preview.pairs_image(
+    images,
+    [to_uint8(o) for o in out],
+    arrays["label"][:COUNT],
     title=f"{run.config.dataset}: inputs and transformer outputs",
   )
   _save(image, path)

@@ -29,6 +29,7 @@ def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
     "--set=batch_size=8",
     "--set=eval_batch_size=8",
     "--set=log_every=1",
+    f"--archive={tmp_path / 'archive'}",
   ]
   result = subprocess.run(
     command, cwd=REPO, capture_output=True, text=True, timeout=600
@@ -130,6 +131,7 @@ def test_gtsrb_script_on_a_tiny_budget(tiny_tfds, tmp_path):
     "--set=batch_size=8",
     "--set=eval_batch_size=8",
     "--set=log_every=1",
+    f"--archive={tmp_path / 'archive'}",
   ]
   result = subprocess.run(
     command, cwd=REPO, capture_output=True, text=True, timeout=600
@@ -313,6 +315,22 @@ def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert [c.stat().st_mtime_ns for c in caches] == stamps
   assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
+  archived = sorted(
+    (tmp_path / "archive").glob("gtsrb/placement/*/resnet_stn.json")
+  )
+  assert [c.read_text() for c in archived] == [c.read_text() for c in caches]
+  # A later session without the workdir (no checkpoints) tabulates the
+  # same rows, invariance included, from the archive.
+  shutil.rmtree(tmp_path / "runs")
+  later = subprocess.run(
+    command + ["--report_only"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert later.returncode == 0, later.stderr[-3000:]
+  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
 
 
 def test_results_files_keep_their_hand_written_notes(tmp_path):
@@ -376,7 +394,8 @@ def test_beyond_figures_and_table_with_both_distortions(tmp_path):
 def test_resnet_stn_script_trains_evaluates_and_reports(tiny_tfds, tmp_path):
   """resnet_stn.py on a tiny budget, two of the placement variants on
   GTSRB: one row each (accuracy, throughput, parameters, invariance), the
-  figures, and a cached evaluation that a rerun reads."""
+  figures, and a cached evaluation that a rerun reads, also from the
+  archive once the workdir is gone."""
   out = tmp_path / "resnet_stn.md"
   command = [
     sys.executable,
@@ -394,6 +413,7 @@ def test_resnet_stn_script_trains_evaluates_and_reports(tiny_tfds, tmp_path):
     "--set=batch_size=8",
     "--set=eval_batch_size=8",
     "--set=log_every=1",
+    f"--archive={tmp_path / 'archive'}",
   ]
   result = subprocess.run(
     command, cwd=REPO, capture_output=True, text=True, timeout=600
@@ -434,6 +454,22 @@ def test_resnet_stn_script_trains_evaluates_and_reports(tiny_tfds, tmp_path):
   )
   assert again.returncode == 0, again.stderr[-3000:]
   assert [c.stat().st_mtime_ns for c in caches] == stamps
+  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
+  archived = sorted(
+    (tmp_path / "archive").glob("gtsrb/placement/*/resnet_stn.json")
+  )
+  assert [c.read_text() for c in archived] == [c.read_text() for c in caches]
+  # A later session without the workdir (no checkpoints) tabulates the
+  # same rows, invariance included, from the archive.
+  shutil.rmtree(tmp_path / "runs")
+  later = subprocess.run(
+    command + ["--report_only"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert later.returncode == 0, later.stderr[-3000:]
   assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
 
 

@@ -56,12 +56,8 @@ def write_transformer_png(
   out = transformer_outputs(graphdef, model_state, images, normalization)
   if out is None or path is None:  # None: another process writes it
     return
-  tiles, labels = [], []
-  for i in range(len(images)):
-    tiles += [images[i], out[i]]
-    labels += [f"in {int(arrays['label'][i])}", "ST out"]
-  preview.grid_image(
-    np.stack(tiles), labels, columns=8, title="inputs and transformer outputs"
+  preview.pairs_image(
+    images, out, arrays["label"][:count], title="inputs and transformer outputs"
   ).save(path)
 
 
