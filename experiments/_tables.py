@@ -4,6 +4,7 @@ mean +- std cells."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -175,6 +176,39 @@ def run_in_seed_passes(
       if any(r["status"] == "interrupted" for r in by_sweep[name]):
         return collected(), trained  # SIGTERM: tabulate what is done
   return collected(), trained
+
+
+def cached_evaluation(
+  point_dir: str,
+  evaluate: Callable[[], dict],
+  *,
+  cache: str,
+  max_examples: int,
+  archive_dir: str | None = None,
+) -> dict | None:
+  """A run's evaluation (``evaluate()``'s dict, with ``max_examples``),
+  read from the JSON file ``cache`` in ``point_dir``, else in
+  ``archive_dir`` (the point's archive folder, which outlives the
+  workdir), when it was made with the same ``max_examples``; else
+  computed from the run's checkpoint and written to both. None when
+  neither folder has it and the run has no checkpoint here (a run
+  restored from an archive)."""
+  folders = [point_dir] + ([archive_dir] if archive_dir else [])
+  for folder in folders:
+    path = os.path.join(folder, cache)
+    if os.path.isfile(path):
+      with open(path) as f:
+        cached = json.load(f)
+      if cached.get("max_examples") == max_examples:
+        return cached
+  if not os.path.isdir(os.path.join(point_dir, "checkpoints")):
+    return None
+  result = {"max_examples": max_examples, **evaluate()}
+  for folder in folders:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, cache), "w") as f:
+      json.dump(result, f, indent=1)
+  return result
 
 
 def mean_std_cell(

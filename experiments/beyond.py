@@ -29,7 +29,6 @@ only evaluates new runs. The table gives mean ± std over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -38,6 +37,7 @@ import numpy as np
 import table1_distorted_mnist as table1
 from _tables import (
   DONE,
+  cached_evaluation,
   header_lines,
   invariance_figure,
   parse_arg,
@@ -107,27 +107,6 @@ def evaluate_run(point_dir: str, *, max_examples: int) -> dict:
     for family in families
   }
   return {"ece": ece, "families": summary, "curves": curves}
-
-
-def cached_evaluation(point_dir: str, *, max_examples: int) -> dict | None:
-  """:func:`evaluate_run`'s result, read from or written to the run's
-  ``beyond.json`` (keyed by ``max_examples``); None when the run has no
-  checkpoint here (restored from an archive)."""
-  path = os.path.join(point_dir, CACHE)
-  if os.path.isfile(path):
-    with open(path) as f:
-      cached = json.load(f)
-    if cached.get("max_examples") == max_examples:
-      return cached
-  if not os.path.isdir(os.path.join(point_dir, "checkpoints")):
-    return None
-  result = {
-    "max_examples": max_examples,
-    **evaluate_run(point_dir, max_examples=max_examples),
-  }
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
-  return result
 
 
 def _cell(values, scale=100.0, digits=2) -> str:
@@ -235,7 +214,14 @@ def main(argv=None) -> int:
       continue
     a = parse_arg(record["arg"])
     point_dir = os.path.join(args.workdir, "beyond", record["name"])
-    evaluated = cached_evaluation(point_dir, max_examples=args.max_examples)
+    evaluated = cached_evaluation(
+      point_dir,
+      lambda d=point_dir: evaluate_run(d, max_examples=args.max_examples),
+      cache=CACHE,
+      max_examples=args.max_examples,
+      archive_dir=args.archive
+      and os.path.join(args.archive, "beyond", record["name"]),
+    )
     rows.setdefault((a["distortion"], model_label(a)), []).append(
       {"test_error": record["results"]["test_error"], **(evaluated or {})}
     )

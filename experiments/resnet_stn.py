@@ -47,6 +47,7 @@ import time
 import numpy as np
 from _tables import (
   DONE,
+  cached_evaluation,
   header_lines,
   invariance_figure,
   mean_std_cell,
@@ -155,35 +156,6 @@ def evaluate_run(point_dir: str, *, max_examples: int) -> dict:
     },
     "curves": curves,
   }
-
-
-def cached_evaluation(
-  point_dir: str, *, max_examples: int, archive_dir: str | None = None
-) -> dict | None:
-  """:func:`evaluate_run`'s result, read from the run's ``resnet_stn.json``
-  (keyed by ``max_examples``) in ``point_dir``, else in ``archive_dir``
-  (the point's archive folder, which outlives the workdir), else computed
-  from the run's checkpoint and written to both; None when neither has it
-  and the run has no checkpoint here (restored from an archive)."""
-  folders = [point_dir] + ([archive_dir] if archive_dir else [])
-  for folder in folders:
-    path = os.path.join(folder, CACHE)
-    if os.path.isfile(path):
-      with open(path) as f:
-        cached = json.load(f)
-      if cached.get("max_examples") == max_examples:
-        return cached
-  if not os.path.isdir(os.path.join(point_dir, "checkpoints")):
-    return None
-  result = {
-    "max_examples": max_examples,
-    **evaluate_run(point_dir, max_examples=max_examples),
-  }
-  for folder in folders:
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, CACHE), "w") as f:
-      json.dump(result, f, indent=1)
-  return result
 
 
 def measure(dataset: str, results: dict, split: str) -> float | None:
@@ -321,6 +293,8 @@ def main(argv=None) -> int:
       point_dir = os.path.join(workdir, "placement", record["name"])
       evaluated = cached_evaluation(
         point_dir,
+        lambda d=point_dir: evaluate_run(d, max_examples=args.max_examples),
+        cache=CACHE,
         max_examples=args.max_examples,
         archive_dir=args.archive
         and os.path.join(args.archive, dataset, "placement", record["name"]),

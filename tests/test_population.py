@@ -373,24 +373,29 @@ def test_population_mesh_uses_the_devices_that_divide_the_members():
   [
     "model=ic_st_cnn,recurrences=2",
     "model=preact_resnet_stn,placement=input+stage1,shared_stem=true",
+    "model=preact_resnet_stn,placement=stage2",
   ],
 )
 def test_an_ic_stn_or_resnet_stn_population_matches_separate_runs(
   arg, tiny_tfds, tmp_path
 ):
   """The recurrent transformer and the ResNet-STN train as populations
-  like the others."""
+  like the others. SGD, as in the tests above: Adam's first steps move a
+  parameter whose gradient is float noise by about the learning rate, so
+  two exact computations that round differently (on another CPU) would
+  disagree by more than float tolerance."""
 
   def config(seed, learning_rate):
     config = tiny(
       MNIST.get_config(f"{arg},small=true,seed={seed}"),
       tiny_tfds,
       num_steps=2,
+      optimizer="sgd",
     )
     config.learning_rate = learning_rate
     return config
 
-  members = [(0, 1e-3), (1, 2e-3)]
+  members = [(0, 1e-2), (1, 2e-2)]
   results = population.train_population(
     [config(s, lr) for s, lr in members],
     str(tmp_path / "pop"),

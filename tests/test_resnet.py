@@ -2,13 +2,18 @@
 from the definition, transformers that start as the identity and sit where
 ``placement`` says, and clear errors."""
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import GTSRB, REPO, tiny
 from flax import nnx
 
-from stn_jax import models
+import stn_jax
+from stn_jax import models, train, viz
+from stn_jax.data import datasets
 from stn_jax.models import resnet
 
 
@@ -146,3 +151,50 @@ def test_bad_placements_are_refused_naming_them(kwargs, match):
       rngs=nnx.Rngs(0),
       placement=(),
     )
+
+
+def _common_configs_module():
+  spec = importlib.util.spec_from_file_location(
+    "configs_common", REPO / "configs" / "common.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+PLACEMENT_VARIANTS = _common_configs_module().PLACEMENT_VARIANTS
+# The 16x16 stage-2 grid, else the 32x32 input's.
+WARP_SIZE = {"stage2": 16}
+
+
+@pytest.mark.parametrize("variant", PLACEMENT_VARIANTS)
+def test_every_placement_variant_trains_restores_predicts_and_draws(
+  variant, tiny_tfds, tmp_path
+):
+  """Each variant of the placement study, end to end on GTSRB: training
+  (transformer.png), restore (its predictions give the run's own test
+  error), transform at the first transformer's grid size, and every viz
+  figure."""
+  config = tiny(
+    GTSRB.get_config(f"{variant},small=true"), tiny_tfds, snapshot_every=1
+  )
+  run = tmp_path / "run"
+  results = train.train_and_evaluate(config, str(run))
+  restored = stn_jax.restore(str(run))
+  test = datasets.load_arrays("gtsrb/32", "test", tfds_dir=tiny_tfds)
+  logits = restored.predict(test["image"])
+  assert logits.shape == (len(test["label"]), 43)
+  error = float(np.mean(np.asarray(logits).argmax(-1) != test["label"]))
+  assert error == pytest.approx(results["test_error"], abs=1e-6)
+  has_transformer = variant != "model=preact_resnet"
+  assert (run / "transformer.png").is_file() == has_transformer
+  figures = viz.FIGURES if has_transformer else ("saliency", "error")
+  paths = viz.make_figures(str(run), str(tmp_path / "figures"), figures=figures)
+  assert len(paths) == len(figures)
+  if not has_transformer:
+    with pytest.raises(ValueError, match="has no spatial transformer"):
+      restored.transform(test["image"][:2])
+    return
+  first = variant.split("placement=")[1].split(",")[0].split("+")[0]
+  size = WARP_SIZE.get(first, 32)
+  assert restored.transform(test["image"][:2]).shape == (2, size, size, 3)

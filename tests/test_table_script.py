@@ -280,6 +280,7 @@ def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
     "--set=num_steps=2",
     "--set=batch_size=8",
     "--set=eval_batch_size=8",
+    f"--archive={tmp_path / 'archive'}",
   ]
   result = subprocess.run(
     command, cwd=REPO, capture_output=True, text=True, timeout=600
@@ -315,9 +316,7 @@ def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert [c.stat().st_mtime_ns for c in caches] == stamps
   assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
-  archived = sorted(
-    (tmp_path / "archive").glob("gtsrb/placement/*/resnet_stn.json")
-  )
+  archived = sorted((tmp_path / "archive").glob("beyond/*/beyond.json"))
   assert [c.read_text() for c in archived] == [c.read_text() for c in caches]
   # A later session without the workdir (no checkpoints) tabulates the
   # same rows, invariance included, from the archive.
