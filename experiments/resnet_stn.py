@@ -203,6 +203,8 @@ def table_lines(rows: dict, datasets_: list[str]) -> list[str]:
       for family in FAMILIES:
         parts.append(
           mean_std_cell([r["families"][family] for r in evaluated], None)
+          if evaluated
+          else "-"
         )
       lines.append(f"| {label} | " + " | ".join(parts) + " |")
   return lines
@@ -332,6 +334,10 @@ def main(argv=None) -> int:
     "(stn_jax.evaluation.DEFAULT_MAGNITUDES), error averaged over them",
     "- examples/s: the median of each run's logged training throughput, "
     "then the median over seeds (on a shared machine, a lower bound)",
+    "- the last four columns come from the evaluated runs (their n may be "
+    "below the accuracy's): a run whose checkpoint is gone and whose "
+    "evaluation is in neither its folder nor its archive counts in the "
+    "accuracy only; '-': no run of that variant is evaluated",
   ]
   lines += table_lines(rows, chosen)
   figures = write_figures(rows, chosen, args.figures)

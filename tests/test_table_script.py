@@ -491,11 +491,27 @@ def test_resnet_stn_table_gives_accuracy_for_gtsrb_and_error_for_rts():
       "curves": curves,
     }
 
+  lost = {"test": 0.94, "validation": 0.95}  # no checkpoint, no evaluation
   rows = {
     ("gtsrb", "ResNet"): [run(0.90), run(0.92)],
+    ("gtsrb", "ResNet-STN: stage2"): [lost, {**run(0.96), "validation": 0.97}],
+    ("gtsrb", "ResNet-STN: stage1"): [lost],
     ("rts", "ResNet-STN: input"): [run(0.02)],
   }
   lines = study.table_lines(rows, ["gtsrb", "rts"])
+  # Accuracy over both seeds, the evaluation's columns over the one
+  # evaluated; '-' where none is.
+  assert any(
+    line.startswith(
+      "| ResNet-STN: stage2 | 95.00 ± 1.41 (n=2) | 96.00 ± 1.41 (n=2) | 500 "
+      "| 1,000 | 20.00 ± 0.00 (n=1) |"
+    )
+    for line in lines
+  )
+  assert (
+    "| ResNet-STN: stage1 | 94.00 ± 0.00 (n=1) | 95.00 ± 0.00 (n=1) | - | - "
+    "| - | - | - |" in lines
+  )
   gtsrb = lines.index("## GTSRB")
   assert lines[gtsrb + 2].startswith("| variant | test accuracy % |")
   assert lines[gtsrb + 4].startswith(
