@@ -89,7 +89,8 @@ def scales_of(config_path: str) -> dict[str, Scale]:
 
 def recipe_words(config) -> str:
   """A run's optimisation recipe in words, from its config: steps, batch,
-  examples, optimiser, learning rate and schedule, warmup, smoothing."""
+  examples, optimiser, learning rate and schedule, warmup, smoothing,
+  weight decay and augmentation (the last three where set)."""
   examples = config.num_steps * config.batch_size
   text = (
     f"{config.num_steps:,} {config.optimizer} steps of {config.batch_size} "
@@ -103,6 +104,19 @@ def recipe_words(config) -> str:
     text += f", {config.warmup_steps:,} warmup steps"
   if config.get("label_smoothing", 0.0):
     text += f", label smoothing {config.label_smoothing:g}"
+  if config.get("weight_decay", 0.0):
+    text += f", weight decay {config.weight_decay:g}"
+  augment = [
+    words.format(config.get(key, 0.0))
+    for key, words in (
+      ("augment_rotation", "rotation ±{:g}°"),
+      ("augment_scale", "scale ±{:g}"),
+      ("augment_translate", "shift ±{:g} of the size"),
+    )
+    if config.get(key, 0.0)
+  ]
+  if augment:
+    text += ", augmentation: " + ", ".join(augment)
   return text
 
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, experiment_script
+from conftest import GTSRB, REPO, experiment_script
 
 
 def test_table1_script_on_a_tiny_budget(tiny_tfds, tmp_path):
@@ -559,3 +559,18 @@ def test_resnet_stn_trains_no_further_dataset_after_a_stop(
   )
   assert status == 0
   assert calls == [("gtsrb.py", False), ("mnist.py", True)]
+
+
+def test_recipe_words_name_weight_decay_and_augmentation():
+  tables = experiment_script("_tables")
+  config = GTSRB.get_config("scale=cpu_long")
+  words = tables.recipe_words(config)
+  assert words.startswith("6,000 adam steps of 128 (0.8M examples), lr 0.001")
+  assert words.endswith(
+    "augmentation: rotation ±10°, scale ±0.1, shift ±0.1 of the size"
+  )
+  assert "weight decay" not in words
+  config.weight_decay = 0.05
+  assert ", weight decay 0.05, augmentation" in tables.recipe_words(config)
+  plain = tables.recipe_words(GTSRB.get_config("small=true"))
+  assert "augmentation" not in plain and "weight decay" not in plain
