@@ -264,6 +264,34 @@ def test_a_bad_override_is_one_line_naming_it_without_a_traceback(tmp_path):
     ), result.stderr
 
 
+def _reports_from_cache_then_archive(
+  command, tmp_path, out, rows, caches, glob
+):
+  """``command --report_only`` reads the cached evaluations (rewrites none)
+  and writes the same table ``rows``; the caches are also in
+  ``tmp_path/archive`` (``glob``), and once ``tmp_path/runs`` is gone (no
+  checkpoints: a later session) the same rows come from the archive."""
+
+  def report():
+    result = subprocess.run(
+      command + ["--report_only"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [r for r in out.read_text().splitlines() if r.startswith("| ")]
+
+  stamps = [c.stat().st_mtime_ns for c in caches]
+  assert report() == rows
+  assert [c.stat().st_mtime_ns for c in caches] == stamps
+  archived = sorted((tmp_path / "archive").glob(glob))
+  assert [c.read_text() for c in archived] == [c.read_text() for c in caches]
+  shutil.rmtree(tmp_path / "runs")
+  assert report() == rows
+
+
 def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
   out = tmp_path / "beyond.md"
   command = [
@@ -305,31 +333,9 @@ def test_beyond_script_trains_evaluates_and_caches(tiny_tfds, tmp_path):
   assert set(cached["families"]) == {"rotation", "scale", "translation"}
   assert cached["families"]["rotation"]["largest"] in (-90.0, 90.0)
   # a rerun reads the cache (evaluates nothing again) and writes the same
-  stamps = [c.stat().st_mtime_ns for c in caches]
-  again = subprocess.run(
-    command + ["--report_only"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  _reports_from_cache_then_archive(
+    command, tmp_path, out, rows, caches, "beyond/*/beyond.json"
   )
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert [c.stat().st_mtime_ns for c in caches] == stamps
-  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
-  archived = sorted((tmp_path / "archive").glob("beyond/*/beyond.json"))
-  assert [c.read_text() for c in archived] == [c.read_text() for c in caches]
-  # A later session without the workdir (no checkpoints) tabulates the
-  # same rows, invariance included, from the archive.
-  shutil.rmtree(tmp_path / "runs")
-  later = subprocess.run(
-    command + ["--report_only"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert later.returncode == 0, later.stderr[-3000:]
-  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
 
 
 def test_results_files_keep_their_hand_written_notes(tmp_path):
@@ -443,33 +449,9 @@ def test_resnet_stn_script_trains_evaluates_and_reports(tiny_tfds, tmp_path):
   ]
   caches = sorted((tmp_path / "runs").glob("gtsrb/placement/*/resnet_stn.json"))
   assert len(caches) == 2
-  stamps = [c.stat().st_mtime_ns for c in caches]
-  again = subprocess.run(
-    command + ["--report_only"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
+  _reports_from_cache_then_archive(
+    command, tmp_path, out, rows, caches, "gtsrb/placement/*/resnet_stn.json"
   )
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert [c.stat().st_mtime_ns for c in caches] == stamps
-  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
-  archived = sorted(
-    (tmp_path / "archive").glob("gtsrb/placement/*/resnet_stn.json")
-  )
-  assert [c.read_text() for c in archived] == [c.read_text() for c in caches]
-  # A later session without the workdir (no checkpoints) tabulates the
-  # same rows, invariance included, from the archive.
-  shutil.rmtree(tmp_path / "runs")
-  later = subprocess.run(
-    command + ["--report_only"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert later.returncode == 0, later.stderr[-3000:]
-  assert [r for r in out.read_text().splitlines() if r.startswith("| ")] == rows
 
 
 def test_resnet_stn_table_gives_accuracy_for_gtsrb_and_error_for_rts():
