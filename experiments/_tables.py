@@ -11,9 +11,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from stn_jax import sweep, viz
+from stn_jax import cli, sweep, viz
 from stn_jax.data import controlled
 from stn_jax.provenance import header_lines  # noqa: F401 (the scripts' header)
+from stn_jax.sweep import StopOnSignal
 
 
 class Scale(NamedTuple):
@@ -71,13 +72,28 @@ def run_script(main: Callable[[], int | None]) -> int:
   """Calls a table script's ``main()`` and returns its exit status; bad
   input found there (a ``ValueError``, e.g. an unknown or mistyped --set
   field) prints one line naming it, without a traceback, and returns 2.
-  (A run's own failure is recorded in its sweep record, not raised.)"""
-  try:
-    return int(main() or 0)
-  except ValueError as error:
-    prog = os.path.basename(sys.argv[0])
-    print(f"{prog}: error: {error}", file=sys.stderr)
-    return 2
+  (A run's own failure is recorded in its sweep record, not raised.)
+
+  SIGTERM or Ctrl-C outside a training loop (between points or sweeps, or
+  after a sweep's last point) is held here: the script's remaining sweeps
+  are only tabulated (:func:`run_in_seed_passes`), its tables are written,
+  and it returns 143 or 130. A second signal stops it at once."""
+  prog = os.path.basename(sys.argv[0])
+  with StopOnSignal() as stop:
+    try:
+      status = int(main() or 0)
+    except ValueError as error:
+      print(f"{prog}: error: {error}", file=sys.stderr)
+      return 2
+    if stop.signal:  # came between sweeps: they were only tabulated
+      stop.acted()
+      print(
+        f"{prog}: stopped by {stop.signal} between runs: no run started "
+        "after it. Rerun the same command to continue.",
+        file=sys.stderr,
+      )
+      status = status or cli.exit_status(stop.signal)
+    return status
 
 
 def scales_of(config_path: str) -> dict[str, Scale]:
@@ -142,7 +158,11 @@ def run_in_seed_passes(
   every kept point's seed 1, and so on.
 
   An interrupted invocation therefore leaves every cell with some seeds
-  rather than some cells with none. Rerunning reuses finished points (the
+  rather than some cells with none. SIGTERM or Ctrl-C stops it: during a
+  point, that point saves its checkpoint and this returns; between points
+  or sweeps (also after a sweep's last point), no further point trains,
+  the later sweeps are only collected, and the signal is passed on to the
+  caller's handler when this returns (:func:`run_script` holds it). Rerunning reuses finished points (the
   sweep runner is resumable). With ``population`` there is one pass: each
   cell's seeds train together as one population.
 
@@ -168,27 +188,35 @@ def run_in_seed_passes(
   def collected():
     return [r for name in sweep_names for r in by_sweep.get(name, [])]
 
-  for seed in [seeds - 1] if population else range(seeds):
+  # A signal between sweeps, or passed on after a sweep's last point:
+  # every later sweep is only collected, and the signal goes on to the
+  # caller when this returns (run_script holds it and reports it).
+  with StopOnSignal() as stop:
+    for seed in [seeds - 1] if population else range(seeds):
 
-    def select(point, seed=seed):
-      a = parse_arg(point["arg"])
-      return int(a.get("seed", 0)) <= seed and keep(a)
+      def select(point, seed=seed):
+        a = parse_arg(point["arg"])
+        return int(a.get("seed", 0)) <= seed and keep(a)
 
-    for name in sweep_names:
-      by_sweep[name] = sweep.run_sweep(
-        config_path,
-        name,
-        os.path.join(workdir, name),
-        overrides=overrides,
-        select=select,
-        extra_arg=extra_arg,
-        report_only=report_only,
-        archive=archive and os.path.join(archive, name),
-        train_population=population,
-      )
-      trained += [r for r in by_sweep[name] if r["status"] == "finished"]
-      if any(r["status"] == "interrupted" for r in by_sweep[name]):
-        return collected(), trained  # SIGTERM: tabulate what is done
+      for name in sweep_names:
+        folders = [os.path.join(workdir, name)]
+        folders += [os.path.join(archive, name)] if archive else []
+        if stop.signal and not any(map(os.path.isdir, folders)):
+          continue  # stopped before this sweep began: nothing to collect
+        by_sweep[name] = sweep.run_sweep(
+          config_path,
+          name,
+          os.path.join(workdir, name),
+          overrides=overrides,
+          select=select,
+          extra_arg=extra_arg,
+          report_only=report_only or bool(stop.signal),
+          archive=archive and os.path.join(archive, name),
+          train_population=population,
+        )
+        trained += [r for r in by_sweep[name] if r["status"] == "finished"]
+        if any(r["status"] == "interrupted" for r in by_sweep[name]):
+          return collected(), trained  # SIGTERM: tabulate what is done
   return collected(), trained
 
 

@@ -127,7 +127,8 @@ def run(
   ``OSError`` (a missing, unwritable or full place: :func:`error_line`)
   or data error (``stn_jax.data.SourceError``: a missing source, a failed
   download, a damaged dataset) from ``main`` prints one line and returns
-  :data:`EXIT_FAILED` (1).
+  :data:`EXIT_FAILED` (1); Ctrl-C outside a training loop (whose own
+  handler saves and stops) prints one line and returns 130.
   """
   from stn_jax.data.sources import SourceError  # light: numpy only
 
@@ -145,3 +146,10 @@ def run(
   except (ValueError, OSError, SourceError) as error:
     print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
     return EXIT_FAILED
+  except KeyboardInterrupt:  # Ctrl-C outside a training loop
+    print(
+      f"{prog}: stopped by SIGINT (Ctrl-C); rerun the same command to "
+      "continue.",
+      file=sys.stderr,
+    )
+    return EXIT_STATUS["SIGINT"]

@@ -15,6 +15,9 @@
   populations.
 - :mod:`stn_jax.sweep.archive`: finished points kept as small files to
   commit.
+- :mod:`stn_jax.sweep.signals`: SIGTERM and Ctrl-C between points: the
+  sweep stops before its next point, and a signal after its last point is
+  passed on, never swallowed.
 - :mod:`stn_jax.sweep.cli`: ``python -m stn_jax.sweep``.
 """
 
@@ -30,11 +33,13 @@ from stn_jax.sweep.plan import (
 )
 from stn_jax.sweep.records import Record, Status
 from stn_jax.sweep.runner import Mode, run_sweep
+from stn_jax.sweep.signals import StopOnSignal
 
 __all__ = [
   "Mode",
   "Record",
   "Status",
+  "StopOnSignal",
   "build_config",
   "expand",
   "load_config_module",

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import enum
 import os
-import signal
-import threading
 import traceback
 from collections.abc import Callable
 
@@ -27,6 +25,7 @@ from stn_jax.sweep import population as sweep_population
 from stn_jax.sweep import records as sweep_records
 from stn_jax.sweep.plan import build_config, plan
 from stn_jax.sweep.records import Record, Status
+from stn_jax.sweep.signals import StopOnSignal
 from stn_jax.sweep.tasks import PointTask
 
 
@@ -209,7 +208,37 @@ def _collect_mode(
 def _run_mode(
   module, planned, mine, workdir, overrides, archive, launcher, train_fn, log
 ) -> list[Record]:
-  """Mode.RUN: the selected points trained by ``launcher``."""
+  """Mode.RUN: the selected points trained by ``launcher``. A signal from
+  here on (outside a point's training loop, which saves and stops on its
+  own) stops the sweep before its next point; one after the last point is
+  delivered again when the sweep returns (:mod:`stn_jax.sweep.signals`)."""
+  with StopOnSignal() as stop:
+    return _train_points(
+      module,
+      planned,
+      mine,
+      workdir,
+      overrides,
+      archive,
+      launcher,
+      train_fn,
+      log,
+      stop,
+    )
+
+
+def _train_points(
+  module,
+  planned,
+  mine,
+  workdir,
+  overrides,
+  archive,
+  launcher,
+  train_fn,
+  log,
+  stop,
+) -> list[Record]:
   check = checks.plan_check(module, overrides)
   os.makedirs(workdir, exist_ok=True)
   if archive:
@@ -252,6 +281,7 @@ def _run_mode(
     if stop.signal and record.status == Status.INTERRUPTED:
       # the sweep's signal, for the exit status
       record = Record.from_dict({**record, "signal": stop.signal})
+      stop.acted()
     if archive and record.status == Status.FINISHED:
       sweep_archive.save(task.point_dir, archive)
     records[task.name] = record
@@ -259,8 +289,7 @@ def _run_mode(
 
   units = launcher.units(tasks, workdir)
   sweep_population.check_resumes(units, workdir)
-  with _StopBetweenPoints() as stop:
-    launcher.run(units, train_fn, on_done, stop, on_start=on_start, log=log)
+  launcher.run(units, train_fn, on_done, stop, on_start=on_start, log=log)
   return [records[p["name"]] for p in mine if p["name"] in records]
 
 
@@ -323,29 +352,3 @@ def _report(planned, mine, workdir, check) -> list[dict]:
       record = Record.from_dict({**record, "status": "skipped"})
     records.append(record)
   return records
-
-
-class _StopBetweenPoints:
-  """SIGTERM/SIGINT between points stop the sweep before the next point
-  (during a point, the training loop handles them and saves)."""
-
-  def __enter__(self):
-    self.signal = None
-    self._previous = {}
-    if threading.current_thread() is threading.main_thread():
-      for number in (signal.SIGTERM, signal.SIGINT):
-        self._previous[number] = signal.signal(number, self._handler)
-    return self
-
-  def reinstall(self) -> None:
-    """Takes the signals back from a library that set its own handlers
-    (``ray.init`` does)."""
-    for number in self._previous:
-      signal.signal(number, self._handler)
-
-  def _handler(self, number, _):
-    self.signal = signal.Signals(number).name
-
-  def __exit__(self, *exc):
-    for number, previous in self._previous.items():
-      signal.signal(number, previous)
