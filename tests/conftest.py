@@ -35,6 +35,16 @@ import data_fixtures  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# XLA_FLAGS for a test process with four host (CPU) devices. XLA's CPU
+# collectives abort a program when one device is 40 s late to an
+# all-reduce; on 2 loaded cores (two test workers, a low-priority run) a
+# device thread can be, so the abort waits 10 minutes instead.
+FOUR_HOST_DEVICES = (
+  "--xla_force_host_platform_device_count=4 "
+  "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+  "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
+)
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 requires_torch = pytest.mark.skipif(
   not HAS_TORCH, reason="torch is not installed"

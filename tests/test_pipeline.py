@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import FOUR_HOST_DEVICES
 
 from stn_jax.data import augment, distortions, pipeline
 from stn_jax.normalization import Normalization
@@ -164,7 +165,7 @@ def test_global_batch_is_split_over_four_devices():
   """)
   env = dict(
     os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    XLA_FLAGS=FOUR_HOST_DEVICES,
     JAX_PLATFORMS="cpu",
   )
   result = subprocess.run(

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import MNIST, tiny
+from conftest import FOUR_HOST_DEVICES, MNIST, tiny
 
 import stn_jax
 from stn_jax import checkpointing, population, train
@@ -325,9 +325,7 @@ def test_population_is_split_over_four_devices_and_matches_one_device(
       params = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     return out.stdout, params
 
-  stdout, theirs = run(
-    "sharded", XLA_FLAGS="--xla_force_host_platform_device_count=4"
-  )
+  stdout, theirs = run("sharded", XLA_FLAGS=FOUR_HOST_DEVICES)
   assert "4 device(s) (members split over 4)" in stdout
   report = json.loads(stdout.splitlines()[-1])
   # Each of the 4 devices holds one whole member (rows 0, 1, 2, 3).

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import GTSRB, MNIST, REPO, tiny
+from conftest import FOUR_HOST_DEVICES, GTSRB, MNIST, REPO, tiny
 
 import stn_jax
 from stn_jax import models, train
@@ -262,7 +262,7 @@ def test_four_devices_match_one_device(tiny_tfds, tmp_path):
     tiny_tfds,
     "--config.num_steps=3",
     env={
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+      "XLA_FLAGS": FOUR_HOST_DEVICES,
       "JAX_PLATFORMS": "cpu",
     },
   )
