@@ -14,8 +14,10 @@ from stn_jax.models import convolution
 
 @pytest.fixture(autouse=True)
 def patches_at_every_size(monkeypatch):
-  """The tests' tiny layers would keep XLA's weight gradient."""
+  """The tests' tiny layers would keep XLA's weight gradient (and, with
+  'im2col', XLA's convolution)."""
   monkeypatch.setattr(convolution, "_MIN_PATCH_BYTES", 0)
+  monkeypatch.setattr(convolution, "_MIN_IM2COL_PIXELS", 0)
 
 
 def test_small_layers_keep_xla_weight_gradient(monkeypatch):
@@ -211,3 +213,172 @@ def test_vmap_over_kernels_and_inputs():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
     out = jax.vmap(patch_conv, in_axes)(*args)
     np.testing.assert_array_equal(out, jax.vmap(xla_conv, in_axes)(*args))
+
+
+# --- conv_weight_gradient='im2col': all three products from C++ patches ---
+
+
+def _kernel_or_skip():
+  from conftest import _cpu_kernel_missing_reason
+
+  from stn_jax.ops import _cpu_kernel
+
+  if not _cpu_kernel.enabled(jnp.float32):
+    pytest.skip(_cpu_kernel_missing_reason())
+  return _cpu_kernel
+
+
+def im2col_conv(x, kernel, padding="SAME"):
+  return convolution.im2col_conv(
+    x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+def _uses_im2col(x, kernel, padding="SAME") -> bool:
+  (equation,) = jax.make_jaxpr(lambda x, w: im2col_conv(x, w, padding))(
+    x, kernel
+  ).eqns
+  return equation.params["im2col"]
+
+
+@pytest.mark.parametrize(
+  "top_left, out_size", [((1, 1), (5, 4)), ((0, 2), (3, 6)), ((3, 0), (7, 2))]
+)
+def test_im2col_patches_from_the_definition(top_left, out_size):
+  # patch (y, x) = the window whose corner is (y - top, x - left), zeros
+  # outside the image, in (i, j, c) order.
+  kernel_lib = _kernel_or_skip()
+  rng = np.random.default_rng(20)
+  x = rng.normal(size=(2, 5, 4, 3)).astype(np.float32)
+  kh, kw = 3, 2
+  (top, left), (h_out, w_out) = top_left, out_size
+  expected = np.zeros((2, h_out, w_out, kh * kw * 3), np.float32)
+  for y in range(h_out):
+    for xx in range(w_out):
+      for i in range(kh):
+        for j in range(kw):
+          row, col = y + i - top, xx + j - left
+          if 0 <= row < 5 and 0 <= col < 4:
+            at = (i * kw + j) * 3
+            expected[:, y, xx, at : at + 3] = x[:, row, col]
+  got = kernel_lib.im2col(jnp.asarray(x), (kh, kw), top_left, out_size)
+  np.testing.assert_array_equal(got, expected)  # copies: exact
+
+
+@pytest.mark.parametrize(
+  "shape",
+  [
+    (6, 9, 8, 8, 5, (3, 3)),  # a batch that is not a multiple of 4
+    (5, 7, 9, 10, 12, (4, 2)),  # even and rectangular kernel, odd batch
+    (1, 6, 6, 9, 8, (5, 5)),
+  ],
+)
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3))])
+def test_im2col_values_and_gradients_equal_xla(shape, padding):
+  _kernel_or_skip()
+  x, kernel = inputs(*shape, seed=21)
+  assert _uses_im2col(x, kernel, padding)
+  ours, ours_vjp = jax.vjp(lambda x, w: im2col_conv(x, w, padding), x, kernel)
+  theirs, theirs_vjp = jax.vjp(lambda x, w: xla_conv(x, w, padding), x, kernel)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+  cotangent = jnp.asarray(
+    np.random.default_rng(22).normal(size=ours.shape), jnp.float32
+  )
+  for got, want in zip(ours_vjp(cotangent), theirs_vjp(cotangent)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_im2col_gradients_match_finite_differences():
+  _kernel_or_skip()
+  x, kernel = inputs(3, 5, 5, 8, 3, (3, 3), seed=23)
+  check_grads(im2col_conv, (x, kernel), order=1, modes=("rev",), atol=2e-2)
+
+
+def test_im2col_under_jit_vmap_forward_mode_and_hvp():
+  _kernel_or_skip()
+  x, kernel = inputs(3, 6, 6, 8, 4, (3, 3), seed=24)
+  tx, tk = inputs(3, 6, 6, 8, 4, (3, 3), seed=25)
+  xs = jnp.stack([x, -2 * x])
+  kernels = jnp.stack([kernel, 0.5 * kernel])
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.tanh(conv(x, w)))
+
+  for in_axes, args in [((0, None), (xs, kernel)), ((0, 0), (xs, kernels))]:
+    got = jax.jit(jax.vmap(jax.grad(loss(im2col_conv), (0, 1)), in_axes))(*args)
+    want = jax.vmap(jax.grad(loss(xla_conv), (0, 1)), in_axes)(*args)
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  _, ours = jax.jvp(im2col_conv, (x, kernel), (tx, tk))
+  _, theirs = jax.jvp(xla_conv, (x, kernel), (tx, tk))
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+  g = lambda conv: lambda w: jnp.sum(jnp.tanh(conv(x, w)))  # noqa: E731
+  hvp = lambda conv: jax.jvp(jax.grad(g(conv)), (kernel,), (tk,))[1]  # noqa: E731
+  np.testing.assert_allclose(
+    hvp(im2col_conv), hvp(xla_conv), rtol=1e-4, atol=1e-3
+  )
+
+
+def test_im2col_leaves_narrow_layers_to_the_patches_path(monkeypatch):
+  x, kernel = inputs(2, 6, 6, 3, 8, (3, 3), seed=26)  # 3 input channels
+  assert not _uses_im2col(x, kernel)
+  g = jnp.ones((2, 6, 6, 8))
+  ours = jax.vjp(im2col_conv, x, kernel)[1](g)
+  theirs = jax.vjp(patch_conv, x, kernel)[1](g)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_array_equal(a, b)
+  _kernel_or_skip()  # the size rule, at its real threshold
+  monkeypatch.setattr(convolution, "_MIN_IM2COL_PIXELS", 256)
+  for size, c_in, expected in [(16, 8, True), (10, 32, False), (4, 40, True)]:
+    assert _uses_im2col(*inputs(1, size, size, c_in, 4, (3, 3))) == expected
+
+
+def test_im2col_layers_follow_the_context():
+  with convolution.weight_gradient("im2col"):
+    layer = convolution.conv(8, 4, (3, 3), rngs=nnx.Rngs(0))
+  assert layer.conv_general_dilated is convolution.im2col_conv
+  x = jnp.ones((2, 5, 5, 8))
+  np.testing.assert_allclose(
+    layer(x),
+    nnx.Conv(8, 4, (3, 3), rngs=nnx.Rngs(0))(x),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+
+
+def test_im2col_resolves_to_patches_without_the_kernel(monkeypatch):
+  monkeypatch.setenv("STN_JAX_CPU_KERNEL", "0")
+  assert convolution.resolve_weight_gradient("im2col") == "patches"
+  with convolution.weight_gradient("im2col"):
+    layer = convolution.conv(8, 4, (3, 3), rngs=nnx.Rngs(0))
+  assert layer.conv_general_dilated is convolution.patch_gradient_conv
+
+
+def test_the_gtsrb_network_under_im2col_equals_xla():
+  """The paper's GTSRB CNN + 3 ST (narrowed; its 16x16 and 8x8 layers and
+  the localisation nets take the patches): logits and parameter gradients
+  equal XLA's to float rounding."""
+  _kernel_or_skip()
+  from conftest import GTSRB
+
+  from stn_jax import models
+
+  config = GTSRB.get_config("model=gtsrb_st_cnn,size=32")
+  config.model_kwargs.width = 0.25
+  x = jnp.asarray(np.random.default_rng(27).uniform(size=(3, 32, 32, 3)))
+  results = {}
+  for method in ("xla", "im2col"):
+    config.conv_weight_gradient = method
+    model = models.from_config(config, (32, 32, 3))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, graphdef=graphdef, rest=rest):
+      logits = nnx.merge(graphdef, params, rest)(x)
+      return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), logits
+
+    results[method] = jax.grad(loss, has_aux=True)(params)
+  (grads, logits), (want_grads, want_logits) = results["im2col"], results["xla"]
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    scale = float(jnp.max(jnp.abs(want))) + 1e-6
+    np.testing.assert_allclose(got / scale, want / scale, atol=1e-4)

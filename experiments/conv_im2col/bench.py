@@ -4,8 +4,8 @@ Usage:
   python experiments/conv_im2col/bench.py [--repeats 5] [--chunks 4,8,16]
       [--shapes 21:7:32:32,42:9:1:32]
 
-An experiment, not library code: it builds ``im2col_cpu.cc`` (beside this
-file) with the system C++ compiler, and times, per paper-network shape
+An experiment: it builds ``stn_jax/ops/csrc/im2col_cpu.cc`` (the library's
+kernel) with the system C++ compiler, and times, per paper-network shape
 (batch 256, 'SAME', stride 1), the three products of a convolution layer
 computed two ways:
 
@@ -65,7 +65,13 @@ def build() -> None:
       "-fPIC",
       "-w",
       f"-I{jax.ffi.include_dir()}",
-      os.path.join(HERE, "im2col_cpu.cc"),
+      os.path.join(
+        os.path.dirname(os.path.dirname(HERE)),
+        "stn_jax",
+        "ops",
+        "csrc",
+        "im2col_cpu.cc",
+      ),
       "-o",
       out,
     ],

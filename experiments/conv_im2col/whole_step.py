@@ -4,7 +4,9 @@ Usage:
   python experiments/conv_im2col/whole_step.py {xla,f32,bf16}
       [--models rts_cnn,rts_st_cnn,gtsrb_st_cnn] [--chunk 4]
 
-An experiment, not library code. ``xla``: the step as the library runs it
+An experiment (its float32 mode is now the library's
+``conv_weight_gradient='im2col'``, with rules for which layers take it).
+``xla``: the step as the library runs it
 (``conv_weight_gradient='auto'``). ``f32`` / ``bf16``: every convolution
 with at least 8 input channels and an odd square kernel (the layers where
 the patch products of ``bench.py`` were faster) computes its forward pass,

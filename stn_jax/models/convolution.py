@@ -22,6 +22,20 @@ rounding differs (summation order: about 1e-6 of their scale, up to 3e-5
 for weights with 1-3 input channels). ``'xla'`` keeps XLA's own gradients,
 bitwise as before.
 
+``'im2col'`` goes further, for layers with at least 8 input channels and
+either 16x16 pixels or 36 channels (the wide layers of the paper networks,
+rules measured on them): their forward pass and both gradients
+are each one matrix product per chunk of 4 images, over image patches
+built by a C++ kernel (``stn_jax/ops/csrc/im2col_cpu.cc``; the input
+gradient is the patches of the output gradient times the flipped kernel).
+XLA's CPU matrix product runs near the CPU's peak where its convolution
+does not: on a 2-core Intel Xeon it saves 8% of the RTS CNN's training
+step and 21% of the GTSRB CNN + 3 ST's (``experiments/results/
+cpu_profile.md``). Values differ from XLA's convolution by float rounding
+(about 1e-6 relative). Other layers, and runs where the C++ kernel is not
+available (no compiler, ``STN_JAX_CPU_KERNEL=0``, not the CPU backend),
+take the ``'patches'`` path.
+
 Runs choose with ``config.conv_weight_gradient`` (default ``'auto'``:
 ``'patches'`` on the CPU, ``'xla'`` on accelerators; workdirs written
 before the key existed read ``'xla'``, what they ran with). The layers are ordinary ``nnx.Conv`` modules (same parameters, same
@@ -42,7 +56,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-WEIGHT_GRADIENTS = ("auto", "patches", "xla")
+WEIGHT_GRADIENTS = ("auto", "patches", "im2col", "xla")
 # Bytes of patches per chunk of images: about what stays in this class of
 # CPU's caches (chunks of 2-8 paper-network images were fastest).
 _CHUNK_BYTES = 6 * 2**20
@@ -55,6 +69,18 @@ _MIN_PATCH_BYTES = 4 * 2**20
 # Input channels up to which the input gradient is computed by columns
 # (below); XLA's is faster above (measured at 32).
 _MAX_SCATTER_CHANNELS = 4
+# 'im2col': layers with at least this many input channels compute all three
+# products from C++ patches (fewer: the patches are many times the image,
+# and XLA's convolution is faster), in chunks of up to this many images
+# (4-8 were fastest for the paper networks' layers at batch 256).
+_MIN_IM2COL_CHANNELS = 8
+_IM2COL_CHUNK = 4
+# ... and inputs of at least this many pixels or this many input channels:
+# on a 2-core Intel Xeon the RTS ST-CNN's 10x10 layers (20 and 32 channels)
+# were slower as patches (the step 0.9x), the GTSRB CNN + 3 ST's 2x2 to 8x8
+# layers (38-62 channels) and the RTS CNN's 21x21 one (32) faster.
+_MIN_IM2COL_PIXELS = 256
+_MIN_IM2COL_WIDE_CHANNELS = 36
 
 _method = "xla"
 
@@ -72,10 +98,16 @@ def check_weight_gradient(method) -> None:
 def resolve_weight_gradient(method: str) -> str:
   """``method``, with ``'auto'`` resolved: ``'patches'`` on the CPU
   backend, ``'xla'`` elsewhere (GPUs' own convolution gradients are fast,
-  and the patch products are unmeasured there)."""
+  and the patch products are unmeasured there); ``'im2col'`` where its C++
+  kernel is not available (not the CPU backend, no compiler,
+  ``STN_JAX_CPU_KERNEL=0``) resolves to ``'patches'``."""
   check_weight_gradient(method)
   if method == "auto":
     return "patches" if jax.default_backend() == "cpu" else "xla"
+  if method == "im2col":
+    from stn_jax.ops import _cpu_kernel  # builds the kernel on first use
+
+    return "im2col" if _cpu_kernel.enabled(jnp.float32) else "patches"
   return method
 
 
@@ -83,7 +115,8 @@ def resolve_weight_gradient(method: str) -> str:
 def weight_gradient(method: str) -> Iterator[None]:
   """Layers made by :func:`conv` inside this context compute their
   gradients by ``method``: ``'patches'`` (matrix products over patch
-  chunks), ``'xla'`` (XLA's own convolution) or ``'auto'``
+  chunks), ``'im2col'`` (the forward pass too, from C++ patches, where it
+  applies), ``'xla'`` (XLA's own convolution) or ``'auto'``
   (:func:`resolve_weight_gradient`). Outside any context: ``'xla'``."""
   global _method
   previous, _method = _method, resolve_weight_gradient(method)
@@ -104,9 +137,10 @@ def conv(
   """An ``nnx.Conv`` (NHWC, ``'SAME'`` padding unless ``kwargs`` say
   otherwise) whose weight gradient follows the enclosing
   :func:`weight_gradient` context."""
-  function = (
-    patch_gradient_conv if _method == "patches" else lax.conv_general_dilated
-  )
+  function = {
+    "patches": patch_gradient_conv,
+    "im2col": im2col_conv,
+  }.get(_method, lax.conv_general_dilated)
   return nnx.Conv(
     in_features,
     out_features,
@@ -114,6 +148,31 @@ def conv(
     rngs=rngs,
     conv_general_dilated=function,
     **kwargs,
+  )
+
+
+def im2col_conv(lhs, rhs, window_strides, padding, *args, **kwargs):
+  """:func:`patch_gradient_conv`, with the forward pass and both gradients
+  from C++ patches (module docstring) for float32 layers of at least
+  :data:`_MIN_IM2COL_CHANNELS` input channels while the CPU kernel is
+  available; every other layer exactly as :func:`patch_gradient_conv`."""
+  return patch_gradient_conv(
+    lhs, rhs, window_strides, padding, *args, im2col=True, **kwargs
+  )
+
+
+def _im2col_applies(lhs, rhs) -> bool:
+  from stn_jax.ops import _cpu_kernel  # builds the kernel on first use
+
+  return (
+    lhs.dtype == jnp.float32
+    and rhs.dtype == jnp.float32
+    and rhs.shape[2] >= _MIN_IM2COL_CHANNELS
+    and (
+      lhs.shape[1] * lhs.shape[2] >= _MIN_IM2COL_PIXELS
+      or rhs.shape[2] >= _MIN_IM2COL_WIDE_CHANNELS
+    )
+    and _cpu_kernel.enabled(jnp.float32)
   )
 
 
@@ -127,12 +186,15 @@ def patch_gradient_conv(
   dimension_numbers=None,
   feature_group_count=1,
   precision=None,
+  *,
+  im2col: bool = False,
   **kwargs,
 ):
   """``lax.conv_general_dilated`` with the patch-product weight gradient
   (module docstring) where it applies: 2-D NHWC/HWIO, unit strides and
   dilations, one feature group. Anything else is passed
-  to ``lax.conv_general_dilated`` unchanged."""
+  to ``lax.conv_general_dilated`` unchanged. ``im2col``: see
+  :func:`im2col_conv`."""
   dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   simple = (
     lhs.ndim == 4
@@ -174,7 +236,19 @@ def patch_gradient_conv(
       precision=precision,
       **kwargs,
     )
-  return conv_p.bind(lhs, rhs, padding=padding, precision=precision)
+  return conv_p.bind(
+    lhs,
+    rhs,
+    padding=padding,
+    precision=precision,
+    im2col=bool(im2col and _im2col_applies(lhs, rhs)),
+  )
+
+
+def _conv(x, kernel, *, padding, precision, im2col):
+  if im2col:
+    return conv_by_im2col(x, kernel, padding, precision)
+  return _xla_conv(x, kernel, padding=padding, precision=precision)
 
 
 def _xla_conv(x, kernel, *, padding, precision):
@@ -193,16 +267,19 @@ def _xla_conv(x, kernel, *, padding, precision):
 # conv(dx, kernel) + conv(x, dkernel), so forward mode and every higher
 # order work), with a transpose that computes the weight gradient by patch
 # products and, for <= 4 input channels, the input gradient by columns.
+# With im2col=True all three products come from C++ patches instead.
 conv_p = Primitive("stn_conv_patch_gradient")
-conv_p.def_impl(_xla_conv)
-mlir.register_lowering(
-  conv_p, mlir.lower_fun(_xla_conv, multiple_results=False)
-)
+conv_p.def_impl(_conv)
+mlir.register_lowering(conv_p, mlir.lower_fun(_conv, multiple_results=False))
 
 
 @conv_p.def_abstract_eval
-def _conv_abstract_eval(x, kernel, **params):
-  out = jax.eval_shape(functools.partial(_xla_conv, **params), x, kernel)
+def _conv_abstract_eval(x, kernel, *, padding, precision, im2col):
+  out = jax.eval_shape(
+    functools.partial(_xla_conv, padding=padding, precision=precision),
+    x,
+    kernel,
+  )
   return x.update(shape=out.shape, dtype=out.dtype)
 
 
@@ -220,7 +297,7 @@ def _conv_jvp(primals, tangents, **params):
   return out, functools.reduce(lambda a, b: a + b, terms)
 
 
-def _conv_transpose(cotangent, x, kernel, *, padding, precision):
+def _conv_transpose(cotangent, x, kernel, *, padding, precision, im2col):
   want_x, want_kernel = (
     ad.is_undefined_primal(x),
     ad.is_undefined_primal(kernel),
@@ -230,7 +307,11 @@ def _conv_transpose(cotangent, x, kernel, *, padding, precision):
   if want_kernel:
     if type(cotangent) is ad.Zero:
       return [None, ad.Zero(kernel.aval)]
-    if cotangent.size * cotangent.dtype.itemsize >= _MIN_PATCH_BYTES:
+    if im2col:
+      grad = weight_gradient_by_im2col(
+        x, cotangent, kernel.aval.shape[:2], padding, precision
+      )
+    elif cotangent.size * cotangent.dtype.itemsize >= _MIN_PATCH_BYTES:
       grad = weight_gradient_by_patches(
         x, cotangent, kernel.aval.shape[:2], padding
       )
@@ -242,7 +323,11 @@ def _conv_transpose(cotangent, x, kernel, *, padding, precision):
     return [None, grad.astype(kernel.aval.dtype)]
   if type(cotangent) is ad.Zero:
     return [ad.Zero(x.aval), None]
-  if x.aval.shape[-1] <= _MAX_SCATTER_CHANNELS:
+  if im2col:
+    grad = input_gradient_by_im2col(
+      cotangent, kernel, x.aval.shape, padding, precision
+    )
+  elif x.aval.shape[-1] <= _MAX_SCATTER_CHANNELS:
     grad = input_gradient_by_columns(cotangent, kernel, x.aval.shape, padding)
   else:
     (grad,) = jax.linear_transpose(
@@ -262,6 +347,7 @@ def _conv_batch(operands, dims, **params):
     return out.reshape(size, -1, *out.shape[1:]), 0
   # A kernel per vmapped element: XLA's batched convolution (gradients
   # through it are XLA's too).
+  params = {k: v for k, v in params.items() if k != "im2col"}
   out = jax.vmap(
     functools.partial(_xla_conv, **params), in_axes=(x_dim, kernel_dim)
   )(x, kernel)
@@ -346,4 +432,111 @@ def weight_gradient_by_patches(x, cotangent, kernel_size, padding):
 
   total = jnp.zeros((kh * kw * c_in, c_out), jnp.result_type(x, cotangent))
   total, _ = lax.scan(add_chunk, total, (padded, cotangent))
+  return total.reshape(kh, kw, c_in, c_out)
+
+
+def _im2col_chunk(batch: int) -> int:
+  """The largest divisor of ``batch`` up to :data:`_IM2COL_CHUNK`."""
+  return max(
+    d for d in range(1, min(batch, _IM2COL_CHUNK) + 1) if batch % d == 0
+  )
+
+
+def _in_chunks(fn, init, *arrays):
+  """``lax.scan`` of ``fn(carry, *chunk)`` over chunks of the arrays'
+  leading (batch) axis; returns (carry, stacked outputs)."""
+  chunk = _im2col_chunk(arrays[0].shape[0])
+  chunked = [
+    a.reshape(a.shape[0] // chunk, chunk, *a.shape[1:]) for a in arrays
+  ]
+  return lax.scan(lambda carry, xs: fn(carry, *xs), init, chunked)
+
+
+def conv_by_im2col(x, kernel, padding, precision=None):
+  """A stride-1 convolution as C++ patches and one matrix product per chunk
+  of images.
+
+  Args:
+    x: ``(N, H, W, C_in)`` float32.
+    kernel: ``(kh, kw, C_in, C_out)`` (HWIO) float32.
+    padding: ``((top, bottom), (left, right))``, zeros, each >= 0.
+    precision: of the matrix products (``lax.Precision``), as for XLA's.
+
+  Returns:
+    ``(N, H + top + bottom - kh + 1, W + left + right - kw + 1, C_out)``:
+    ``lax.conv_general_dilated``'s values to float rounding.
+  """
+  from stn_jax.ops import _cpu_kernel
+
+  kh, kw, _, c_out = kernel.shape
+  n, h, w, _ = x.shape
+  (top, bottom), (left, right) = padding
+  out_size = (h + top + bottom - kh + 1, w + left + right - kw + 1)
+  matrix = kernel.reshape(-1, c_out)
+
+  def one(carry, x_chunk):
+    patches = _cpu_kernel.im2col(x_chunk, (kh, kw), (top, left), out_size)
+    y = jnp.dot(
+      patches.reshape(-1, patches.shape[-1]), matrix, precision=precision
+    )
+    return carry, y.reshape(*patches.shape[:3], c_out)
+
+  _, y = _in_chunks(one, None, x)
+  return y.reshape(n, *out_size, c_out)
+
+
+def input_gradient_by_im2col(
+  cotangent, kernel, in_shape, padding, precision=None
+):
+  """The gradient of ``sum(cotangent * conv(x, kernel))`` with respect to
+  ``x`` of shape ``in_shape (N, H, W, C_in)``, for a stride-1 convolution
+  with zero ``padding ((top, bottom), (left, right))``: the patches of the
+  ``(N, H_out, W_out, C_out)`` ``cotangent`` (window corner ``(y - (kh - 1
+  - top), x - (kw - 1 - left))``) times the flipped kernel ``(kh*kw*C_out,
+  C_in)``, per chunk of images. Returns ``in_shape``, float32."""
+  from stn_jax.ops import _cpu_kernel
+
+  kh, kw, c_in, _ = kernel.shape
+  _, h, w, _ = in_shape
+  (top, _), (left, _) = padding
+  flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c_in)
+
+  def one(carry, g_chunk):
+    patches = _cpu_kernel.im2col(
+      g_chunk, (kh, kw), (kh - 1 - top, kw - 1 - left), (h, w)
+    )
+    dx = jnp.dot(
+      patches.reshape(-1, patches.shape[-1]), flipped, precision=precision
+    )
+    return carry, dx.reshape(*patches.shape[:3], c_in)
+
+  _, dx = _in_chunks(one, None, cotangent)
+  return dx.reshape(in_shape)
+
+
+def weight_gradient_by_im2col(
+  x, cotangent, kernel_size, padding, precision=None
+):
+  """:func:`weight_gradient_by_patches` with the patches built in C++: per
+  chunk of images, ``patches(x)^T @ cotangent``, summed. Returns ``(kh, kw,
+  C_in, C_out)``, float32."""
+  from stn_jax.ops import _cpu_kernel
+
+  kh, kw = kernel_size
+  c_in, c_out = x.shape[-1], cotangent.shape[-1]
+  out_size = cotangent.shape[1:3]
+  (top, _), (left, _) = padding
+
+  def one(total, x_chunk, g_chunk):
+    patches = _cpu_kernel.im2col(x_chunk, (kh, kw), (top, left), out_size)
+    total = total + lax.dot_general(
+      patches.reshape(-1, patches.shape[-1]),
+      g_chunk.reshape(-1, c_out),
+      (((0,), (0,)), ((), ())),
+      precision=precision,
+    )
+    return total, None
+
+  total = jnp.zeros((kh * kw * c_in, c_out), jnp.float32)
+  total, _ = _in_chunks(one, total, x, cotangent)
   return total.reshape(kh, kw, c_in, c_out)

@@ -1,4 +1,6 @@
-"""The C++ CPU kernels of grid_sample (``csrc/grid_sample_cpu.cc``).
+"""The C++ CPU kernels of grid_sample (``csrc/grid_sample_cpu.cc``), and the
+image patches of the convolution layers (``csrc/im2col_cpu.cc``, used by
+:mod:`stn_jax.models.convolution`).
 
 On the CPU, the XLA formulation of the sampler's backward pass is 2-4x slower
 than PyTorch: it writes per-tap arrays to memory and XLA's scatter costs about
@@ -34,7 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "grid_sample_cpu.cc")
+_SOURCES = tuple(
+  os.path.join(os.path.dirname(__file__), "csrc", name)
+  for name in ("grid_sample_cpu.cc", "im2col_cpu.cc")
+)
 _FLAGS = (
   "-O3",
   "-march=native",
@@ -72,8 +77,10 @@ def _cpu_identity() -> str:
 
 def _build(compiler: str) -> str:
   """Compiles the kernel unless a cached build exists; returns its path."""
-  with open(_SOURCE, "rb") as f:
-    source = f.read()
+  source = b""
+  for name in _SOURCES:
+    with open(name, "rb") as f:
+      source += f.read()
   # -march=native: the build is only valid for this kind of CPU.
   key = hashlib.sha256(
     source
@@ -91,7 +98,7 @@ def _build(compiler: str) -> str:
   os.close(fd)
   try:
     subprocess.run(
-      [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", _SOURCE, "-o", tmp],
+      [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", *_SOURCES, "-o", tmp],
       check=True,
       capture_output=True,
       text=True,
@@ -126,6 +133,12 @@ def _load() -> bool:
         jax.ffi.register_ffi_target(
           _target(dtype, kind), jax.ffi.pycapsule(symbol), platform="cpu"
         )
+    for suffix in ("F32", "BF16"):
+      jax.ffi.register_ffi_target(
+        f"stn_jax_im2col_{suffix.lower()}",
+        jax.ffi.pycapsule(getattr(library, f"StnIm2col{suffix}")),
+        platform="cpu",
+      )
   except (OSError, subprocess.SubprocessError, AttributeError) as error:
     detail = getattr(error, "stderr", None) or str(error)
     warnings.warn(
@@ -236,3 +249,60 @@ def forward(image, grid, mode, padding_mode, align_corners):
   return jax.ffi.ffi_call(
     _target(image.dtype, "forward"), out, vmap_method="broadcast_all"
   )(image, grid, **_attributes(mode, padding_mode, align_corners))
+
+
+def im2col(x, kernel_size, top_left, out_size, dtype=jnp.float32):
+  """Image patches of a stride-1 convolution window, by the C++ kernel.
+
+  Args:
+    x: ``(N, H, W, C)`` float32.
+    kernel_size: ``(kh, kw)``.
+    top_left: ``(top, left)``: output ``(y, x)``'s window starts at input
+      ``(y - top, x - left)``; reads outside the image are zeros (so
+      ``top``/``left`` are a convolution's leading zero padding).
+    out_size: ``(H_out, W_out)``, any sizes.
+    dtype: of the patches, float32 or bfloat16 (rounded to nearest even).
+
+  Returns:
+    ``(N, H_out, W_out, kh * kw * C)``, each patch in ``(i, j, c)`` order
+    (an HWIO kernel reshaped to ``(kh * kw * C, C_out)`` multiplies it).
+    Only where :func:`enabled` holds for float32. Linear in ``x``: forward
+    mode (so Hessian-vector products through it) works, reverse mode
+    through the patches themselves does not; ``vmap`` runs the kernel once
+    per vmapped element.
+  """
+  (kh, kw), (top, left) = kernel_size, top_left
+  return _im2col_function(
+    int(kh),
+    int(kw),
+    int(top),
+    int(left),
+    tuple(map(int, out_size)),
+    jnp.dtype(dtype).name,
+  )(x.astype(jnp.float32))
+
+
+@functools.cache
+def _im2col_function(kh, kw, top, left, out_size, dtype):
+  suffix = "bf16" if dtype == "bfloat16" else "f32"
+
+  @jax.custom_jvp
+  def patches(x):
+    out = jax.ShapeDtypeStruct(
+      (x.shape[0], *out_size, kh * kw * x.shape[3]), dtype
+    )
+    return jax.ffi.ffi_call(
+      f"stn_jax_im2col_{suffix}", out, vmap_method="sequential"
+    )(
+      x,
+      kh=np.int32(kh),
+      kw=np.int32(kw),
+      top=np.int32(top),
+      left=np.int32(left),
+    )
+
+  @patches.defjvp
+  def _(primals, tangents):  # linear: the tangent's patches
+    return patches(primals[0]), patches(tangents[0])
+
+  return patches

@@ -74,10 +74,10 @@ class StopOnSignal:
   def __exit__(self, exc_type, *_) -> None:
     for number, previous in self._previous.items():
       signal.signal(number, previous)
+    # (An enclosing StopOnSignal that holds it already knows.)
     held_outside = self._previous and pending(self._previous[signal.SIGTERM])
-    if self.signal and not self._acted and exc_type is None:
-      if not held_outside:  # (an enclosing one holding it already knows)
-        signal.raise_signal(signal.Signals[self.signal])
+    if self.signal and not self._acted and not held_outside and not exc_type:
+      signal.raise_signal(signal.Signals[self.signal])
 
 
 def pending(handler=None) -> str | None:

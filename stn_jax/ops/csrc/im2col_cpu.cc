@@ -1,16 +1,17 @@
-// Experiment (issue 31): image patches ("im2col") for a stride-1 2-D
-// convolution, as an XLA FFI custom call, so that the convolution becomes
-// one matrix product that XLA runs near the CPU's peak. Not used by the
-// library; experiments/conv_im2col/bench.py measures it (see
-// experiments/results/cpu_profile.md, "A convolution as patches and one
-// matrix product").
+// Image patches ("im2col") of a stride-1 2-D convolution, as an XLA FFI
+// custom call: with them a convolution layer's forward pass and both of its
+// gradients become one matrix product per chunk of images, which XLA's CPU
+// backend runs faster than its own convolution for layers with many input
+// channels (stn_jax/models/convolution.py, conv_weight_gradient='im2col';
+// experiments/results/cpu_profile.md measures it).
 //
 // x (N, H, W, C) float32 -> patches (N, H_out, W_out, kh * kw * C), float32
 // or bfloat16 (rounded to nearest even), the patch of output (y, x) being
 // the input window whose top-left corner is (y - top, x - left), zero
 // outside the image, in (i, j, c) order: the order of an HWIO kernel
-// reshaped to (kh * kw * C, C_out). The rows (image, output row) are split
-// over XLA's intra-op thread pool; the caller chunks the batch.
+// reshaped to (kh * kw * C, C_out). H_out and W_out are the result's; any
+// sizes work. The rows (image, output row) are split over XLA's intra-op
+// thread pool; the caller chunks the batch.
 
 #include <algorithm>
 #include <atomic>
