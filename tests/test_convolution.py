@@ -376,7 +376,7 @@ def test_the_gtsrb_network_under_im2col_equals_xla():
       logits = nnx.merge(graphdef, params, rest)(x)
       return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), logits
 
-    results[method] = jax.grad(loss, has_aux=True)(params)
+    results[method] = jax.jit(jax.grad(loss, has_aux=True))(params)
   (grads, logits), (want_grads, want_logits) = results["im2col"], results["xla"]
   np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
