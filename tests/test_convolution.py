@@ -18,6 +18,7 @@ def patches_at_every_size(monkeypatch):
   'im2col', XLA's convolution)."""
   monkeypatch.setattr(convolution, "_MIN_PATCH_BYTES", 0)
   monkeypatch.setattr(convolution, "_MIN_IM2COL_PIXELS", 0)
+  monkeypatch.setattr(convolution, "_MIN_IM2COL_TAPS", 0)
 
 
 def test_small_layers_keep_xla_weight_gradient(monkeypatch):
@@ -329,8 +330,14 @@ def test_im2col_leaves_narrow_layers_to_the_patches_path(monkeypatch):
     np.testing.assert_array_equal(a, b)
   _kernel_or_skip()  # the size rule, at its real threshold
   monkeypatch.setattr(convolution, "_MIN_IM2COL_PIXELS", 256)
-  for size, c_in, expected in [(16, 8, True), (10, 32, False), (4, 40, True)]:
-    assert _uses_im2col(*inputs(1, size, size, c_in, 4, (3, 3))) == expected
+  monkeypatch.setattr(convolution, "_MIN_IM2COL_TAPS", 16)
+  for size, c_in, k, expected in [
+    (16, 8, 4, True),
+    (10, 32, 4, False),
+    (4, 40, 5, True),
+    (16, 16, 3, False),  # 3x3: XLA's convolution is faster
+  ]:
+    assert _uses_im2col(*inputs(1, size, size, c_in, 4, (k, k))) == expected
 
 
 def test_im2col_layers_follow_the_context():

@@ -22,9 +22,10 @@ rounding differs (summation order: about 1e-6 of their scale, up to 3e-5
 for weights with 1-3 input channels). ``'xla'`` keeps XLA's own gradients,
 bitwise as before.
 
-``'im2col'`` goes further, for layers with at least 8 input channels and
-either 16x16 pixels or 36 channels (the wide layers of the paper networks,
-rules measured on them): their forward pass and both gradients
+``'im2col'`` goes further, for layers with kernels of at least 16 taps
+(4x4), at least 8 input channels and either 16x16 pixels or 36 channels
+(the wide layers of the paper networks, rules measured on them): their
+forward pass and both gradients
 are each one matrix product per chunk of 4 images, over image patches
 built by a C++ kernel (``stn_jax/ops/csrc/im2col_cpu.cc``; the input
 gradient is the patches of the output gradient times the flipped kernel).
@@ -81,6 +82,9 @@ _IM2COL_CHUNK = 4
 # layers (38-62 channels) and the RTS CNN's 21x21 one (32) faster.
 _MIN_IM2COL_PIXELS = 256
 _MIN_IM2COL_WIDE_CHANNELS = 36
+# ... and kernels of at least this many taps: a GTSRB ResNet-STN's 3x3
+# layers (16-64 channels) made its step 1.1x slower as patches.
+_MIN_IM2COL_TAPS = 16
 
 _method = "xla"
 
@@ -168,6 +172,7 @@ def _im2col_applies(lhs, rhs) -> bool:
     lhs.dtype == jnp.float32
     and rhs.dtype == jnp.float32
     and rhs.shape[2] >= _MIN_IM2COL_CHANNELS
+    and rhs.shape[0] * rhs.shape[1] >= _MIN_IM2COL_TAPS
     and (
       lhs.shape[1] * lhs.shape[2] >= _MIN_IM2COL_PIXELS
       or rhs.shape[2] >= _MIN_IM2COL_WIDE_CHANNELS
