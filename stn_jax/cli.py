@@ -59,14 +59,39 @@ class _DropOrbaxErrors(logging.Filter):
     return not (from_orbax and record.levelno >= logging.ERROR)
 
 
+def _is_closed_loop_callback(unraisable) -> bool:
+  """Whether an unraisable exception (:func:`sys.unraisablehook`'s
+  argument) is a callback that reached orbax's background event loop after
+  it closed: after a failed save, TensorStore's threads finish their
+  writes and call back into a loop that is gone."""
+  error = unraisable.exc_value
+  return isinstance(error, RuntimeError) and str(error) == (
+    "Event loop is closed"
+  )
+
+
+def _drop_closed_loop_callbacks(previous):
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook.stn_jax_quiet = True
+  return hook
+
+
 def quiet_orbax_errors() -> None:
   """At the command line: orbax's own error log lines (a checkpoint save
   that met a full disk logs about 100 lines from its background thread)
-  are not printed; the command's one-line error says what happened. Other
-  libraries' records, and orbax's warnings, pass."""
+  are not printed, nor the "Event loop is closed" tracebacks its threads
+  can leave behind as they finish (``Exception ignored in: None``, printed
+  by :func:`sys.unraisablehook`); the command's one-line error says what
+  happened. Other libraries' records, other unraisable exceptions, and
+  orbax's warnings pass."""
   for handler_owner in (logging.getLogger("absl"), logging.getLogger()):
     if not any(isinstance(f, _DropOrbaxErrors) for f in handler_owner.filters):
       handler_owner.addFilter(_DropOrbaxErrors())
+  if not getattr(sys.unraisablehook, "stn_jax_quiet", False):
+    sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 
 
 def is_full_disk(error: BaseException) -> bool:

@@ -795,3 +795,35 @@ def test_figures_and_reports_on_a_full_disk_leave_no_partial_file(
     assert "\n" not in err, err
     assert f"{folder}/" in err and "No space left on device" in err, err
     assert list(folder.iterdir()) == [], err
+
+
+def test_the_command_lines_drop_closed_event_loop_callbacks_only(
+  monkeypatch,
+):
+  """After a failed checkpoint save, TensorStore's threads can call back
+  into orbax's closed event loop: those unraisable "Event loop is closed"
+  errors are not printed at the command line (the command's one line
+  says what happened); every other unraisable exception is."""
+  import types
+
+  from stn_jax import cli as stn_cli
+
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  stn_cli.quiet_orbax_errors()
+  stn_cli.quiet_orbax_errors()  # installed once
+
+  def unraisable(error):
+    return types.SimpleNamespace(
+      exc_type=type(error),
+      exc_value=error,
+      exc_traceback=None,
+      err_msg=None,
+      object=None,
+    )
+
+  sys.unraisablehook(unraisable(RuntimeError("Event loop is closed")))
+  assert seen == []
+  for error in (RuntimeError("something else"), ValueError("x")):
+    sys.unraisablehook(unraisable(error))
+  assert [u.exc_value.args[0] for u in seen] == ["something else", "x"]

@@ -170,8 +170,12 @@ def test_layers_follow_the_context_and_keep_nnx_parameters():
     fast = convolution.conv(2, 3, (3, 3), rngs=nnx.Rngs(0))
   assert plain.conv_general_dilated is lax.conv_general_dilated
   assert fast.conv_general_dilated is convolution.patch_gradient_conv
+  from stn_jax.ops import _cpu_kernel
+
   assert convolution.resolve_weight_gradient("auto") == (
-    "patches" if jax.default_backend() == "cpu" else "xla"
+    ("im2col" if _cpu_kernel.enabled(jnp.float32) else "patches")
+    if jax.default_backend() == "cpu"
+    else "xla"
   )
   assert jax.tree.structure(nnx.state(plain)) == jax.tree.structure(
     nnx.state(fast)
@@ -356,6 +360,8 @@ def test_im2col_layers_follow_the_context():
 def test_im2col_resolves_to_patches_without_the_kernel(monkeypatch):
   monkeypatch.setenv("STN_JAX_CPU_KERNEL", "0")
   assert convolution.resolve_weight_gradient("im2col") == "patches"
+  if jax.default_backend() == "cpu":
+    assert convolution.resolve_weight_gradient("auto") == "patches"
   with convolution.weight_gradient("im2col"):
     layer = convolution.conv(8, 4, (3, 3), rngs=nnx.Rngs(0))
   assert layer.conv_general_dilated is convolution.patch_gradient_conv

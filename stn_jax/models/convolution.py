@@ -38,7 +38,8 @@ available (no compiler, ``STN_JAX_CPU_KERNEL=0``, not the CPU backend),
 take the ``'patches'`` path.
 
 Runs choose with ``config.conv_weight_gradient`` (default ``'auto'``:
-``'patches'`` on the CPU, ``'xla'`` on accelerators; workdirs written
+``'im2col'`` on the CPU (``'patches'`` without its C++ kernel), ``'xla'``
+on accelerators; workdirs written
 before the key existed read ``'xla'``, what they ran with). The layers are ordinary ``nnx.Conv`` modules (same parameters, same
 checkpoints); the choice is made when a model is built, inside
 :func:`weight_gradient`.
@@ -100,14 +101,16 @@ def check_weight_gradient(method) -> None:
 
 
 def resolve_weight_gradient(method: str) -> str:
-  """``method``, with ``'auto'`` resolved: ``'patches'`` on the CPU
-  backend, ``'xla'`` elsewhere (GPUs' own convolution gradients are fast,
-  and the patch products are unmeasured there); ``'im2col'`` where its C++
-  kernel is not available (not the CPU backend, no compiler,
+  """``method``, with ``'auto'`` resolved: ``'im2col'`` on the CPU
+  backend, ``'xla'`` elsewhere (GPUs' own convolutions are fast, and the
+  patch products are unmeasured there); ``'im2col'`` where its C++ kernel
+  is not available (not the CPU backend, no compiler,
   ``STN_JAX_CPU_KERNEL=0``) resolves to ``'patches'``."""
   check_weight_gradient(method)
   if method == "auto":
-    return "patches" if jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu":
+      return "xla"
+    method = "im2col"
   if method == "im2col":
     from stn_jax.ops import _cpu_kernel  # builds the kernel on first use
 

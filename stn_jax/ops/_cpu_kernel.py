@@ -120,8 +120,8 @@ def _load() -> bool:
   compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
   if compiler is None:
     warnings.warn(
-      "stn_jax: no C++ compiler found, so grid_sample uses its "
-      "slower XLA path on the CPU.",
+      "stn_jax: no C++ compiler found, so grid_sample and the wide "
+      "convolutions use their slower XLA paths on the CPU.",
       stacklevel=4,
     )
     return False
@@ -142,8 +142,9 @@ def _load() -> bool:
   except (OSError, subprocess.SubprocessError, AttributeError) as error:
     detail = getattr(error, "stderr", None) or str(error)
     warnings.warn(
-      "stn_jax: building grid_sample's CPU kernel failed, so the "
-      "slower XLA path is used on the CPU. Compiler output: "
+      "stn_jax: building the CPU kernels (grid_sample, convolution "
+      "patches) failed, so the slower XLA paths are used on the CPU. "
+      "Compiler output: "
       f"{detail[-2000:]}",
       stacklevel=4,
     )
