@@ -213,84 +213,58 @@ def _run_mode(
   own) stops the sweep before its next point; one after the last point is
   delivered again when the sweep returns (:mod:`stn_jax.sweep.signals`)."""
   with StopOnSignal() as stop:
-    return _train_points(
-      module,
-      planned,
-      mine,
-      workdir,
-      overrides,
-      archive,
-      launcher,
-      train_fn,
-      log,
-      stop,
-    )
-
-
-def _train_points(
-  module,
-  planned,
-  mine,
-  workdir,
-  overrides,
-  archive,
-  launcher,
-  train_fn,
-  log,
-  stop,
-) -> list[Record]:
-  check = checks.plan_check(module, overrides)
-  os.makedirs(workdir, exist_ok=True)
-  if archive:
-    _restore_archive(archive, workdir, planned, check, log)
-  records, tasks = {}, []
-  for point in mine:
-    record, task = _prepare(module, point, workdir, overrides)
-    if task is None:
-      records[point["name"]] = record
-      if record.status == Status.FAILED:
-        log(f"point {point['name']} failed: {record.error.splitlines()[-1]}")
-      if archive and record.status == Status.SKIPPED:
-        sweep_archive.save(os.path.join(workdir, point["name"]), archive)
-    else:
-      tasks.append(task)
-  sweep_records.write_results(workdir, planned, check)
-  total = len(mine)
-  positions = {p["name"]: k for k, p in enumerate(mine)}
-
-  def on_start(task):
-    log(f"[{positions[task.name] + 1}/{total}] {task.name}")
-
-  def on_done(task, record):
-    if record is None:  # a signal came before it started
-      record = task.record(status=Status.INTERRUPTED, signal=stop.signal)
-      log(
-        f"{stop.signal}: the sweep stopped before {task.name}. Rerun the "
-        "same command to continue."
-      )
-    elif record.status == Status.FAILED:
-      log(f"point {task.name} failed:\n{record.error}")
-    elif record.status == Status.RUNNING:
-      log(f"point {task.name} is running elsewhere ({record.error}).")
-    elif record.status == Status.INTERRUPTED:
-      log(
-        f"point {task.name} was stopped by {record.signal} at step "
-        f"{record.results.get('interrupted_at_step')} (checkpoint saved)"
-        "; rerun the same command to resume."
-      )
-    if stop.signal and record.status == Status.INTERRUPTED:
-      # the sweep's signal, for the exit status
-      record = Record.from_dict({**record, "signal": stop.signal})
-      stop.acted()
-    if archive and record.status == Status.FINISHED:
-      sweep_archive.save(task.point_dir, archive)
-    records[task.name] = record
+    check = checks.plan_check(module, overrides)
+    os.makedirs(workdir, exist_ok=True)
+    if archive:
+      _restore_archive(archive, workdir, planned, check, log)
+    records, tasks = {}, []
+    for point in mine:
+      record, task = _prepare(module, point, workdir, overrides)
+      if task is None:
+        records[point["name"]] = record
+        if record.status == Status.FAILED:
+          log(f"point {point['name']} failed: {record.error.splitlines()[-1]}")
+        if archive and record.status == Status.SKIPPED:
+          sweep_archive.save(os.path.join(workdir, point["name"]), archive)
+      else:
+        tasks.append(task)
     sweep_records.write_results(workdir, planned, check)
+    total = len(mine)
+    positions = {p["name"]: k for k, p in enumerate(mine)}
 
-  units = launcher.units(tasks, workdir)
-  sweep_population.check_resumes(units, workdir)
-  launcher.run(units, train_fn, on_done, stop, on_start=on_start, log=log)
-  return [records[p["name"]] for p in mine if p["name"] in records]
+    def on_start(task):
+      log(f"[{positions[task.name] + 1}/{total}] {task.name}")
+
+    def on_done(task, record):
+      if record is None:  # a signal came before it started
+        record = task.record(status=Status.INTERRUPTED, signal=stop.signal)
+        log(
+          f"{stop.signal}: the sweep stopped before {task.name}. Rerun the "
+          "same command to continue."
+        )
+      elif record.status == Status.FAILED:
+        log(f"point {task.name} failed:\n{record.error}")
+      elif record.status == Status.RUNNING:
+        log(f"point {task.name} is running elsewhere ({record.error}).")
+      elif record.status == Status.INTERRUPTED:
+        log(
+          f"point {task.name} was stopped by {record.signal} at step "
+          f"{record.results.get('interrupted_at_step')} (checkpoint saved)"
+          "; rerun the same command to resume."
+        )
+      if stop.signal and record.status == Status.INTERRUPTED:
+        # the sweep's signal, for the exit status
+        record = Record.from_dict({**record, "signal": stop.signal})
+        stop.acted()
+      if archive and record.status == Status.FINISHED:
+        sweep_archive.save(task.point_dir, archive)
+      records[task.name] = record
+      sweep_records.write_results(workdir, planned, check)
+
+    units = launcher.units(tasks, workdir)
+    sweep_population.check_resumes(units, workdir)
+    launcher.run(units, train_fn, on_done, stop, on_start=on_start, log=log)
+    return [records[p["name"]] for p in mine if p["name"] in records]
 
 
 def _base_record(point) -> Record:
