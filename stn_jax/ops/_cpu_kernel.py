@@ -36,10 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_CSRC = os.path.join(os.path.dirname(__file__), "csrc")
 _SOURCES = tuple(
-  os.path.join(os.path.dirname(__file__), "csrc", name)
-  for name in ("grid_sample_cpu.cc", "im2col_cpu.cc")
+  os.path.join(_CSRC, name) for name in ("grid_sample_cpu.cc", "im2col_cpu.cc")
 )
+# Included by the sources; part of the build's cache key.
+_HEADERS = (os.path.join(_CSRC, "parallel_chunks.h"),)
 _FLAGS = (
   "-O3",
   "-march=native",
@@ -78,7 +80,7 @@ def _cpu_identity() -> str:
 def _build(compiler: str) -> str:
   """Compiles the kernel unless a cached build exists; returns its path."""
   source = b""
-  for name in _SOURCES:
+  for name in (*_SOURCES, *_HEADERS):
     with open(name, "rb") as f:
       source += f.read()
   # -march=native: the build is only valid for this kind of CPU.

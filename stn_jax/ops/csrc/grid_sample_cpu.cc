@@ -21,16 +21,13 @@
 // atomics are needed and the result is deterministic.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "parallel_chunks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -288,50 +285,17 @@ void WithChannels(int64_t channels, Fn fn) {
   }
 }
 
-// Runs fn(begin, end) over [0, batches) in chunks, on the calling thread and
-// XLA's intra-op thread pool, for large work. The pool's threads are the
-// ones XLA has just run the preceding ops on, and they spin for a while when
-// idle: threads of our own would compete with them for the cores (on 2 cores
-// that made the kernel about 1.5x slower), and so would scheduling one task
-// per pool thread beside the working caller (measured: the caller plus
-// threads - 1 tasks is fastest). Chunks are claimed from a counter, so the
-// call finishes even if no pool thread ever runs a task; a task that starts
-// late finds no chunk left and touches only the shared state, which it
-// keeps alive.
+// Runs fn(begin, end) over [0, batches) in chunks on the calling thread
+// and XLA's intra-op thread pool (parallel_chunks.h), for large work: below
+// ~32k operations a chunk, handing it to another thread costs more than it
+// saves.
 template <typename Fn>
 void ParallelOverBatches(ffi::ThreadPool& pool, int64_t batches,
                          int64_t work_per_batch, Fn fn) {
-  // Below ~32k operations a chunk, handing it to another thread costs more
-  // than it saves.
   const int64_t by_work =
       std::max<int64_t>(1, batches * work_per_batch / (1 << 15));
-  const int64_t threads = pool.num_threads();
-  const int64_t chunks = std::min({batches, by_work, 4 * threads});
-  if (threads < 2 || chunks < 2) {
-    fn(int64_t{0}, batches);
-    return;
-  }
-  struct Shared {
-    std::atomic<int64_t> next{0};
-    std::mutex mutex;
-    std::condition_variable all_done;
-    int64_t done = 0;
-  };
-  auto shared = std::make_shared<Shared>();
-  auto work = [shared, chunks, batches, &fn] {
-    for (int64_t c; (c = shared->next.fetch_add(1)) < chunks;) {
-      fn(batches * c / chunks, batches * (c + 1) / chunks);
-      std::lock_guard<std::mutex> lock(shared->mutex);
-      if (++shared->done == chunks) shared->all_done.notify_all();
-    }
-  };
-  for (int64_t i = 0; i < std::min(threads - 1, chunks - 1); ++i) {
-    auto task = work;  // Schedule takes ownership of an rvalue
-    pool.Schedule(std::move(task));
-  }
-  work();
-  std::unique_lock<std::mutex> lock(shared->mutex);
-  shared->all_done.wait(lock, [&] { return shared->done == chunks; });
+  stn_jax::InChunks(pool, batches,
+                    std::min(by_work, 4 * int64_t{pool.num_threads()}), fn);
 }
 
 // Calls fn(Options<...>{}) for the runtime option codes.

@@ -14,14 +14,11 @@
 // thread pool; the caller chunks the batch.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <type_traits>
 
+#include "parallel_chunks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -33,39 +30,6 @@ inline uint16_t ToBfloat16(float value) {
   std::memcpy(&bits, &value, sizeof(bits));
   bits += 0x7FFF + ((bits >> 16) & 1);  // round to nearest even
   return static_cast<uint16_t>(bits >> 16);
-}
-
-// Runs fn(begin, end) over [0, rows) in up to 2 * threads parts: the caller
-// takes parts too, and parts are claimed from a counter, so the call ends
-// even if no pool thread runs.
-template <typename Fn>
-void InParts(ffi::ThreadPool& pool, int64_t rows, Fn fn) {
-  const int64_t parts = std::min<int64_t>(rows, 2 * pool.num_threads());
-  if (parts < 2) {
-    fn(int64_t{0}, rows);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::mutex mutex;
-    std::condition_variable finished;
-    int64_t done = 0;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, parts, rows, &fn] {
-    for (int64_t p; (p = state->next.fetch_add(1)) < parts;) {
-      fn(rows * p / parts, rows * (p + 1) / parts);
-      std::lock_guard<std::mutex> lock(state->mutex);
-      if (++state->done == parts) state->finished.notify_all();
-    }
-  };
-  for (int64_t i = 1; i < std::min<int64_t>(pool.num_threads(), parts); ++i) {
-    auto task = work;
-    pool.Schedule(std::move(task));
-  }
-  work();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->finished.wait(lock, [&] { return state->done == parts; });
 }
 
 // Patches of the rows [begin, end) of the (image, output row) grid.
@@ -112,7 +76,7 @@ ffi::Error Im2col(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   using Out = std::conditional_t<T == ffi::BF16, uint16_t, float>;
   Out* result = reinterpret_cast<Out*>(out->untyped_data());
-  InParts(pool, in[0] * dims[1], [&](int64_t begin, int64_t end) {
+  stn_jax::InChunks(pool, in[0] * dims[1], 2 * int64_t{pool.num_threads()}, [&](int64_t begin, int64_t end) {
     Patches(x.typed_data(), result, begin, end, in[1], in[2], in[3], dims[1],
             dims[2], kh, kw, top, left);
   });
