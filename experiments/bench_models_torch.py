@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from stn_jax import config_args, models, recipe, steps
+from stn_jax.models import convolution
 from stn_jax.provenance import commit_description, machine_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +85,12 @@ def jax_step_fn(config, in_shape, num_classes, batch):
     data,
   )
   accumulator = steps.empty_accumulator(shapes)
-  step = steps.make_train_step(graphdef, optimizer)
+  # as the training loop compiles it (config.xla_cpu_library)
+  step = steps.make_train_step(
+    graphdef,
+    optimizer,
+    compiler_options=convolution.compiler_options(config.xla_cpu_library),
+  )
   holder = {"state": state, "acc": accumulator}
 
   def run():

@@ -224,6 +224,12 @@ def _weight_gradients():
   return convolution.WEIGHT_GRADIENTS
 
 
+def _libraries():
+  from stn_jax.models import convolution
+
+  return convolution.LIBRARIES
+
+
 def _on_the_fly(value) -> str | None:
   if not isinstance(value, str):
     return "a str"
@@ -503,6 +509,15 @@ SCHEMA: tuple[Key, ...] = (
     one_of(_weight_gradients),
     "patches, xla or auto (stn_jax.models.convolution)",
     implicit="xla",
+  ),
+  Key(
+    "xla_cpu_library",
+    "auto",
+    _E,
+    one_of(_libraries),
+    "XLA's CPU kernels: eigen (no YNNPACK fusions), ynnpack (jaxlib's "
+    "default) or auto (eigen; stn_jax.models.convolution)",
+    implicit="ynnpack",
   ),
   Key(
     "async_checkpoints",

@@ -278,6 +278,7 @@ def make_train_step(
   gather=None,
   schedule=None,
   label_smoothing: float = 0.0,
+  compiler_options: dict[str, str] | None = None,
 ):
   """The jitted step the loop runs; the state and accumulator buffers are
   donated.
@@ -307,7 +308,12 @@ def make_train_step(
     schedule: for a population, the learning-rate schedule at rate 1
       (:func:`learning_rate_schedule` of the member optimiser's config).
     label_smoothing: of the loss (:func:`classification_loss`).
+    compiler_options: XLA options for this step's compilation (``jax.jit``'s;
+      :func:`stn_jax.models.convolution.compiler_options`).
   """
+  jit = functools.partial(
+    jax.jit, donate_argnums=(0, 1), compiler_options=compiler_options
+  )
   run = functools.partial(
     _run_steps,
     graphdef=graphdef,
@@ -322,7 +328,7 @@ def make_train_step(
     def train_steps(state, accumulator, inputs, data=None):
       return run(state, accumulator, inputs, data, None)
 
-    return jax.jit(train_steps, donate_argnums=(0, 1))
+    return jit(train_steps)
   if schedule is None:
     raise ValueError("a population step needs the rate-1 schedule.")
   if population == "vmap":
@@ -346,18 +352,24 @@ def make_train_step(
   def population_step(state, accumulator, inputs, members, data=None):
     return run_members(state, accumulator, inputs, data, members)
 
-  return jax.jit(population_step, donate_argnums=(0, 1))
+  return jit(population_step)
 
 
-def make_eval_step(graphdef, *, population: bool | str = False):
+def make_eval_step(
+  graphdef,
+  *,
+  population: bool | str = False,
+  compiler_options: dict[str, str] | None = None,
+):
   """The jitted :func:`eval_step`. With ``population`` (True or a method of
   :func:`make_train_step`) it takes stacked member states and returns
   stacked metrics (every member sees the same batch): members unrolled
-  for ``'unroll'``, vmapped otherwise."""
+  for ``'unroll'``, vmapped otherwise. ``compiler_options``: as for
+  :func:`make_train_step`."""
   step = functools.partial(eval_step, graphdef=graphdef)
   if population == "unroll":
     single = step
     step = lambda state, batch: _unrolled(lambda s: single(s, batch), state)
   elif population:
     step = jax.vmap(step, in_axes=(0, None))
-  return jax.jit(step)
+  return jax.jit(step, compiler_options=compiler_options)

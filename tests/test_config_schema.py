@@ -32,6 +32,7 @@ OLD_SAFE_TO_CHANGE = {
   "data_on_device",
   "steps_per_dispatch",
   "conv_weight_gradient",
+  "xla_cpu_library",
   "async_checkpoints",
 }
 OLD_IMPLICIT_DEFAULTS = {
@@ -47,6 +48,7 @@ OLD_IMPLICIT_DEFAULTS = {
   "data_on_device": False,
   "steps_per_dispatch": 1,
   "conv_weight_gradient": "xla",
+  "xla_cpu_library": "ynnpack",
   "async_checkpoints": False,
   "augment_on_device": False,
   "weight_decay": 0.0,
@@ -228,6 +230,7 @@ def test_archived_runs_compare_as_before():
     ("data_on_device", "yes", "a bool"),
     ("eval_splits", (), "a non-empty sequence of str"),
     ("conv_weight_gradient", "fast", "one of"),
+    ("xla_cpu_library", "mkl", "one of auto, eigen, ynnpack"),
     ("model_kwargs.recurrences", 0, "an int >= 1"),
   ],
 )

@@ -14,10 +14,12 @@ from stn_jax.models import convolution
 
 @pytest.fixture(autouse=True)
 def patches_at_every_size(monkeypatch):
-  """The tests' tiny layers would keep XLA's weight gradient (and, with
-  'im2col', XLA's convolution)."""
+  """The tests' tiny and narrow layers would keep XLA's weight gradient
+  (and, with 'im2col', XLA's convolution): every layer takes the patch
+  weight gradient, and 'im2col' every layer of 8 input channels or more."""
   monkeypatch.setattr(convolution, "_MIN_PATCH_BYTES", 0)
-  monkeypatch.setattr(convolution, "_MIN_IM2COL_PIXELS", 0)
+  monkeypatch.setattr(convolution, "_MAX_PATCH_WEIGHT_CHANNELS", 2**20)
+  monkeypatch.setattr(convolution, "_MIN_IM2COL_CHANNELS", 8)
   monkeypatch.setattr(convolution, "_MIN_IM2COL_TAPS", 0)
 
 
@@ -28,6 +30,19 @@ def test_small_layers_keep_xla_weight_gradient(monkeypatch):
   ours = jax.vjp(lambda w: patch_conv(x, w), kernel)[1](g)[0]
   theirs = jax.vjp(lambda w: xla_conv(x, w), kernel)[1](g)[0]
   np.testing.assert_array_equal(ours, theirs)  # the same XLA computation
+
+
+def test_wide_layers_keep_xla_weight_gradient(monkeypatch):
+  """Above 4 input channels XLA's weight gradient (Eigen's) is faster than
+  the patch products: the same XLA computation, bitwise."""
+  monkeypatch.setattr(convolution, "_MAX_PATCH_WEIGHT_CHANNELS", 4)
+  for c_in, same in [(5, True), (4, False)]:
+    x, kernel = inputs(3, 6, 6, c_in, 3, (3, 3), seed=13)
+    g = jnp.asarray(np.random.default_rng(14).normal(size=(3, 6, 6, 3)))
+    ours = jax.vjp(patch_conv, x, kernel)[1](g)[1]
+    theirs = jax.vjp(xla_conv, x, kernel)[1](g)[1]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(ours, theirs) == same
 
 
 def xla_conv(x, kernel, padding="SAME"):
@@ -333,13 +348,14 @@ def test_im2col_leaves_narrow_layers_to_the_patches_path(monkeypatch):
   for a, b in zip(ours, theirs):
     np.testing.assert_array_equal(a, b)
   _kernel_or_skip()  # the size rule, at its real threshold
-  monkeypatch.setattr(convolution, "_MIN_IM2COL_PIXELS", 256)
+  monkeypatch.setattr(convolution, "_MIN_IM2COL_CHANNELS", 36)
   monkeypatch.setattr(convolution, "_MIN_IM2COL_TAPS", 16)
   for size, c_in, k, expected in [
-    (16, 8, 4, True),
-    (10, 32, 4, False),
-    (4, 40, 5, True),
-    (16, 16, 3, False),  # 3x3: XLA's convolution is faster
+    (16, 50, 4, True),  # the GTSRB CNN's wide layers
+    (4, 38, 5, True),
+    (21, 32, 7, False),  # the RTS networks': Eigen's convolution is faster
+    (10, 20, 5, False),
+    (16, 64, 3, False),  # 3x3: XLA's convolution is faster
   ]:
     assert _uses_im2col(*inputs(1, size, size, c_in, 4, (k, k))) == expected
 
@@ -395,3 +411,46 @@ def test_the_gtsrb_network_under_im2col_equals_xla():
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     scale = float(jnp.max(jnp.abs(want))) + 1e-6
     np.testing.assert_allclose(got / scale, want / scale, atol=1e-4)
+
+
+def _ynn_convolutions(compiled_text: str) -> int:
+  """YNNPACK fusions whose op is a convolution in a compiled module."""
+  return sum(
+    "__ynn_fusion" in line and "conv_general_dilated" in line
+    for line in compiled_text.splitlines()
+  )
+
+
+def test_the_xla_cpu_library_is_set_per_compiled_step():
+  """'eigen' compiles the one jitted computation that asks without
+  YNNPACK fusions (convolutions by Eigen; YNNPACK still compiles the
+  others), and both libraries compute the same convolution and
+  gradients."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the library choice is the CPU backend's")
+  x, kernel = inputs(8, 10, 10, 32, 32, (7, 7), seed=31)
+  g = jnp.asarray(np.random.default_rng(32).normal(size=(8, 10, 10, 32)))
+
+  def loss(x, kernel):
+    return jnp.sum(xla_conv(x, kernel) * g)
+
+  step = jax.value_and_grad(loss, argnums=(0, 1))
+  default = jax.jit(step).lower(x, kernel).compile()
+  if not _ynn_convolutions(default.as_text()):
+    pytest.skip("this jaxlib compiles no convolution with YNNPACK")
+  options = convolution.compiler_options("eigen")
+  eigen = jax.jit(step, compiler_options=options).lower(x, kernel).compile()
+  assert "__ynn_fusion" not in eigen.as_text()
+  assert convolution.compiler_options("ynnpack") is None
+  assert convolution.compiler_options("auto") == options
+  assert _ynn_convolutions(default.as_text()) > 0  # the process's default
+  (value, grads), (value_e, grads_e) = default(x, kernel), eigen(x, kernel)
+  np.testing.assert_allclose(value_e, value, rtol=1e-5)
+  for ours, theirs in zip(grads_e, grads):  # float rounding of their scale
+    scale = float(jnp.max(jnp.abs(theirs)))
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * scale)
+
+
+def test_a_bad_xla_cpu_library_is_refused():
+  with pytest.raises(ValueError, match="xla_cpu_library must be one of"):
+    convolution.compiler_options("mkl")

@@ -404,3 +404,24 @@ def test_compilation_cache_is_filled_and_reused(tiny_tfds, tmp_path):
   saved = json.loads(config.to_json_best_effort())
   config.compilation_cache_dir = str(cache)
   assert workdir_lib.config_differences(saved, config) == []
+
+
+@pytest.mark.skipif(
+  jax.default_backend() != "cpu", reason="the CPU backend's choice"
+)
+def test_the_xla_cpu_library_is_named_and_changes_only_rounding(
+  tiny_tfds, tmp_path, capsys
+):
+  """config.xla_cpu_library: 'auto' is 'eigen' (no YNNPACK fusions),
+  named on the start line; 'ynnpack' (XLA's default) trains to the same losses up
+  to float rounding."""
+  losses = {}
+  for library in ("auto", "ynnpack"):
+    config = tiny(MNIST.get_config("model=cnn,small=true"), tiny_tfds)
+    config.xla_cpu_library = library
+    results = train.train_and_evaluate(config, str(tmp_path / library))
+    first = capsys.readouterr().out.splitlines()[0]
+    name = "eigen" if library == "auto" else library
+    assert first.endswith(f", XLA CPU library {name}"), first
+    losses[library] = results["test_loss"]
+  np.testing.assert_allclose(losses["auto"], losses["ynnpack"], rtol=1e-4)

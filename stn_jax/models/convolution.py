@@ -1,41 +1,47 @@
-"""2-D convolution layers whose weight gradient is fast on XLA's CPU backend.
+"""2-D convolution layers whose gradients are fast on XLA's CPU backend.
 
 On a CPU, XLA computes a convolution's weight gradient as another
 convolution (input and output gradient swap roles, the batch becomes the
-contracted feature). For the paper networks' shapes that runs at 5-20
-GFLOP/s on a 2-core AMD EPYC, 4-9x slower than the forward pass
-(``experiments/results/cpu_profile.md``): it was the largest cost of every
-paper network's training step once max pooling was fixed.
+contracted feature), and its input gradient as a transposed convolution.
+With YNNPACK's convolutions (jaxlib 0.10's default) the weight gradients
+of the paper networks ran at 5-20 GFLOP/s on a 2-core AMD EPYC, 4-9x
+slower than the forward pass; with Eigen's (``xla_cpu_library``, below)
+near the forward's speed, except for layers with 1-3 input channels
+(``experiments/results/cpu_profile.md``).
 
-``weight_gradient='patches'`` computes the same gradient as matrix
-products instead: for a chunk of a few images at a time (chosen so the
-chunk's patches fill about 6 MB, near the CPU's cache), the patch matrix
-``P (k*k*C_in, chunk*H*W)`` is built from ``k*k`` shifted views of the
-zero-padded input and multiplied by the output gradient
-``(chunk*H*W, C_out)``; a ``lax.scan`` adds the chunks. Layers whose output
-gradient is under 4 MiB keep XLA's weight gradient, which is faster there. With at most 4
-input channels (a network's first layer, or a layer after a transformer
-on the image) the input gradient is computed by columns too
-(:func:`input_gradient_by_columns`), where XLA's transposed convolution is
-slowest. The forward pass is XLA's, unchanged; the gradients' float
-rounding differs (summation order: about 1e-6 of their scale, up to 3e-5
-for weights with 1-3 input channels). ``'xla'`` keeps XLA's own gradients,
-bitwise as before.
+``weight_gradient='patches'`` computes the gradients of layers with at
+most 4 input channels (a network's first layer, or a layer after a
+transformer on the image) as matrix products instead: the input gradient
+by columns (:func:`input_gradient_by_columns`), and, for output gradients
+of 4 MiB and more, the weight gradient from chunks of a few images at a
+time (chosen so the chunk's patches fill about 6 MB, near the CPU's
+cache): the patch matrix ``P (k*k*C_in, chunk*H*W)`` is built from
+``k*k`` shifted views of the zero-padded input and multiplied by the
+output gradient ``(chunk*H*W, C_out)``; a ``lax.scan`` adds the chunks.
+Wider layers keep XLA's gradients. The forward pass is XLA's, unchanged;
+the gradients' float rounding differs (summation order: about 1e-6 of
+their scale, up to 3e-5 for weights with 1-3 input channels). ``'xla'``
+keeps XLA's own gradients, bitwise as before.
 
 ``'im2col'`` goes further, for layers with kernels of at least 16 taps
-(4x4), at least 8 input channels and either 16x16 pixels or 36 channels
-(the wide layers of the paper networks, rules measured on them): their
-forward pass and both gradients
-are each one matrix product per chunk of 4 images, over image patches
-built by a C++ kernel (``stn_jax/ops/csrc/im2col_cpu.cc``; the input
-gradient is the patches of the output gradient times the flipped kernel).
-XLA's CPU matrix product runs near the CPU's peak where its convolution
-does not: on a 2-core Intel Xeon it saves 8% of the RTS CNN's training
-step and 21% of the GTSRB CNN + 3 ST's (``experiments/results/
-cpu_profile.md``). Values differ from XLA's convolution by float rounding
-(about 1e-6 relative). Other layers, and runs where the C++ kernel is not
+(4x4) and at least 36 input channels (the GTSRB CNN + 3 ST's wide
+layers; rules measured on the paper networks): their forward pass and
+both gradients are each one matrix product per chunk of 4 images, over
+image patches built by a C++ kernel (``stn_jax/ops/csrc/im2col_cpu.cc``;
+the input gradient is the patches of the output gradient times the flipped
+kernel). Values differ from XLA's convolution by float rounding (about
+1e-6 relative). Other layers, and runs where the C++ kernel is not
 available (no compiler, ``STN_JAX_CPU_KERNEL=0``, not the CPU backend),
 take the ``'patches'`` path.
+
+Which library XLA's CPU backend compiles the remaining convolutions with
+is the other half (``config.xla_cpu_library``, :func:`compiler_options`):
+jaxlib 0.10 gives them, matrix products and reductions to YNNPACK, whose
+weight gradients at these shapes ran at 5-20 GFLOP/s; Eigen's ran 1.5-7x
+faster, near the CPU's peak (``experiments/results/cpu_profile.md``).
+``'auto'`` is ``'eigen'`` (no YNNPACK fusions), set per jitted training
+and evaluation step (the rest of the process keeps XLA's defaults); the
+rules above were measured with it.
 
 Runs choose with ``config.conv_weight_gradient`` (default ``'auto'``:
 ``'im2col'`` on the CPU (``'patches'`` without its C++ kernel), ``'xla'``
@@ -71,21 +77,32 @@ _MIN_PATCH_BYTES = 4 * 2**20
 # Input channels up to which the input gradient is computed by columns
 # (below); XLA's is faster above (measured at 32).
 _MAX_SCATTER_CHANNELS = 4
-# 'im2col': layers with at least this many input channels compute all three
-# products from C++ patches (fewer: the patches are many times the image,
-# and XLA's convolution is faster), in chunks of up to this many images
-# (4-8 were fastest for the paper networks' layers at batch 256).
-_MIN_IM2COL_CHANNELS = 8
-_IM2COL_CHUNK = 4
-# ... and inputs of at least this many pixels or this many input channels:
-# on a 2-core Intel Xeon the RTS ST-CNN's 10x10 layers (20 and 32 channels)
-# were slower as patches (the step 0.9x), the GTSRB CNN + 3 ST's 2x2 to 8x8
-# layers (38-62 channels) and the RTS CNN's 21x21 one (32) faster.
-_MIN_IM2COL_PIXELS = 256
-_MIN_IM2COL_WIDE_CHANNELS = 36
-# ... and kernels of at least this many taps: a GTSRB ResNet-STN's 3x3
-# layers (16-64 channels) made its step 1.1x slower as patches.
+# ... and up to which the weight gradient is computed by patch products:
+# with Eigen's convolutions (xla_cpu_library='eigen') XLA's weight
+# gradients of the paper networks' 20-62-channel layers were 1.2-3.4x
+# faster than the patch products (with YNNPACK's, 1.3-7x slower).
+_MAX_PATCH_WEIGHT_CHANNELS = 4
+# 'im2col': layers with at least this many input channels and kernels of at
+# least this many taps compute all three products from C++ patches (the
+# GTSRB CNN + 3 ST's 2x2 to 16x16 layers of 38-62 channels: its step 0.93x
+# of 'patches' with Eigen's convolutions); narrower layers (the RTS
+# networks' 20-32 channels) and 3x3 kernels (a ResNet's: 1.1x slower as
+# patches) are faster as XLA's convolutions. In chunks of up to this many
+# images (4-8 were fastest at batch 256).
+_MIN_IM2COL_CHANNELS = 36
 _MIN_IM2COL_TAPS = 16
+_IM2COL_CHUNK = 4
+
+# 'eigen': XLA's CPU backend compiles without YNNPACK fusions (jaxlib
+# 0.10 gives convolutions, matrix products and reductions to YNNPACK):
+# convolutions and matrix products by Eigen, the rest by XLA's own loops.
+# Measured on the paper networks' layers (experiments/bench_conv.py, AMD
+# EPYC, 2 cores): Eigen's convolution forward passes, input and weight
+# gradients were 1.5-7x faster, except for the forward pass of layers with
+# one input channel; keeping YNNPACK for matrix products and reductions
+# made the whole steps no faster (cpu_profile.md).
+LIBRARIES = ("auto", "eigen", "ynnpack")
+_YNN_FUSION_TYPES = {"eigen": ""}
 
 _method = "xla"
 
@@ -133,6 +150,36 @@ def weight_gradient(method: str) -> Iterator[None]:
     _method = previous
 
 
+def check_library(library) -> None:
+  """Refuses a ``config.xla_cpu_library`` not in :data:`LIBRARIES`."""
+  if library not in LIBRARIES:
+    raise ValueError(
+      "config.xla_cpu_library must be one of "
+      f"{', '.join(LIBRARIES)}; got {library!r}."
+    )
+
+
+def resolve_library(library: str) -> str | None:
+  """``library`` with ``'auto'`` resolved to ``'eigen'``, on the CPU
+  backend; None on other backends (the choice is the CPU's)."""
+  check_library(library)
+  if jax.default_backend() != "cpu":
+    return None
+  return "eigen" if library == "auto" else library
+
+
+def compiler_options(library: str) -> dict[str, str] | None:
+  """The ``compiler_options`` of ``jax.jit`` that make XLA's CPU backend
+  compile with ``library`` (:data:`LIBRARIES`; ``'eigen'``: no YNNPACK
+  fusions); None where nothing needs setting (``'ynnpack'``, jaxlib's own
+  default, or not the CPU backend). Per computation: other jitted
+  functions of the process are compiled as before."""
+  fusion_types = _YNN_FUSION_TYPES.get(resolve_library(library))
+  if fusion_types is None:
+    return None
+  return {"xla_cpu_experimental_ynn_fusion_type": fusion_types}
+
+
 def conv(
   in_features: int,
   out_features: int,
@@ -176,10 +223,6 @@ def _im2col_applies(lhs, rhs) -> bool:
     and rhs.dtype == jnp.float32
     and rhs.shape[2] >= _MIN_IM2COL_CHANNELS
     and rhs.shape[0] * rhs.shape[1] >= _MIN_IM2COL_TAPS
-    and (
-      lhs.shape[1] * lhs.shape[2] >= _MIN_IM2COL_PIXELS
-      or rhs.shape[2] >= _MIN_IM2COL_WIDE_CHANNELS
-    )
     and _cpu_kernel.enabled(jnp.float32)
   )
 
@@ -319,7 +362,10 @@ def _conv_transpose(cotangent, x, kernel, *, padding, precision, im2col):
       grad = weight_gradient_by_im2col(
         x, cotangent, kernel.aval.shape[:2], padding, precision
       )
-    elif cotangent.size * cotangent.dtype.itemsize >= _MIN_PATCH_BYTES:
+    elif (
+      x.aval.shape[-1] <= _MAX_PATCH_WEIGHT_CHANNELS
+      and cotangent.size * cotangent.dtype.itemsize >= _MIN_PATCH_BYTES
+    ):
       grad = weight_gradient_by_patches(
         x, cotangent, kernel.aval.shape[:2], padding
       )

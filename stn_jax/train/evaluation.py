@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn_jax import steps
+from stn_jax import config_schema, steps
+from stn_jax.models import convolution
 from stn_jax.normalization import Normalization
 
 
@@ -109,7 +110,13 @@ class Evaluator:
     split of ``evals``, at the config's batch size and normalisation."""
     first = placement.configs[0]
     return cls(
-      steps.make_eval_step(graphdef, population=placement.method or False),
+      steps.make_eval_step(
+        graphdef,
+        population=placement.method or False,
+        compiler_options=convolution.compiler_options(
+          config_schema.get(first, "xla_cpu_library")
+        ),
+      ),
       evals,
       Normalization.from_config(first),
       first.eval_batch_size,

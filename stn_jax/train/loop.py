@@ -193,6 +193,9 @@ def train(placement, hooks, log) -> list[dict]:
     gather=gather,
     schedule=placement.learning_rate_schedule(),
     label_smoothing=float(config_schema.get(first, "label_smoothing")),
+    compiler_options=convolution.compiler_options(
+      config_schema.get(first, "xla_cpu_library")
+    ),
   )
   checkpoints = checkpointing.Checkpoints(
     placement.workdir, first.max_checkpoints
@@ -297,6 +300,9 @@ def _first_line(placement, num_params, on_device, multi_step) -> str:
   members, split = placement.describe()
   processes = distributed.process_count()
   method = config_schema.get(first, "conv_weight_gradient")
+  library = convolution.resolve_library(
+    config_schema.get(first, "xla_cpu_library")
+  )
   return (
     f"{first.model} on {first.dataset}: {num_params:,} parameters{members}"
     f", {jax.device_count()} device(s)"
@@ -306,6 +312,7 @@ def _first_line(placement, num_params, on_device, multi_step) -> str:
     + (f", {first.steps_per_dispatch} steps per dispatch" if multi_step else "")
     + ", conv gradients "
     + convolution.resolve_weight_gradient(method)
+    + (f", XLA CPU library {library}" if library else "")
   )
 
 
