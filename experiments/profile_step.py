@@ -43,7 +43,7 @@ from bench_models_torch import model_configs
 from flax import nnx
 
 from stn_jax import models, ops, recipe, steps
-from stn_jax.models import contrast, layers
+from stn_jax.models import contrast, convolution, layers
 from stn_jax.provenance import commit_description, machine_description
 
 
@@ -158,12 +158,18 @@ def profile_model(name, config, in_shape, num_classes, batch, repeats):
   images = jnp.asarray(rng.uniform(size=(batch, *in_shape)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
   rows = []
+  # Every timed function compiled as the training loop compiles its step
+  # (config.xla_cpu_library).
+  jit = functools.partial(
+    jax.jit,
+    compiler_options=convolution.compiler_options(config.xla_cpu_library),
+  )
 
   # The whole step.
   optimizer = recipe.make_optimizer(config, nnx.state(model))
   graphdef, state = steps.init_state(model, optimizer)
   data = {"image": images, "label": labels}
-  step = jax.jit(
+  step = jit(
     functools.partial(steps.train_step, graphdef=graphdef, optimizer=optimizer)
   )
   step_ms = median_ms(step, (state, data), repeats)
@@ -176,7 +182,7 @@ def profile_model(name, config, in_shape, num_classes, batch, repeats):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  update_jit = jax.jit(update)
+  update_jit = jit(update)
   rows.append(
     (
       "optimizer update",
@@ -191,16 +197,14 @@ def profile_model(name, config, in_shape, num_classes, batch, repeats):
     x = jnp.asarray(x)
     forward, forward_backward = op_functions(kind, module, x)
     params = nnx.state(module)
-    f_ms = median_ms(jax.jit(forward), (params, x), repeats)
+    f_ms = median_ms(jit(forward), (params, x), repeats)
     # A random cotangent: with a constant one XLA may simplify the
     # gradients (e.g. a product with ones becomes a sum).
     out = jax.eval_shape(forward, params, x)
     cotangent = jnp.asarray(
       np.random.default_rng(1).normal(size=out.shape), out.dtype
     )
-    fb_ms = median_ms(
-      jax.jit(forward_backward), (params, x, cotangent), repeats
-    )
+    fb_ms = median_ms(jit(forward_backward), (params, x, cotangent), repeats)
     forward_flops = analytic_flops(kind, module, x)
     rows.append(
       (describe(kind, module, x), fb_ms, f_ms, forward_flops, 3 * forward_flops)
@@ -224,7 +228,9 @@ def main(argv=None):
     f"- command: `python {' '.join(sys.argv)}`",
     f"- commit: {commit_description()}",
     f"- machine: {machine_description()}",
-    f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`",
+    f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`; every timed function "
+    "compiled with the configs' `xla_cpu_library` (default 'auto': "
+    f"{convolution.resolve_library('auto')})",
     f"- batch {args.batch}, median of {args.repeats}; fwd+bwd is the VJP "
     "with respect to the op's input and parameters for a random cotangent; FLOPs counted from the "
     "conv and dense shapes (fwd+bwd = 3 x fwd); the step's GFLOP are "
