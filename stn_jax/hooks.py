@@ -330,7 +330,10 @@ class Preemption(Hook):
   """Turns ``signals`` (default SIGTERM) into a stop after the current step
   (the :class:`Checkpoint` hook saves it). A signal that arrives after the
   last step is delivered again to the previous handler when the loop ends,
-  not swallowed.
+  not swallowed. One that came before the loop began (while the run built
+  its data or compiled) and is held by a sweep's
+  :class:`stn_jax.sweep.StopOnSignal` stops the run after its first step:
+  it does not wait for the run's end.
 
   With ``agree_every`` > 0 (multi-process runs) a signal is acted on only
   at multiples of ``agree_every``, where all processes compare notes
@@ -364,9 +367,16 @@ class Preemption(Hook):
       context.stop_requested = True
       context.stop_signal = signal.Signals(number).name
 
+    from stn_jax.sweep import signals as held
+
     for number in self.signals:
       self._previous[number] = signal.getsignal(number)
       signal.signal(number, handler)
+    for number in self.signals:  # came during the run's start
+      name = held.pending(self._previous[number])
+      if name and signal.Signals[name] in self.signals:
+        handler(signal.Signals[name], None)
+        break
 
   def after_step(self, context):
     if not self._agreeing(context):

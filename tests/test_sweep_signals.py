@@ -101,6 +101,27 @@ def test_a_signal_held_outside_stops_a_sweep_before_its_first_point(
   assert received == []
 
 
+def test_a_signal_held_while_a_point_starts_stops_its_training_loop(
+  tiny_tfds, tmp_path, received
+):
+  """A signal that came while a point built its data or compiled (held by
+  the sweep's StopOnSignal, before the loop's own handler) stops the run
+  after its first step, with a checkpoint; it does not train to the end."""
+  from conftest import MNIST, tiny
+
+  from stn_jax import train
+
+  config = tiny(MNIST.get_config("model=cnn,small=true"), tiny_tfds)
+  config.num_steps = 50
+  with sweep.StopOnSignal() as outer:
+    os.kill(os.getpid(), signal.SIGTERM)
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results == {"interrupted_at_step": 1, "signal": "SIGTERM"}
+    outer.acted()  # as the sweep runner does for an interrupted point
+  assert received == []
+  assert (tmp_path / "run" / "checkpoints" / "1").is_dir()
+
+
 def test_a_second_signal_is_not_held(received):
   with sweep.StopOnSignal() as stop:
     os.kill(os.getpid(), signal.SIGINT)
