@@ -160,12 +160,18 @@ def check_library(library) -> None:
 
 
 def resolve_library(library: str) -> str | None:
-  """``library`` with ``'auto'`` resolved to ``'eigen'``, on the CPU
-  backend; None on other backends (the choice is the CPU's)."""
+  """``library`` with ``'auto'`` resolved, on the CPU backend: ``'eigen'``
+  with one device, ``'ynnpack'`` with several (host devices); None on
+  other backends (the choice is the CPU's)."""
   check_library(library)
   if jax.default_backend() != "cpu":
     return None
-  return "eigen" if library == "auto" else library
+  if library == "auto":
+    # Several host devices: a 4-device population step compiled with
+    # Eigen's kernels hung once in an all-reduce (CI, 2 cores; not
+    # investigated), so 'auto' keeps XLA's default there.
+    return "eigen" if jax.device_count() == 1 else "ynnpack"
+  return library
 
 
 def compiler_options(library: str) -> dict[str, str] | None:
