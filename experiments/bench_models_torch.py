@@ -36,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stn_jax import config_args, models, recipe, steps
-from stn_jax.models import convolution
+from stn_jax import config_args, models, recipe, steps, xla_cpu
 from stn_jax.provenance import commit_description, machine_description
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +88,7 @@ def jax_step_fn(config, in_shape, num_classes, batch):
   step = steps.make_train_step(
     graphdef,
     optimizer,
-    compiler_options=convolution.compiler_options(config.xla_cpu_library),
+    compiler_options=xla_cpu.step_compiler_options(config),
   )
   holder = {"state": state, "acc": accumulator}
 

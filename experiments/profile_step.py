@@ -42,8 +42,8 @@ import optax
 from bench_models_torch import model_configs
 from flax import nnx
 
-from stn_jax import models, ops, recipe, steps
-from stn_jax.models import contrast, convolution, layers
+from stn_jax import models, ops, recipe, steps, xla_cpu
+from stn_jax.models import contrast, layers
 from stn_jax.provenance import commit_description, machine_description
 
 
@@ -162,7 +162,7 @@ def profile_model(name, config, in_shape, num_classes, batch, repeats):
   # (config.xla_cpu_library).
   jit = functools.partial(
     jax.jit,
-    compiler_options=convolution.compiler_options(config.xla_cpu_library),
+    compiler_options=xla_cpu.step_compiler_options(config),
   )
 
   # The whole step.
@@ -230,7 +230,7 @@ def main(argv=None):
     f"- machine: {machine_description()}",
     f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`; every timed function "
     "compiled with the configs' `xla_cpu_library` (default 'auto': "
-    f"{convolution.resolve_library('auto')})",
+    f"{xla_cpu.resolve_library('auto')})",
     f"- batch {args.batch}, median of {args.repeats}; fwd+bwd is the VJP "
     "with respect to the op's input and parameters for a random cotangent; FLOPs counted from the "
     "conv and dense shapes (fwd+bwd = 3 x fwd); the step's GFLOP are "

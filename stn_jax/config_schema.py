@@ -225,9 +225,9 @@ def _weight_gradients():
 
 
 def _libraries():
-  from stn_jax.models import convolution
+  from stn_jax import xla_cpu
 
-  return convolution.LIBRARIES
+  return xla_cpu.LIBRARIES
 
 
 def _on_the_fly(value) -> str | None:
@@ -516,7 +516,7 @@ SCHEMA: tuple[Key, ...] = (
     _E,
     one_of(_libraries),
     "XLA's CPU kernels: eigen (no YNNPACK fusions), ynnpack (jaxlib's "
-    "default) or auto (eigen; stn_jax.models.convolution)",
+    "default) or auto (eigen with one CPU device; stn_jax.xla_cpu)",
     implicit="ynnpack",
   ),
   Key(

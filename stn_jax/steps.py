@@ -309,7 +309,7 @@ def make_train_step(
       (:func:`learning_rate_schedule` of the member optimiser's config).
     label_smoothing: of the loss (:func:`classification_loss`).
     compiler_options: XLA options for this step's compilation (``jax.jit``'s;
-      :func:`stn_jax.models.convolution.compiler_options`).
+      :func:`stn_jax.xla_cpu.compiler_options`).
   """
   jit = functools.partial(
     jax.jit, donate_argnums=(0, 1), compiler_options=compiler_options

@@ -5,7 +5,7 @@ convolution (input and output gradient swap roles, the batch becomes the
 contracted feature), and its input gradient as a transposed convolution.
 With YNNPACK's convolutions (jaxlib 0.10's default) the weight gradients
 of the paper networks ran at 5-20 GFLOP/s on a 2-core AMD EPYC, 4-9x
-slower than the forward pass; with Eigen's (``xla_cpu_library``, below)
+slower than the forward pass; with Eigen's (:mod:`stn_jax.xla_cpu`)
 near the forward's speed, except for layers with 1-3 input channels
 (``experiments/results/cpu_profile.md``).
 
@@ -34,21 +34,15 @@ kernel). Values differ from XLA's convolution by float rounding (about
 available (no compiler, ``STN_JAX_CPU_KERNEL=0``, not the CPU backend),
 take the ``'patches'`` path.
 
-Which library XLA's CPU backend compiles the remaining convolutions with
-is the other half (``config.xla_cpu_library``, :func:`compiler_options`):
-jaxlib 0.10 gives them, matrix products and reductions to YNNPACK, whose
-weight gradients at these shapes ran at 5-20 GFLOP/s; Eigen's ran 1.5-7x
-faster, near the CPU's peak (``experiments/results/cpu_profile.md``).
-``'auto'`` is ``'eigen'`` (no YNNPACK fusions), set per jitted training
-and evaluation step (the rest of the process keeps XLA's defaults); the
-rules above were measured with it.
+The rules above were measured with Eigen's convolutions, which XLA's CPU
+backend compiles a run's steps with by default (:mod:`stn_jax.xla_cpu`).
 
 Runs choose with ``config.conv_weight_gradient`` (default ``'auto'``:
 ``'im2col'`` on the CPU (``'patches'`` without its C++ kernel), ``'xla'``
-on accelerators; workdirs written
-before the key existed read ``'xla'``, what they ran with). The layers are ordinary ``nnx.Conv`` modules (same parameters, same
-checkpoints); the choice is made when a model is built, inside
-:func:`weight_gradient`.
+on accelerators; workdirs written before the key existed read ``'xla'``,
+what they ran with). The layers are ordinary ``nnx.Conv`` modules (same
+parameters, same checkpoints); the choice is made when a model is built,
+inside :func:`weight_gradient`.
 """
 
 from __future__ import annotations
@@ -78,7 +72,7 @@ _MIN_PATCH_BYTES = 4 * 2**20
 # (below); XLA's is faster above (measured at 32).
 _MAX_SCATTER_CHANNELS = 4
 # ... and up to which the weight gradient is computed by patch products:
-# with Eigen's convolutions (xla_cpu_library='eigen') XLA's weight
+# with Eigen's convolutions (stn_jax.xla_cpu, 'eigen') XLA's weight
 # gradients of the paper networks' 20-62-channel layers were 1.2-3.4x
 # faster than the patch products (with YNNPACK's, 1.3-7x slower).
 _MAX_PATCH_WEIGHT_CHANNELS = 4
@@ -92,17 +86,6 @@ _MAX_PATCH_WEIGHT_CHANNELS = 4
 _MIN_IM2COL_CHANNELS = 36
 _MIN_IM2COL_TAPS = 16
 _IM2COL_CHUNK = 4
-
-# 'eigen': XLA's CPU backend compiles without YNNPACK fusions (jaxlib
-# 0.10 gives convolutions, matrix products and reductions to YNNPACK):
-# convolutions and matrix products by Eigen, the rest by XLA's own loops.
-# Measured on the paper networks' layers (experiments/bench_conv.py, AMD
-# EPYC, 2 cores): Eigen's convolution forward passes, input and weight
-# gradients were 1.5-7x faster, except for the forward pass of layers with
-# one input channel; keeping YNNPACK for matrix products and reductions
-# made the whole steps no faster (cpu_profile.md).
-LIBRARIES = ("auto", "eigen", "ynnpack")
-_YNN_FUSION_TYPES = {"eigen": ""}
 
 _method = "xla"
 
@@ -148,42 +131,6 @@ def weight_gradient(method: str) -> Iterator[None]:
     yield
   finally:
     _method = previous
-
-
-def check_library(library) -> None:
-  """Refuses a ``config.xla_cpu_library`` not in :data:`LIBRARIES`."""
-  if library not in LIBRARIES:
-    raise ValueError(
-      "config.xla_cpu_library must be one of "
-      f"{', '.join(LIBRARIES)}; got {library!r}."
-    )
-
-
-def resolve_library(library: str) -> str | None:
-  """``library`` with ``'auto'`` resolved, on the CPU backend: ``'eigen'``
-  with one device, ``'ynnpack'`` with several (host devices); None on
-  other backends (the choice is the CPU's)."""
-  check_library(library)
-  if jax.default_backend() != "cpu":
-    return None
-  if library == "auto":
-    # Several host devices: a 4-device population step compiled with
-    # Eigen's kernels hung once in an all-reduce (CI, 2 cores; not
-    # investigated), so 'auto' keeps XLA's default there.
-    return "eigen" if jax.device_count() == 1 else "ynnpack"
-  return library
-
-
-def compiler_options(library: str) -> dict[str, str] | None:
-  """The ``compiler_options`` of ``jax.jit`` that make XLA's CPU backend
-  compile with ``library`` (:data:`LIBRARIES`; ``'eigen'``: no YNNPACK
-  fusions); None where nothing needs setting (``'ynnpack'``, jaxlib's own
-  default, or not the CPU backend). Per computation: other jitted
-  functions of the process are compiled as before."""
-  fusion_types = _YNN_FUSION_TYPES.get(resolve_library(library))
-  if fusion_types is None:
-    return None
-  return {"xla_cpu_experimental_ynn_fusion_type": fusion_types}
 
 
 def conv(

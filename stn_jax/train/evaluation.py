@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stn_jax import config_schema, steps
-from stn_jax.models import convolution
+from stn_jax import steps, xla_cpu
 from stn_jax.normalization import Normalization
 
 
@@ -113,9 +112,7 @@ class Evaluator:
       steps.make_eval_step(
         graphdef,
         population=placement.method or False,
-        compiler_options=convolution.compiler_options(
-          config_schema.get(first, "xla_cpu_library")
-        ),
+        compiler_options=xla_cpu.step_compiler_options(first),
       ),
       evals,
       Normalization.from_config(first),

@@ -29,6 +29,7 @@ from stn_jax import (
   models,
   recipe,
   steps,
+  xla_cpu,
 )
 from stn_jax import hooks as hooks_lib
 from stn_jax import workdir as workdir_lib
@@ -193,9 +194,7 @@ def train(placement, hooks, log) -> list[dict]:
     gather=gather,
     schedule=placement.learning_rate_schedule(),
     label_smoothing=float(config_schema.get(first, "label_smoothing")),
-    compiler_options=convolution.compiler_options(
-      config_schema.get(first, "xla_cpu_library")
-    ),
+    compiler_options=xla_cpu.step_compiler_options(first),
   )
   checkpoints = checkpointing.Checkpoints(
     placement.workdir, first.max_checkpoints
@@ -300,9 +299,7 @@ def _first_line(placement, num_params, on_device, multi_step) -> str:
   members, split = placement.describe()
   processes = distributed.process_count()
   method = config_schema.get(first, "conv_weight_gradient")
-  library = convolution.resolve_library(
-    config_schema.get(first, "xla_cpu_library")
-  )
+  library = xla_cpu.resolve_library(xla_cpu.config_library(first))
   return (
     f"{first.model} on {first.dataset}: {num_params:,} parameters{members}"
     f", {jax.device_count()} device(s)"
