@@ -294,7 +294,9 @@ def _read_checkpoint(workdir, initial):
         restored = checkpoints.restore_latest(initial)
       finally:
         checkpoints.close()
-    except FileNotFoundError:  # a step folder went during the listing
+    except (FileNotFoundError, NotADirectoryError):
+      # A step folder went during the listing (orbax reads the metadata of
+      # a deleted step as "Path is not a directory").
       restored = None
     if restored is not None or checkpointing.saved_steps(workdir) == listed:
       break

@@ -678,6 +678,45 @@ def test_restore_while_a_run_saves_with_one_checkpoint_kept(tmp_path):
   assert all(step >= 1 for step in steps_read)
 
 
+@pytest.mark.parametrize("error", [FileNotFoundError, NotADirectoryError])
+def test_restore_reads_again_when_a_listed_step_goes(
+  tmp_path, monkeypatch, error
+):
+  """The race above, made certain: orbax reads the metadata of a step that
+  a saving run has just deleted and raises (``NotADirectoryError``, "Path
+  is not a directory", in CI once; or ``FileNotFoundError``); restore()
+  lists the steps again and reads the new one."""
+  from flax import nnx
+
+  from stn_jax import models, recipe, steps
+
+  config = MNIST.get_config("model=fcn,small=true")
+  checkpointing.write_run_files(str(tmp_path), config, (42, 42, 1))
+  model = models.from_config(config, (42, 42, 1))
+  optimizer = recipe.make_optimizer(config, nnx.state(model))
+  _, state = steps.init_state(model, optimizer)
+  writer = checkpointing.Checkpoints(str(tmp_path), max_to_keep=1)
+  writer.save(1, state, {})
+  writer.wait()
+  opened = checkpointing.Checkpoints.__init__
+  calls = []
+
+  def open_after_a_save(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:  # the run saves step 2 and deletes step 1
+      writer.save(2, state, {})
+      writer.wait()
+      raise error(f"Path is not a directory: {tmp_path}/checkpoints/1")
+    return opened(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.Checkpoints, "__init__", open_after_a_save)
+  try:
+    assert stn_jax.restore(str(tmp_path)).step == 2
+  finally:
+    writer.close()
+  assert len(calls) == 2
+
+
 @pytest.mark.parametrize("variable", ["TFDS_DATA_DIR", "STN_DATA_DIR"])
 def test_a_data_folder_variable_naming_a_file_is_one_line(variable, tmp_path):
   """Case 6: the dataset folder (TFDS_DATA_DIR) or the source folder
