@@ -15,6 +15,7 @@ bounded by the batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stn_jax import checkpointing, models
+from stn_jax import checkpointing, models, xla_cpu
 from stn_jax.normalization import Normalization
 
 DEFAULT_BATCH_SIZE = 256
@@ -49,16 +50,20 @@ class Restored:
     self._in_shape = tuple(in_shape)
     graphdef, state = nnx.split(model)
     self._state = state
-    self._logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    # Compiled with the XLA CPU kernels the run trained with.
+    jit = functools.partial(
+      jax.jit, compiler_options=xla_cpu.step_compiler_options(config)
+    )
+    self._logits = jit(lambda s, x: nnx.merge(graphdef, s)(x))
     example = jax.ShapeDtypeStruct((1, *self._in_shape), jnp.float32)
     # Output shapes and dtypes, from tracing alone: what an empty batch gets.
     self._logits_spec = jax.eval_shape(self._logits, state, example)
     if models.transformers(model):
-      self._warp = jax.jit(
+      self._warp = jit(
         lambda s, x: models.warp_input(nnx.merge(graphdef, s), x)
       )
       self._warp_spec = jax.eval_shape(self._warp, state, example)
-      self._params = jax.jit(
+      self._params = jit(
         lambda s, x: models.first_transform_params(nnx.merge(graphdef, s), x)
       )
       self._params_spec = jax.eval_shape(self._params, state, example)

@@ -1,6 +1,8 @@
 """stn_jax.models.convolution: the patch-product weight gradient against
 XLA's convolution gradient and finite differences."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -411,3 +413,120 @@ def test_the_gtsrb_network_under_im2col_equals_xla():
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     scale = float(jnp.max(jnp.abs(want))) + 1e-6
     np.testing.assert_allclose(got / scale, want / scale, atol=1e-4)
+
+
+# --- the forward pass by horizontal shifts (weight_gradient(..., library='eigen')) ---
+
+
+def rows_conv(x, kernel, padding="SAME"):
+  return convolution.patch_gradient_conv(
+    x,
+    kernel,
+    (1, 1),
+    padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    rows=True,
+  )
+
+
+def _rows_param(x, kernel, padding="SAME") -> bool:
+  (equation,) = jax.make_jaxpr(lambda x, w: rows_conv(x, w, padding))(
+    x, kernel
+  ).eqns
+  return equation.params["rows"]
+
+
+def _rows_from_the_definition(x, kernel, padding):
+  # out[n, y, x, d] = sum_{i, j, c} x_pad[n, y + i, x + j, c] * w[i, j, c, d]
+  x, w = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+  kh, kw = w.shape[:2]
+  (top, bottom), (left, right) = padding
+  padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  h_out, w_out = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+  out = 0
+  for i in range(kh):
+    for j in range(kw):
+      window = padded[:, i : i + h_out, j : j + w_out]
+      out = out + np.einsum("nyxc,cd->nyxd", window, w[i, j])
+  return out
+
+
+@pytest.mark.parametrize(
+  "shape",
+  [
+    (4, 9, 9, 1, 5, (5, 5)),  # one input channel, odd kernel
+    (6, 8, 7, 3, 4, (4, 4)),  # even kernel: SAME pads (1, 2)
+    (2, 5, 6, 4, 3, (3, 2)),  # rectangular kernel and image
+    (3, 10, 10, 1, 8, (9, 9)),  # the paper networks' first layer, small
+  ],
+)
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3))])
+def test_the_forward_by_rows_equals_the_definition_and_xla(shape, padding):
+  x, kernel = inputs(*shape, seed=41)
+  assert _rows_param(x, kernel, padding)
+  ours = jax.jit(lambda x, w: rows_conv(x, w, padding))(x, kernel)
+  pads = padding
+  if isinstance(pads, str):
+    pads = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), pads)
+  expected = _rows_from_the_definition(x, kernel, pads)
+  scale = float(np.max(np.abs(expected)))
+  np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6 * scale)
+  np.testing.assert_allclose(
+    ours, xla_conv(x, kernel, padding), rtol=0, atol=1e-6 * scale
+  )
+
+
+def test_the_forward_by_rows_gradients_jit_vmap_and_forward_mode():
+  """Only the forward pass changes: gradients (checked numerically and
+  against XLA's), vmap over inputs and kernels, and forward mode."""
+  x, kernel = inputs(3, 7, 6, 2, 3, (3, 3), seed=42)
+  check_grads(rows_conv, (x, kernel), order=1, modes=("rev",), atol=2e-2)
+  check_grads(rows_conv, (x, kernel), order=1, modes=("fwd",), atol=2e-2)
+  g = jnp.asarray(np.random.default_rng(43).normal(size=(3, 7, 6, 3)))
+  ours = jax.jit(jax.grad(lambda x, w: jnp.sum(rows_conv(x, w) * g), (0, 1)))
+  theirs = jax.grad(lambda x, w: jnp.sum(xla_conv(x, w) * g), (0, 1))
+  for a, b in zip(ours(x, kernel), theirs(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  kernels = jnp.stack([kernel, 2 * kernel])
+  xs = jnp.stack([x, -x])
+  for in_axes, args in [((0, None), (xs, kernel)), ((0, 0), (xs, kernels))]:
+    np.testing.assert_allclose(
+      jax.jit(jax.vmap(rows_conv, in_axes))(*args),
+      jax.vmap(xla_conv, in_axes)(*args),
+      rtol=1e-5,
+      atol=1e-5,
+    )
+
+
+def test_the_forward_by_rows_applies_to_narrow_layers_under_eigen():
+  """Layers of at most 4 input channels and kernels more than one column
+  wide; only under 'patches' or 'im2col' with library='eigen'; the layer
+  functions are one object each, so separately built models have equal
+  graph definitions."""
+  narrow, kernel = inputs(2, 6, 6, 4, 3, (3, 3))
+  assert _rows_param(narrow, kernel)
+  wide, wide_kernel = inputs(2, 6, 6, 5, 3, (3, 3))
+  assert not _rows_param(wide, wide_kernel)
+  column, column_kernel = inputs(2, 6, 6, 1, 3, (3, 1))
+  assert not _rows_param(column, column_kernel)
+
+  def layer(method, library):
+    with convolution.weight_gradient(method, library=library):
+      return convolution.conv(1, 3, (3, 3), rngs=nnx.Rngs(0))
+
+  for method in ("patches", "im2col"):
+    assert layer(method, "eigen").conv_general_dilated.keywords == {
+      "rows": True
+    }
+    assert layer(method, "eigen").conv_general_dilated is (
+      layer(method, "eigen").conv_general_dilated
+    )
+    for library in ("ynnpack", None):
+      assert not isinstance(
+        layer(method, library).conv_general_dilated, functools.partial
+      )
+  assert layer("xla", "eigen").conv_general_dilated is lax.conv_general_dilated
+  a, b = layer("patches", "eigen"), layer("patches", "eigen")
+  assert nnx.graphdef(a) == nnx.graphdef(b)
+  x = jnp.asarray(np.random.default_rng(44).normal(size=(2, 8, 8, 1)))
+  np.testing.assert_allclose(a(x), layer("xla", None)(x), rtol=1e-5, atol=1e-5)

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from stn_jax import config_schema
+from stn_jax import config_schema, xla_cpu
 from stn_jax.models import convolution
 from stn_jax.models.classifiers import (
   CNN,
@@ -90,7 +90,8 @@ def from_config(config, in_shape) -> nnx.Module:
   ``config.model_kwargs``, ``config.num_classes``), initialised from
   ``config.seed``, its convolutions' weight gradient computed as
   ``config.conv_weight_gradient`` says (:mod:`stn_jax.models.convolution`;
-  ``'xla'`` for configs written before the key existed). Works on a config
+  ``'xla'`` for configs written before the key existed), for the XLA CPU
+  kernels of ``config.xla_cpu_library`` (:mod:`stn_jax.xla_cpu`). Works on a config
   read back from a workdir's ``config.json`` (JSON lists become tuples
   again)."""
   kwargs = {
@@ -98,7 +99,8 @@ def from_config(config, in_shape) -> nnx.Module:
     for k, v in config.model_kwargs.to_dict().items()
   }
   method = config_schema.get(config, "conv_weight_gradient")
-  with convolution.weight_gradient(method):
+  library = xla_cpu.resolve_library(xla_cpu.config_library(config))
+  with convolution.weight_gradient(method, library=library):
     return get_model(
       config.model,
       in_shape=in_shape,
