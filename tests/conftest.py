@@ -105,13 +105,20 @@ def tiny(config, tfds_dir, **overrides):
 def _no_downloads(tmp_path_factory):
   """No test downloads anything unless it asks to (tests/test_downloads.py
   serves files from 127.0.0.1), and the download cache is an empty
-  temporary folder, never the user's."""
+  temporary folder, never the user's: in this process and in every
+  subprocess a test starts (training CLIs, Ray workers), through
+  ``$XDG_CACHE_HOME``. (A user who has downloaded MNIST into
+  ~/.cache/stn_jax/data, as ``make train`` does without ../shared, would
+  otherwise give a test's deliberately missing dataset its sources.)"""
   from stn_jax.data import download
 
-  cache = tmp_path_factory.mktemp("download_cache")
+  xdg = tmp_path_factory.mktemp("xdg_cache")
+  cache = download.cache_dir_from({"XDG_CACHE_HOME": str(xdg)})
+  cache.mkdir(parents=True)
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("STN_DATA_OFFLINE", "1")
     patch.delenv("STN_DATA_MIRROR", raising=False)
+    patch.setenv("XDG_CACHE_HOME", str(xdg))
     patch.setattr(download, "cache_dir", lambda: cache)
     yield
 

@@ -400,3 +400,20 @@ def test_gtsrb_above_32_prefers_the_official_layout(online, tmp_path):
     "official",
     online / "gtsrb",
   )
+
+
+def test_subprocesses_of_the_suite_use_its_empty_download_cache():
+  """The suite's download cache reaches the processes its tests start (a
+  training CLI, a Ray worker), so files a user downloaded into
+  ~/.cache/stn_jax/data cannot stand in for a source a test leaves
+  missing."""
+  code = "from stn_jax.data import download; print(download.cache_dir())"
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=120,
+  ).stdout.strip()
+  assert pathlib.Path(out) == download.cache_dir()
+  assert not pathlib.Path(out).is_relative_to(pathlib.Path.home() / ".cache")
