@@ -111,6 +111,7 @@ def _no_downloads(tmp_path_factory):
   ~/.cache/stn_jax/data, as ``make train`` does without ../shared, would
   otherwise give a test's deliberately missing dataset its sources.)"""
   from stn_jax.data import download
+  from stn_jax.ops import _cpu_kernel
 
   xdg = tmp_path_factory.mktemp("xdg_cache")
   cache = download.cache_dir_from({"XDG_CACHE_HOME": str(xdg)})
@@ -118,6 +119,9 @@ def _no_downloads(tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("STN_DATA_OFFLINE", "1")
     patch.delenv("STN_DATA_MIRROR", raising=False)
+    # The C++ kernels' builds stay where they are (keyed by their sources
+    # and the CPU): only the download cache is the suite's own.
+    patch.setenv("STN_JAX_CACHE_DIR", _cpu_kernel._cache_dir())
     patch.setenv("XDG_CACHE_HOME", str(xdg))
     patch.setattr(download, "cache_dir", lambda: cache)
     yield
