@@ -643,11 +643,9 @@ def test_rotation_matrix_under_jit_takes_a_number_scale():
   )
 
 
-def test_restore_while_a_run_saves_with_one_checkpoint_kept(tmp_path):
-  """A writer saving with max_to_keep=1 (deleting the step a reader just
-  listed) while restore() reads: every restore succeeds."""
-  import threading
-
+def _run_saving_one_checkpoint(tmp_path):
+  """``(state, writer)``: a small FCN run's files in ``tmp_path`` and a
+  checkpoint writer keeping one step (``max_to_keep=1``), step 1 saved."""
   from flax import nnx
 
   from stn_jax import models, recipe, steps
@@ -659,6 +657,15 @@ def test_restore_while_a_run_saves_with_one_checkpoint_kept(tmp_path):
   _, state = steps.init_state(model, optimizer)
   writer = checkpointing.Checkpoints(str(tmp_path), max_to_keep=1)
   writer.save(1, state, {})
+  return state, writer
+
+
+def test_restore_while_a_run_saves_with_one_checkpoint_kept(tmp_path):
+  """A writer saving with max_to_keep=1 (deleting the step a reader just
+  listed) while restore() reads: every restore succeeds."""
+  import threading
+
+  state, writer = _run_saving_one_checkpoint(tmp_path)
   stop = threading.Event()
 
   def save_forever():
@@ -686,17 +693,7 @@ def test_restore_reads_again_when_a_listed_step_goes(
   a saving run has just deleted and raises (``NotADirectoryError``, "Path
   is not a directory", in CI once; or ``FileNotFoundError``); restore()
   lists the steps again and reads the new one."""
-  from flax import nnx
-
-  from stn_jax import models, recipe, steps
-
-  config = MNIST.get_config("model=fcn,small=true")
-  checkpointing.write_run_files(str(tmp_path), config, (42, 42, 1))
-  model = models.from_config(config, (42, 42, 1))
-  optimizer = recipe.make_optimizer(config, nnx.state(model))
-  _, state = steps.init_state(model, optimizer)
-  writer = checkpointing.Checkpoints(str(tmp_path), max_to_keep=1)
-  writer.save(1, state, {})
+  state, writer = _run_saving_one_checkpoint(tmp_path)
   writer.wait()
   opened = checkpointing.Checkpoints.__init__
   calls = []
