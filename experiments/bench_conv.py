@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from stn_jax.models import convolution
+from stn_jax.models import conv_products
 
 # (batch, size, C_in, C_out, kernel): the RTS ST-CNN's and RTS CNN's
 # classifier convs, and the GTSRB CNN's (width 0.25) first conv and a
@@ -77,14 +77,14 @@ def main(argv=None):
     w_grad = jax.jit(lambda x, w, g: jax.vjp(lambda w: xla_conv(x, w), w)[1](g))
     columns = jax.jit(
       functools.partial(
-        convolution.input_gradient_by_columns,
+        conv_products.input_gradient_by_columns,
         in_shape=x.shape,
         padding=(pad, pad),
       )
     )
     patches = jax.jit(
       functools.partial(
-        convolution.weight_gradient_by_patches,
+        conv_products.weight_gradient_by_patches,
         kernel_size=(k, k),
         padding=(pad, pad),
       )

@@ -85,3 +85,10 @@ def step_compiler_options(
   """:func:`compiler_options` for the library ``config`` names: what a
   run's training and evaluation steps are compiled with."""
   return compiler_options(config_library(config))
+
+
+def step_library(config: ml_collections.ConfigDict) -> str | None:
+  """The library ``config``'s steps are compiled with, ``'auto'`` resolved
+  (:func:`resolve_library`; None off the CPU backend): what its layers are
+  built for and its log's first line names."""
+  return resolve_library(config_library(config))

@@ -11,7 +11,7 @@ from flax import nnx
 from jax import lax
 from jax.test_util import check_grads
 
-from stn_jax.models import convolution
+from stn_jax.models import conv_products, convolution
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +104,7 @@ def test_weight_gradient_from_the_definition():
       expected[i, j] = np.einsum(
         "nyxc,nyxd->cd", padded[:, i : i + 5, j : j + 4], g
       )
-  got = convolution.weight_gradient_by_patches(
+  got = conv_products.weight_gradient_by_patches(
     x, jnp.asarray(g, jnp.float32), (3, 3), ((1, 1), (1, 1))
   )
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -131,7 +131,7 @@ def test_input_gradient_from_the_definition():
           y, xx = p + i - 2, q + j - 1
           if 0 <= y < 5 and 0 <= xx < 4:
             expected[:, y, xx] += g[:, p, q] @ w[i, j].T
-  got = convolution.input_gradient_by_columns(
+  got = conv_products.input_gradient_by_columns(
     jnp.asarray(g, jnp.float32), kernel, x.shape, padding
   )
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -140,7 +140,7 @@ def test_input_gradient_from_the_definition():
 @pytest.mark.parametrize("batch", [1, 7, 12])
 def test_chunks_cover_any_batch(batch, monkeypatch):
   # Tiny chunks: several scan steps, and a batch with no divisor but 1.
-  monkeypatch.setattr(convolution, "_CHUNK_BYTES", 3000)
+  monkeypatch.setattr(conv_products, "_CHUNK_BYTES", 3000)
   x, kernel = inputs(batch, 6, 5, 2, 3, (3, 3), seed=batch)
   g = jnp.ones((batch, 6, 5, 3))
   expected = jax.vjp(lambda w: xla_conv(x, w), kernel)[1](g)[0]

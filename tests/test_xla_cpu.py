@@ -72,15 +72,18 @@ def test_a_bad_library_is_refused_with_its_name(library):
 def test_a_config_gives_its_library_and_an_old_one_ynnpack():
   config = MNIST.get_config("model=cnn,small=true")
   assert xla_cpu.config_library(config) == "auto"
+  assert xla_cpu.step_library(config) == "eigen"  # one CPU device
   assert xla_cpu.step_compiler_options(config) == xla_cpu.compiler_options(
     "eigen"
   )
   config.xla_cpu_library = "ynnpack"
+  assert xla_cpu.step_library(config) == "ynnpack"
   assert xla_cpu.step_compiler_options(config) is None
   # A config written before the key existed ran with jaxlib's default.
   old = ml_collections.ConfigDict(config.to_dict())
   del old["xla_cpu_library"]
   assert xla_cpu.config_library(old) == "ynnpack"
+  assert xla_cpu.step_library(old) == "ynnpack"
   assert xla_cpu.step_compiler_options(old) is None
 
 

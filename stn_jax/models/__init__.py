@@ -99,7 +99,7 @@ def from_config(config, in_shape) -> nnx.Module:
     for k, v in config.model_kwargs.to_dict().items()
   }
   method = config_schema.get(config, "conv_weight_gradient")
-  library = xla_cpu.resolve_library(xla_cpu.config_library(config))
+  library = xla_cpu.step_library(config)
   with convolution.weight_gradient(method, library=library):
     return get_model(
       config.model,

@@ -299,7 +299,7 @@ def _first_line(placement, num_params, on_device, multi_step) -> str:
   members, split = placement.describe()
   processes = distributed.process_count()
   method = config_schema.get(first, "conv_weight_gradient")
-  library = xla_cpu.resolve_library(xla_cpu.config_library(first))
+  library = xla_cpu.step_library(first)
   return (
     f"{first.model} on {first.dataset}: {num_params:,} parameters{members}"
     f", {jax.device_count()} device(s)"
