@@ -57,11 +57,18 @@ def input_gradient_by_columns(cotangent, kernel, in_shape, padding):
   return total[:, top : top + h, left : left + w].astype(cotangent.dtype)
 
 
+def _largest_divisor(batch: int, limit: int) -> int:
+  """The largest divisor of ``batch`` up to ``limit`` (at least 1): a chunk
+  size that splits the batch evenly."""
+  return max(d for d in range(1, min(batch, limit) + 1) if batch % d == 0)
+
+
 def _chunk_size(batch: int, patch_bytes_per_image: int) -> int:
   """The largest divisor of ``batch`` whose patches fit :data:`_CHUNK_BYTES`
   (at least 1)."""
-  limit = max(1, _CHUNK_BYTES // max(1, patch_bytes_per_image))
-  return max(d for d in range(1, min(batch, limit) + 1) if batch % d == 0)
+  return _largest_divisor(
+    batch, max(1, _CHUNK_BYTES // max(1, patch_bytes_per_image))
+  )
 
 
 def weight_gradient_by_patches(x, cotangent, kernel_size, padding):
@@ -104,17 +111,10 @@ def weight_gradient_by_patches(x, cotangent, kernel_size, padding):
   return total.reshape(kh, kw, c_in, c_out)
 
 
-def _im2col_chunk(batch: int) -> int:
-  """The largest divisor of ``batch`` up to :data:`_IM2COL_CHUNK`."""
-  return max(
-    d for d in range(1, min(batch, _IM2COL_CHUNK) + 1) if batch % d == 0
-  )
-
-
 def _in_chunks(fn, init, *arrays):
   """``lax.scan`` of ``fn(carry, *chunk)`` over chunks of the arrays'
   leading (batch) axis; returns (carry, stacked outputs)."""
-  chunk = _im2col_chunk(arrays[0].shape[0])
+  chunk = _largest_divisor(arrays[0].shape[0], _IM2COL_CHUNK)
   chunked = [
     a.reshape(a.shape[0] // chunk, chunk, *a.shape[1:]) for a in arrays
   ]

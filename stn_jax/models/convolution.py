@@ -11,11 +11,10 @@ near the forward's speed, except for layers with 1-3 input channels
 
 ``weight_gradient='patches'`` computes the gradients of layers with at
 most 4 input channels (a network's first layer, or a layer after a
-transformer on the image) as matrix products instead: the input gradient
-by columns
-(:func:`~stn_jax.models.conv_products.input_gradient_by_columns`), and, for output gradients
-of 4 MiB and more, the weight gradient from chunks of a few images at a
-time (chosen so the chunk's patches fill about 6 MB, near the CPU's
+transformer on the image) as matrix products instead
+(:mod:`stn_jax.models.conv_products`): the input gradient by columns, and,
+for output gradients of 4 MiB and more, the weight gradient from chunks of
+a few images at a time (chosen so the chunk's patches fill about 6 MB, near the CPU's
 cache): the patch matrix ``P (k*k*C_in, chunk*H*W)`` is built from
 ``k*k`` shifted views of the zero-padded input and multiplied by the
 output gradient ``(chunk*H*W, C_out)``; a ``lax.scan`` adds the chunks.
