@@ -8,6 +8,9 @@ Checkpoint layout (``workdir/checkpoints/<step>/``, format 2):
 
 - ``model``: the model's ``nnx.State`` (parameters, by module path);
 - ``opt_state``: the optax state (same structure as the optimiser's);
+- ``average``: only for a run with ``ema_decay`` > 0: the moving average
+  of ``model`` (same structure), the model its evaluations and inference
+  use;
 - ``meta``: JSON ``{'format': 2, 'step': int, 'data_state': ...}``, where
   ``data_state`` is the input pipeline's position (JSON);
 - ``stn_jax_sha256.json``: the sha256 of every file of the step, written
@@ -31,7 +34,7 @@ import os
 import shutil
 import time
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -43,6 +46,17 @@ from stn_jax.files import written
 
 FORMAT = 2
 MANIFEST = "stn_jax_sha256.json"
+
+
+class Read(NamedTuple):
+  """What :meth:`Checkpoints.restore_latest` read: the trained ``model``
+  state, ``opt_state`` and ``average`` (each None where not asked for) and
+  the checkpoint's ``meta``."""
+
+  model: Any
+  opt_state: Any
+  meta: dict
+  average: Any = None
 
 
 class CheckpointError(OSError):
@@ -206,7 +220,8 @@ class Checkpoints:
 
   def save(self, step: int, state, data_state: Any, *, wait=True) -> None:
     """Saves a :class:`stn_jax.steps.TrainState` (possibly stacked over
-    population members) and the data position.
+    population members; its ``average`` where it keeps one) and the data
+    position.
 
     With ``wait`` it returns when the checkpoint is written. Without, it
     returns once the arrays are copied off the device and orbax writes the
@@ -219,16 +234,15 @@ class Checkpoints:
     self.wait()
     meta = {"format": FORMAT, "step": int(step), "data_state": data_state}
     self._pending = step
+    items = {
+      "model": ocp.args.StandardSave(state.model),
+      "opt_state": ocp.args.StandardSave(state.opt_state),
+      "meta": ocp.args.JsonSave(meta),
+    }
+    if getattr(state, "average", None) is not None:
+      items["average"] = ocp.args.StandardSave(state.average)
     with self._errors(step):
-      self.manager.save(
-        step,
-        args=ocp.args.Composite(
-          model=ocp.args.StandardSave(state.model),
-          opt_state=ocp.args.StandardSave(state.opt_state),
-          meta=ocp.args.JsonSave(meta),
-        ),
-        force=True,
-      )
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     if wait:
       self.wait()
 
@@ -263,9 +277,9 @@ class Checkpoints:
         "and rerun the same command to resume."
       ) from error
 
-  def _read(self, step: int, model, opt_state):
+  def _read(self, step: int, model, opt_state, average) -> Read:
     """Reads one checkpoint into the structures of ``model`` (and
-    ``opt_state`` unless None); returns (model, opt_state, meta)."""
+    ``opt_state`` and ``average`` unless None)."""
     folder = os.path.join(self.directory, str(step))
     verify_manifest(folder)
     if os.path.isdir(os.path.join(folder, "state")):  # format 1: leaf lists
@@ -281,36 +295,50 @@ class Checkpoints:
         opt_state = jax.tree.unflatten(
           jax.tree.structure(opt_state), leaves["opt_state"]
         )
-      return model, opt_state, restored["meta"]
-    items = {
-      "model": ocp.args.StandardRestore(_abstract(model)),
-      "meta": ocp.args.JsonRestore(),
-    }
+      return Read(model, opt_state, restored["meta"])
+    items = {"meta": ocp.args.JsonRestore()}
+    if model is not None:
+      items["model"] = ocp.args.StandardRestore(_abstract(model))
     if opt_state is not None:
       items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state))
+    if average is not None:
+      items["average"] = ocp.args.StandardRestore(_abstract(average))
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return (restored["model"], restored.get("opt_state"), restored["meta"])
+    return Read(
+      restored.get("model"),
+      restored.get("opt_state"),
+      restored["meta"],
+      restored.get("average"),
+    )
 
-  def restore_latest(self, model, opt_state=None, *, move_aside=False):
+  def restore_latest(
+    self, model, opt_state=None, *, average=None, move_aside=False
+  ) -> Read | None:
     """The newest readable checkpoint, read into the structures (and
-    shapes) of ``model`` and ``opt_state`` (skipped when None).
+    shapes) of ``model``, ``opt_state`` and ``average`` (each skipped when
+    None; ``average`` is the model's structure again, for a run with
+    ``ema_decay`` > 0; inference reads it alone).
 
     Args:
-      model, opt_state: trees whose structure and shapes the checkpoint has.
+      model, opt_state, average: trees whose structure and shapes the
+        checkpoint has.
       move_aside: move an unreadable checkpoint to
         ``workdir/checkpoints_unreadable/`` (training does, so that the
         run can save that step again); else it is left in place.
 
     Returns:
-      ``(model, opt_state, meta)``, or None when there is no checkpoint.
+      a :class:`Read`, or None when there is no checkpoint.
       A checkpoint that cannot be read is skipped with a warning and the
       previous one is tried.
     """
     self.wait()
     for step in self._agreed_steps():
-      self.check_fits(step, model)
+      self.check_fits(step, average if model is None else model)
+      if average is not None:
+        self._check_has_average(step)
       try:
-        restored, error = self._read(step, model, opt_state), None
+        restored = self._read(step, model, opt_state, average)
+        error = None
       except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint
         restored, error = None, caught
       # Several processes: all resume from the same step or none does.
@@ -355,6 +383,18 @@ class Checkpoints:
         + (f"; and {more} more" if more > 0 else "")
         + ". Nothing was moved. Rerun with the code and config that wrote "
         "it, or use a new --workdir (or --overwrite) to train this model."
+      )
+
+  def _check_has_average(self, step: int) -> None:
+    """Raises :class:`CheckpointMismatch` when checkpoint ``step`` keeps no
+    moving average (its run had ``ema_decay`` = 0): not damage, so it is
+    not moved aside."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "average")):
+      raise CheckpointMismatch(
+        f"checkpoint {step} in {self.directory} holds no moving average of "
+        "the parameters: it was written with ema_decay = 0, and this config "
+        "has ema_decay > 0. Nothing was moved. Rerun with the config that "
+        "wrote it, or use a new --workdir."
       )
 
   def _agreed_steps(self) -> list[int]:

@@ -440,6 +440,15 @@ SCHEMA: tuple[Key, ...] = (
     implicit=0.0,
   ),
   Key(
+    "ema_decay",
+    0.0,
+    _I,
+    _unit_interval,
+    "evaluate, snapshot and save for inference an exponential moving "
+    "average of the parameters with this decay; 0 = none",
+    implicit=0.0,
+  ),
+  Key(
     "localisation_lr_multiplier",
     1.0,
     _M,

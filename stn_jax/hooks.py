@@ -61,13 +61,16 @@ class LoopContext:
   stop_signal: str = ""
 
   def member_models(self) -> list:
-    """Each member's model state (one for a single run)."""
+    """Each member's evaluated model state (one for a single run): its
+    moving average where the run keeps one, else its parameters
+    (:func:`stn_jax.steps.evaluated_model`)."""
+    from stn_jax import steps  # the step machinery; hooks stay light
+
+    model = steps.evaluated_model(self.state)
     if not self.population:
-      return [self.state.model]
-    count = jax.tree.leaves(self.state.model)[0].shape[0]
-    return [
-      jax.tree.map(lambda x, k=k: x[k], self.state.model) for k in range(count)
-    ]
+      return [model]
+    count = jax.tree.leaves(model)[0].shape[0]
+    return [jax.tree.map(lambda x, k=k: x[k], model) for k in range(count)]
 
   def check_finite(self) -> None:
     """Raises :class:`TrainingDiverged` if a loss since the last log step

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stn_jax import checkpointing, models, xla_cpu
+from stn_jax import checkpointing, config_schema, models, xla_cpu
 from stn_jax.normalization import Normalization
 
 DEFAULT_BATCH_SIZE = 256
@@ -285,9 +285,11 @@ def _population_size(workdir: str) -> int:
     return len(json.load(f)["members"])
 
 
-def _read_checkpoint(workdir, initial):
+def _read_checkpoint(workdir, initial, average: bool):
   """``(model state, meta)`` of ``workdir``'s latest readable checkpoint
-  read into the structure of ``initial``, or None. A run that saves
+  read into the structure of ``initial``, or None; with ``average`` the
+  model state is the checkpoint's moving average of the parameters (a run
+  with ``ema_decay`` > 0: what it evaluated). A run that saves
   meanwhile (max_checkpoints=1 deletes the step just listed) is read again
   from its new listing."""
   restored = None
@@ -296,7 +298,9 @@ def _read_checkpoint(workdir, initial):
     try:
       checkpoints = checkpointing.Checkpoints(workdir)
       try:
-        restored = checkpoints.restore_latest(initial)
+        restored = checkpoints.restore_latest(
+          None if average else initial, average=initial if average else None
+        )
       finally:
         checkpoints.close()
     except (FileNotFoundError, NotADirectoryError):
@@ -305,11 +309,15 @@ def _read_checkpoint(workdir, initial):
       restored = None
     if restored is not None or checkpointing.saved_steps(workdir) == listed:
       break
-  return None if restored is None else (restored[0], restored[2])
+  if restored is None:
+    return None
+  return (restored.average if average else restored.model), restored.meta
 
 
 def restore(workdir: str, member: int | None = None) -> Restored:
-  """The model of ``workdir`` at its latest readable checkpoint.
+  """The model of ``workdir`` at its latest readable checkpoint: for a run
+  with ``ema_decay`` > 0, the moving average of its parameters (the model
+  its evaluations report).
 
   Args:
     workdir: a run's folder; a sweep point trained as a population member
@@ -358,16 +366,17 @@ def restore(workdir: str, member: int | None = None) -> Restored:
   config, in_shape = checkpointing.read_run_files(member_dir)
   model = models.from_config(config, in_shape)
   graphdef, initial = nnx.split(model)
+  averaged = config_schema.get(config, "ema_decay") > 0
   if size:
     from stn_jax import steps
 
     stacked = steps.stack_members([initial] * size)
-    restored = _read_checkpoint(checkpoint_dir, stacked)
+    restored = _read_checkpoint(checkpoint_dir, stacked, averaged)
     if restored is not None:
       state = jax.tree.map(lambda x: x[member], restored[0])
       restored = (state, restored[1])
   else:
-    restored = _read_checkpoint(checkpoint_dir, initial)
+    restored = _read_checkpoint(checkpoint_dir, initial, averaged)
   if restored is None:
     raise FileNotFoundError(
       f"no checkpoint in {checkpoint_dir}/checkpoints."

@@ -68,6 +68,7 @@ ADDED_KEYS = {
   "lr_schedule": ("step", config_schema.Role.IDENTITY),
   "warmup_steps": (0, config_schema.Role.IDENTITY),
   "label_smoothing": (0.0, config_schema.Role.IDENTITY),
+  "ema_decay": (0.0, config_schema.Role.IDENTITY),
 }
 # Keys the schema gives an implicit value that the old table lacked: what
 # the code already assumed when a config lacked them (config.get defaults

@@ -79,7 +79,9 @@ class Evaluator:
   """The loop's evaluation: ``evaluator(context)`` snapshots the
   transformer (``outputs.snapshot``), evaluates every split of ``evals``,
   writes and logs each member's ``{split}_{loss,error}`` and returns them
-  (one dict per member).
+  (one dict per member). For a run that keeps a moving average of its
+  parameters (``ema_decay`` > 0) those are the average's, and
+  ``{split}_raw_{loss,error}`` the trained parameters'.
 
   Args:
     eval_step: :func:`stn_jax.steps.make_eval_step`'s.
@@ -125,18 +127,24 @@ class Evaluator:
   def __call__(self, context) -> list[dict[str, float]]:
     self.outputs.snapshot(context)
     results = [{} for _ in self.outputs.folders]
+    models = {"": steps.evaluated_model(context.state)}
+    if context.state.average is not None:  # the trained parameters too
+      models["raw_"] = context.state.model
     for split, arrays in self.evals.items():
-      for k, metrics in enumerate(
-        evaluate(
-          self.eval_step,
-          context.state.model,
-          arrays,
-          self.normalization,
-          self.batch_size,
-          self.placement.eval_sharding,
-        )
-      ):
-        results[k].update({f"{split}_{n}": v for n, v in metrics.items()})
+      for prefix, model_state in models.items():
+        for k, metrics in enumerate(
+          evaluate(
+            self.eval_step,
+            model_state,
+            arrays,
+            self.normalization,
+            self.batch_size,
+            self.placement.eval_sharding,
+          )
+        ):
+          results[k].update(
+            {f"{split}_{prefix}{n}": v for n, v in metrics.items()}
+          )
     for k, (writer, member_results) in enumerate(
       zip(self.outputs.writers, results)
     ):

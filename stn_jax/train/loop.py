@@ -194,6 +194,7 @@ def train(placement, hooks, log) -> list[dict]:
     gather=gather,
     schedule=placement.learning_rate_schedule(),
     label_smoothing=float(config_schema.get(first, "label_smoothing")),
+    ema_decay=float(config_schema.get(first, "ema_decay")),
     compiler_options=xla_cpu.step_compiler_options(first),
   )
   checkpoints = checkpointing.Checkpoints(
@@ -264,7 +265,9 @@ def _initial_states(placement, in_shape):
     config = placement.optimizer_config(config)
     model = models.from_config(config, in_shape)
     optimizer = recipe.make_optimizer(config, nnx.state(model))
-    graphdef, state = steps.init_state(model, optimizer)
+    graphdef, state = steps.init_state(
+      model, optimizer, ema_decay=config_schema.get(config, "ema_decay")
+    )
     states.append(state)
   return graphdef, optimizer, states, models.count_params(model)
 
@@ -273,18 +276,18 @@ def _resume(placement, checkpoints, state, log):
   """(state, step): the latest readable checkpoint's, placed, with the
   input streams moved to its position; else ``state`` at step 0."""
   restored = checkpoints.restore_latest(
-    state.model, state.opt_state, move_aside=True
+    state.model, state.opt_state, average=state.average, move_aside=True
   )
   if restored is None:
     return state, 0
-  model_state, opt_state, meta = restored
-  step = int(meta["step"])
-  placement.restore_data(meta["data_state"])
+  step = int(restored.meta["step"])
+  placement.restore_data(restored.meta["data_state"])
   state = jax.device_put(
     steps.TrainState(
       step=jnp.full(state.step.shape, step, jnp.int32),
-      model=model_state,
-      opt_state=opt_state,
+      model=restored.model,
+      opt_state=restored.opt_state,
+      average=restored.average,
     ),
     placement.state_sharding,
   )
@@ -300,6 +303,7 @@ def _first_line(placement, num_params, on_device, multi_step) -> str:
   processes = distributed.process_count()
   method = config_schema.get(first, "conv_weight_gradient")
   library = xla_cpu.step_library(first)
+  ema_decay = config_schema.get(first, "ema_decay")
   return (
     f"{first.model} on {first.dataset}: {num_params:,} parameters{members}"
     f", {jax.device_count()} device(s)"
@@ -310,6 +314,11 @@ def _first_line(placement, num_params, on_device, multi_step) -> str:
     + ", conv gradients "
     + convolution.resolve_weight_gradient(method)
     + (f", XLA CPU library {library}" if library else "")
+    + (
+      f", evaluating the parameters' moving average ({ema_decay})"
+      if ema_decay
+      else ""
+    )
   )
 
 
@@ -321,10 +330,11 @@ def _empty_accumulator(graphdef, optimizer, state, in_shape, config) -> dict:
     "image": jax.ShapeDtypeStruct(image_shape, jnp.float32),
     "label": jax.ShapeDtypeStruct(image_shape[:1], jnp.int32),
   }
+  ema_decay = float(config_schema.get(config, "ema_decay"))
   metric_shapes = jax.eval_shape(
-    lambda s, b: steps.train_step(s, b, graphdef=graphdef, optimizer=optimizer)[
-      1
-    ],
+    lambda s, b: steps.train_step(
+      s, b, graphdef=graphdef, optimizer=optimizer, ema_decay=ema_decay
+    )[1],
     state,
     batch_shape,
   )
