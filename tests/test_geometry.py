@@ -1027,9 +1027,15 @@ GRAD_CASES = {
 @pytest.mark.parametrize("name", GRAD_CASES)
 def test_gradients_match_finite_differences(name):
   fn, args = GRAD_CASES[name]()
-  with jax.enable_x64(True):
+  with jax.enable_x64(True):  # jit: one compilation for every evaluation
     check_grads(
-      fn, x64(*args), order=1, modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5
+      jax.jit(fn),
+      x64(*args),
+      order=1,
+      modes=("rev",),
+      eps=1e-6,
+      atol=1e-5,
+      rtol=1e-5,
     )
 
 
@@ -1055,10 +1061,13 @@ def test_fill_value_gradient(sampler_path):
 def test_jit_vmap_and_unbatched_equal_batched(name):
   fn, args = GRAD_CASES[name]()
   args = tuple(jnp.asarray(a, jnp.float32) for a in args)
-  batched = fn(*args)
-  for other in (jax.jit(fn)(*args), jax.vmap(fn)(*args)):
-    np.testing.assert_allclose(other, batched, rtol=1e-5, atol=1e-5)
-  single = fn(*(a[1] for a in args))
+  # Under jit throughout: op by op, these compositions compile each
+  # primitive on its own, 4x the time (the other tests call them eagerly).
+  batched = jax.jit(fn)(*args)
+  np.testing.assert_allclose(
+    jax.jit(jax.vmap(fn))(*args), batched, rtol=1e-5, atol=1e-5
+  )
+  single = jax.jit(fn)(*(a[1] for a in args))
   np.testing.assert_allclose(single, batched[1], rtol=1e-5, atol=1e-5)
 
 

@@ -387,15 +387,27 @@ def test_normalization_is_the_definition():
 
 def test_compilation_cache_is_filled_and_reused(tiny_tfds, tmp_path):
   cache = tmp_path / "xla_cache"
+  # The cache keeps compilations of at least a second: the runs compile
+  # optimised code, as a user's do (the suite's cheap settings, conftest.py,
+  # can bring the step's compilation under a second).
+  optimised = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
   first = run_main(
-    tmp_path / "a", tiny_tfds, f"--config.compilation_cache_dir={cache}"
+    tmp_path / "a",
+    tiny_tfds,
+    f"--config.compilation_cache_dir={cache}",
+    env=optimised,
   )
   entries = {p.name for p in cache.iterdir()}
   steps = {e for e in entries if e.startswith("jit_train_steps")}
   assert steps, (entries, first.stderr[-2000:])
   # a second run of the same shapes finds its train step there (the same
   # key: no second entry; small jits may join if they compile slower now)
-  run_main(tmp_path / "b", tiny_tfds, f"--config.compilation_cache_dir={cache}")
+  run_main(
+    tmp_path / "b",
+    tiny_tfds,
+    f"--config.compilation_cache_dir={cache}",
+    env=optimised,
+  )
   again = {p.name for p in cache.iterdir()}
   assert entries <= again
   assert {e for e in again if e.startswith("jit_train_steps")} == steps
