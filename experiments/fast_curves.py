@@ -4,7 +4,8 @@
 Usage:
   python experiments/fast_curves.py --run "RTS ST-CNN fast=DIR" \
       --run "RTS ST-CNN cpu_long=DIR" [--points "LABEL=step:err,..."] \
-      --batch_size 256 --out experiments/results/figures/fast_curves_mnist.png
+      [--points_batch_size 256] [--paper "ST-CNN=0.5" ...] \
+      --out experiments/results/figures/fast_curves_mnist.png
 
 Each ``--run`` is ``LABEL=WORKDIR`` (a run folder with ``metrics.jsonl``
 and ``config.json``, or an archived run's folder with its
@@ -12,6 +13,7 @@ and ``config.json``, or an archived run's folder with its
 and, where the run evaluated it, one of % validation error. ``--points``
 adds a curve from evaluations reported elsewhere (``step:percent`` pairs)
 when a run's folder is gone, with ``--points_batch_size`` its batch size.
+Each ``--paper`` draws a flat line at a published error.
 """
 
 from __future__ import annotations
@@ -62,6 +64,19 @@ def parse_points(text: str) -> tuple[str, list[tuple[int, float]]]:
   return label, points
 
 
+def parse_paper(text: str) -> tuple[str, float]:
+  """``'0.5'`` -> ('', 0.5); ``'ST-CNN=0.5'`` -> (' ST-CNN', 0.5): the
+  label's part of the line's name ('paper ST-CNN: 0.5%')."""
+  label, _, value = text.rpartition("=")
+  try:
+    number = float(value)
+  except ValueError:
+    raise ValueError(
+      f"expected a percent error, VALUE or LABEL=VALUE; got {value!r}"
+    ) from None
+  return (f" {label}" if label else ""), number
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--run", action="append", default=[])
@@ -69,7 +84,10 @@ def main(argv=None) -> int:
   parser.add_argument("--points_batch_size", type=int, default=256)
   parser.add_argument("--title", default="")
   parser.add_argument(
-    "--paper", type=float, help="the paper's error, in percent"
+    "--paper",
+    action="append",
+    default=[],
+    help="the paper's error in percent, 'VALUE' or 'LABEL=VALUE' (repeatable)",
   )
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
@@ -88,11 +106,13 @@ def main(argv=None) -> int:
     curves.append((f"{label}: test", [(s * scale, e) for s, e in points]))
   if not curves:
     parser.error("give at least one --run or --points")
-  if args.paper is not None:
-    high = max(x for _, line in curves for x, _ in line)
-    curves.append(
-      (f"paper: {args.paper}%", [(0, args.paper), (high, args.paper)])
-    )
+  high = max(x for _, line in curves for x, _ in line)
+  for spec in args.paper:
+    try:
+      label, value = parse_paper(spec)
+    except ValueError as error:
+      parser.error(f"--paper {spec!r}: {error}")
+    curves.append((f"paper{label}: {value}%", [(0, value), (high, value)]))
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   viz.line_plot(
     [
