@@ -69,6 +69,38 @@ def pythonpath(*folders) -> str:
   return os.pathsep.join([*map(str, folders), *filter(None, [inherited])])
 
 
+def check_gradients_under_jit(fn, args):
+  """``fn``'s reverse-mode gradients against finite differences, in
+  float64, with ``fn`` under jit (one compilation for every evaluation;
+  op by op, each primitive compiles on its own)."""
+  import jax
+  import jax.numpy as jnp
+  from jax.test_util import check_grads
+
+  with jax.enable_x64(True):
+    args = tuple(jnp.asarray(a, jnp.float64) for a in args)
+    check_grads(
+      jax.jit(fn), args, order=1, modes=("rev",), eps=1e-6, atol=1e-5, rtol=1e-5
+    )
+
+
+def check_jit_vmap_and_unbatched(fn, args):
+  """``fn`` on a batch (leading axis of every argument) equals
+  ``jax.vmap(fn)`` on it and ``fn`` on its second example alone, in float32
+  and under jit."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  args = tuple(jnp.asarray(a, jnp.float32) for a in args)
+  batched = jax.jit(fn)(*args)
+  np.testing.assert_allclose(
+    jax.jit(jax.vmap(fn))(*args), batched, rtol=1e-5, atol=1e-5
+  )
+  single = jax.jit(fn)(*(a[1] for a in args))
+  np.testing.assert_allclose(single, batched[1], rtol=1e-5, atol=1e-5)
+
+
 def experiment_script(name: str):
   """``experiments/<name>.py`` imported as a module, as when it runs as a
   script (its folder first on ``sys.path``, so its sibling imports work)."""

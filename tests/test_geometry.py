@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import reference
 import scipy.ndimage as ndi
+from conftest import check_gradients_under_jit, check_jit_vmap_and_unbatched
 from jax.test_util import check_grads
 
 import stn_jax
@@ -1026,17 +1027,7 @@ GRAD_CASES = {
 
 @pytest.mark.parametrize("name", GRAD_CASES)
 def test_gradients_match_finite_differences(name):
-  fn, args = GRAD_CASES[name]()
-  with jax.enable_x64(True):  # jit: one compilation for every evaluation
-    check_grads(
-      jax.jit(fn),
-      x64(*args),
-      order=1,
-      modes=("rev",),
-      eps=1e-6,
-      atol=1e-5,
-      rtol=1e-5,
-    )
+  check_gradients_under_jit(*GRAD_CASES[name]())
 
 
 def test_fill_value_gradient(sampler_path):
@@ -1059,16 +1050,7 @@ def test_fill_value_gradient(sampler_path):
 
 @pytest.mark.parametrize("name", GRAD_CASES)
 def test_jit_vmap_and_unbatched_equal_batched(name):
-  fn, args = GRAD_CASES[name]()
-  args = tuple(jnp.asarray(a, jnp.float32) for a in args)
-  # Under jit throughout: op by op, these compositions compile each
-  # primitive on its own, 4x the time (the other tests call them eagerly).
-  batched = jax.jit(fn)(*args)
-  np.testing.assert_allclose(
-    jax.jit(jax.vmap(fn))(*args), batched, rtol=1e-5, atol=1e-5
-  )
-  single = jax.jit(fn)(*(a[1] for a in args))
-  np.testing.assert_allclose(single, batched[1], rtol=1e-5, atol=1e-5)
+  check_jit_vmap_and_unbatched(*GRAD_CASES[name]())
 
 
 def test_fit_tps_and_conversions_under_jit_and_vmap():

@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
-from conftest import requires_torch
+from conftest import (
+  check_gradients_under_jit,
+  check_jit_vmap_and_unbatched,
+  requires_torch,
+)
 from jax.test_util import check_grads
 from scipy.spatial.transform import Rotation
 
@@ -682,17 +686,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", CASES)
 def test_gradients_match_finite_differences(name):
-  fn, args = CASES[name]()
-  with jax.enable_x64(True):  # jit: one compilation for every evaluation
-    check_grads(
-      jax.jit(fn),
-      x64(*args),
-      order=1,
-      modes=("rev",),
-      eps=1e-6,
-      atol=1e-5,
-      rtol=1e-5,
-    )
+  check_gradients_under_jit(*CASES[name]())
 
 
 def test_crop_by_indices_gradient():
@@ -706,16 +700,7 @@ def test_crop_by_indices_gradient():
 
 @pytest.mark.parametrize("name", CASES)
 def test_jit_vmap_and_unbatched_equal_batched(name):
-  fn, args = CASES[name]()
-  args = tuple(jnp.asarray(a, jnp.float32) for a in args)
-  # Under jit throughout: op by op, these compositions compile each
-  # primitive on its own, 4x the time (the other tests call them eagerly).
-  batched = jax.jit(fn)(*args)
-  np.testing.assert_allclose(
-    jax.jit(jax.vmap(fn))(*args), batched, rtol=1e-5, atol=1e-5
-  )
-  single = jax.jit(fn)(*(a[1] for a in args))
-  np.testing.assert_allclose(single, batched[1], rtol=1e-5, atol=1e-5)
+  check_jit_vmap_and_unbatched(*CASES[name]())
 
 
 # --------------------------------------------------------------------------
