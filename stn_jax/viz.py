@@ -200,7 +200,18 @@ def error_plot(curves, path, size=(640, 400)):
   _save(image, path)
 
 
-COLOURS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+COLOURS = [
+  "#d62728",
+  "#1f77b4",
+  "#2ca02c",
+  "#9467bd",
+  "#ff7f0e",
+  "#8c564b",
+  "#e377c2",
+  "#7f7f7f",
+  "#bcbd22",
+  "#17becf",
+]
 
 
 def line_plot(curves, path, *, title, xlabel, ylabel, size=(640, 400)):
